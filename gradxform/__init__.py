@@ -1,0 +1,82 @@
+"""gradxform: composable gradient transformations for JAX.
+
+Every idea of an optimizer is one transformation with `init(params) -> state` and
+`update(updates, state, params=None) -> (updates, state)`; optimizers are short chains of them.
+"""
+
+from gradxform._base import (
+    EmptyState,
+    Schedule,
+    Transformation,
+    hyperparameter,
+    pytree_dataclass,
+    resolve,
+    safe_increment,
+    static,
+)
+from gradxform.adam import (
+    ScaleByAdamState,
+    ScaleByAmsgradState,
+    ScaleByNadamState,
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_amsgrad,
+    scale_by_nadam,
+    scale_by_radam,
+)
+from gradxform.adaptive import (
+    ScaleByRmsState,
+    ScaleByRssState,
+    ScaleByStddevState,
+    scale_by_rms,
+    scale_by_rss,
+    scale_by_stddev,
+)
+from gradxform.alias import (
+    adagrad,
+    adam,
+    adamax,
+    adamw,
+    amsgrad,
+    lion,
+    nadam,
+    radam,
+    rmsprop,
+    sgd,
+)
+from gradxform.combine import chain, hyperparams
+from gradxform.lion import ScaleByLionState, scale_by_lion
+from gradxform.momentum import (
+    EmaState,
+    TraceState,
+    bias_correction,
+    decay_from_half_life,
+    effective_window,
+    ema,
+    half_life_from_decay,
+    nesterov_lookahead_params,
+    trace,
+)
+from gradxform.scaling import (
+    CountState,
+    add_decayed_weights,
+    identity,
+    scale,
+    scale_by_learning_rate,
+    scale_by_sign,
+    set_to_zero,
+)
+from gradxform.update import apply_updates
+
+# -- schedules (gradxform.schedules) --
+# -- clipping and gradient hygiene (gradxform.clipping) --
+# -- combinators (gradxform.combinators, gradxform.wrappers) --
+# -- training-step helpers (gradxform.step) --
+# -- interop (gradxform.interop) --
+
+__version__ = "0.1.0"
+
+__all__ = sorted(
+    name for name, value in list(globals().items())
+    if not name.startswith("_") and getattr(value, "__module__", "").startswith("gradxform")
+)

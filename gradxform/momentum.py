@@ -1,0 +1,173 @@
+"""Momentum: exponential moving averages, the heavy-ball trace, Nesterov, bias correction.
+
+Two conventions for momentum exist and both are here:
+- EMA form (seed texts, Adam's first moment): v_t = β v_{t-1} + (1 - β) g_t  -> `ema`
+- torch / heavy-ball form:                     v_t = μ v_{t-1} + g_t         -> `trace`
+They differ by the factor (1 - β) on the gradient, i.e. by a rescaled learning rate: with a
+constant learning rate, `chain(ema(β, debias=False), scale(-η))` equals
+`chain(trace(β), scale(-(1 - β) η))`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradxform import _tree
+from gradxform._base import (
+    Transformation,
+    hyperparameter,
+    in_interval,
+    pytree_dataclass,
+    safe_increment,
+    static,
+    zero_count,
+)
+
+
+def bias_correction(moment, decay, count):
+    """m̂_t = m_t / (1 - β^t): undoes the pull of a zero-initialised EMA toward zero.
+
+    `1 - β^t` is computed in the precision of the hyperparameter (in 16 bits β^t would round to 1)
+    and cast to each leaf's dtype before dividing.
+
+    References: Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, §3.
+    """
+    correction = 1 - decay**count
+    return jax.tree.map(lambda m: m / _tree.coef(correction, m), moment)
+
+
+def decay_from_half_life(half_life: float) -> float:
+    """β such that a sample's weight halves after `half_life` steps: β = 0.5^(1/h)."""
+    if not half_life > 0:
+        raise ValueError(f"decay_from_half_life: half_life must be > 0, got {half_life!r}")
+    return 0.5 ** (1.0 / half_life)
+
+
+def half_life_from_decay(decay: float) -> float:
+    """Steps after which a sample's weight in an EMA with decay β halves: h = ln 0.5 / ln β."""
+    if not 0 < decay < 1:
+        raise ValueError(f"half_life_from_decay: decay must be in (0, 1), got {decay!r}")
+    return math.log(0.5) / math.log(decay)
+
+
+def effective_window(decay: float) -> float:
+    """The EMA's effective averaging window 1/(1 - β) (β = 0.9 averages about 10 steps)."""
+    if not 0 <= decay < 1:
+        raise ValueError(f"effective_window: decay must be in [0, 1), got {decay!r}")
+    return 1.0 / (1.0 - decay)
+
+
+class EmaState(NamedTuple):
+    count: Any
+    ema: Any
+
+
+@pytree_dataclass
+class ema(Transformation):
+    """Exponential moving average of the updates, the EMA form of momentum.
+
+        v_t = β v_{t-1} + (1 - β) g_t,     u_t = v_t / (1 - β^t)  (if debias)  else v_t
+
+    With `debias=False` this is the momentum of the seed texts (Ng's "gradient descent with
+    momentum"); `trace` gives torch's form v_t = μ v_{t-1} + g_t.
+
+    Args:
+      decay: β in [0, 1).
+      debias: divide by 1 - β^t so that early averages are not biased toward zero.
+      accumulator_dtype: dtype of v (default: the params' dtype, float32 for 16-bit params).
+    """
+
+    decay: float = hyperparameter(check=in_interval(0, 1, "[)"))
+    debias: bool = static(True)
+    accumulator_dtype: Any = static(None)
+
+    def init(self, params):
+        return EmaState(count=zero_count(), ema=_tree.zeros_like(params, self.accumulator_dtype))
+
+    def update(self, updates, state, params=None, **extra_args):
+        beta = self.at(state.count).decay
+        v = jax.tree.map(
+            lambda g, v: (1 - _tree.coef(beta, v)) * _tree.widen(g, v) + _tree.coef(beta, v) * v,
+            updates,
+            state.ema,
+        )
+        count = safe_increment(state.count)
+        out = bias_correction(v, beta, count) if self.debias else v
+        return _tree.cast_like(out, updates), EmaState(count=count, ema=v)
+
+
+class TraceState(NamedTuple):
+    count: Any
+    trace: Any
+
+
+@pytree_dataclass
+class trace(Transformation):
+    """Heavy-ball momentum in torch's form, with optional dampening and Nesterov.
+
+        v_t = μ v_{t-1} + (1 - d) g_t      (v_1 = g_1, as torch initialises the buffer)
+        u_t = v_t                          (heavy ball, Polyak 1964)
+        u_t = g_t + μ v_t                  (nesterov=True: Sutskever et al. 2013, torch's form)
+
+    The Nesterov form here is the rearranged one torch uses: the gradient is taken at the
+    current params. It is the look-ahead method v_t = μ v_{t-1} + ∇L(θ_{t-1} - η μ v_{t-1})
+    written in the variable φ = θ - η μ v; `nesterov_lookahead_params` gives the look-ahead
+    point for users who want the original form.
+
+    Args:
+      decay: μ in [0, 1).
+      nesterov: use Nesterov momentum.
+      dampening: d in [0, 1), torch's dampening (0 in optax and by default).
+      accumulator_dtype: dtype of v (default: the params' dtype, float32 for 16-bit params).
+
+    References:
+      Polyak, "Some methods of speeding up the convergence of iteration methods", 1964.
+      Sutskever, Martens, Dahl & Hinton, "On the importance of initialization and momentum in
+      deep learning", ICML 2013.
+    """
+
+    decay: float = hyperparameter(check=in_interval(0, 1, "[)"))
+    nesterov: bool = static(False)
+    dampening: float = hyperparameter(0.0, check=in_interval(0, 1, "[)"))
+    accumulator_dtype: Any = static(None)
+
+    def init(self, params):
+        return TraceState(
+            count=zero_count(), trace=_tree.zeros_like(params, self.accumulator_dtype)
+        )
+
+    def update(self, updates, state, params=None, **extra_args):
+        h = self.at(state.count)
+        first = state.count == 0
+
+        def velocity(g, v):
+            mu, d, g = _tree.coef(h.decay, v), _tree.coef(h.dampening, v), _tree.widen(g, v)
+            return jnp.where(first, g, mu * v + (1 - d) * g)
+
+        v = jax.tree.map(velocity, updates, state.trace)
+        if self.nesterov:
+            updates = jax.tree.map(
+                lambda g, v: (g + _tree.coef(h.decay, v) * v).astype(g.dtype), updates, v
+            )
+        else:
+            updates = _tree.cast_like(v, updates)
+        return updates, TraceState(count=safe_increment(state.count), trace=v)
+
+
+def nesterov_lookahead_params(params, velocity, *, learning_rate, decay):
+    """The look-ahead point θ - η μ v at which Nesterov's original method takes the gradient.
+
+    With `opt = chain(trace(μ), scale_by_learning_rate(η))` and the gradient evaluated at
+    `nesterov_lookahead_params(params, state[0].trace, learning_rate=η, decay=μ)`, the params
+    follow Nesterov's accelerated gradient in its look-ahead form
+        v_t = μ v_{t-1} + ∇L(θ_{t-1} - η μ v_{t-1}),   θ_t = θ_{t-1} - η v_t.
+    """
+    return jax.tree.map(
+        lambda p, v: p - (_tree.coef(learning_rate, p) * _tree.coef(decay, p)) * v.astype(p.dtype),
+        params,
+        velocity,
+    )

@@ -1,0 +1,20 @@
+"""Applying updates to parameters."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gradxform import _tree
+
+
+def apply_updates(params, updates):
+    """θ ← θ + u, leaf by leaf, keeping each parameter's dtype.
+
+    The sum is computed in the promoted dtype of the two leaves and cast back to the parameter's
+    dtype, so bf16 params stay bf16 when updates come in float32. None leaves stay None.
+    """
+    _tree.check_same_structure(updates, params, "apply_updates", "updates", "params")
+    return jax.tree.map(
+        lambda p, u: jnp.asarray(p + u).astype(jnp.asarray(p).dtype), params, updates
+    )
