@@ -374,3 +374,14 @@ def safe_increment(count):
 
 def zero_count():
     return jnp.zeros([], jnp.int32)
+
+
+def float_count(count, like=None):
+    """The step count as a float of `like`'s dtype (default: JAX's default float).
+
+    Powers such as β^t need a float t; converting explicitly keeps strict dtype promotion happy.
+    """
+    dtype = jnp.result_type(like) if hasattr(like, "dtype") else jnp.result_type(float)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.result_type(float)
+    return jnp.asarray(count).astype(dtype)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from gradxform import _tree
 from gradxform._base import (
     Transformation,
+    float_count,
     hyperparameter,
     in_interval,
     non_negative,
@@ -239,13 +240,17 @@ class scale_by_radam(Transformation):
         m = jax.tree.map(lambda g, m: _first_moment(g, m, h.b1), updates, state.mu)
         v = jax.tree.map(lambda g, v: _second_moment(g, v, h.b2), updates, state.nu)
         t = safe_increment(state.count)
+        tf = float_count(t, h.b2)
         rho_inf = 2.0 / (1.0 - h.b2) - 1.0
-        b2t = h.b2**t
-        rho = rho_inf - 2 * t * b2t / (1 - b2t)
+        b2t = h.b2**tf
+        rho = rho_inf - 2 * tf * b2t / (1 - b2t)
         r = jnp.sqrt(
             (rho - 4.0) * (rho - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho)
         )
-        m_hat = _nesterov_mu_hat(m, updates, h.b1, t) if self.nesterov else bias_correction(m, h.b1, t)
+        if self.nesterov:
+            m_hat = _nesterov_mu_hat(m, updates, h.b1, t)
+        else:
+            m_hat = bias_correction(m, h.b1, t)
         v_hat = bias_correction(v, h.b2, t)
         adaptive = _adam_direction(m_hat, v_hat, h.eps, h.eps_root, updates)
         rectified = rho >= h.threshold
@@ -295,8 +300,9 @@ class scale_by_nadam(Transformation):
     def update(self, updates, state, params=None, **extra_args):
         h = self.at(state.count)
         t = safe_increment(state.count)
-        mu_t = h.b1 * (1.0 - 0.5 * 0.96 ** (t * h.momentum_decay))
-        mu_next = h.b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * h.momentum_decay))
+        tf = float_count(t, h.momentum_decay)
+        mu_t = h.b1 * (1.0 - 0.5 * 0.96 ** (tf * h.momentum_decay))
+        mu_next = h.b1 * (1.0 - 0.5 * 0.96 ** ((tf + 1) * h.momentum_decay))
         prod = (state.mu_product * mu_t).astype(state.mu_product.dtype)
         prod_next = prod * mu_next
         m = jax.tree.map(lambda g, m: _first_moment(g, m, h.b1), updates, state.mu)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from gradxform import _tree
 from gradxform._base import (
     Transformation,
+    float_count,
     hyperparameter,
     in_interval,
     pytree_dataclass,
@@ -36,7 +37,7 @@ def bias_correction(moment, decay, count):
 
     References: Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, §3.
     """
-    correction = 1 - decay**count
+    correction = 1 - decay ** float_count(count, decay)
     return jax.tree.map(lambda m: m / _tree.coef(correction, m), moment)
 
 
@@ -151,7 +152,9 @@ class trace(Transformation):
         v = jax.tree.map(velocity, updates, state.trace)
         if self.nesterov:
             updates = jax.tree.map(
-                lambda g, v: (g + _tree.coef(h.decay, v) * v).astype(g.dtype), updates, v
+                lambda g, v: (_tree.widen(g, v) + _tree.coef(h.decay, v) * v).astype(g.dtype),
+                updates,
+                v,
             )
         else:
             updates = _tree.cast_like(v, updates)

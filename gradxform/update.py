@@ -15,6 +15,9 @@ def apply_updates(params, updates):
     dtype, so bf16 params stay bf16 when updates come in float32. None leaves stay None.
     """
     _tree.check_same_structure(updates, params, "apply_updates", "updates", "params")
-    return jax.tree.map(
-        lambda p, u: jnp.asarray(p + u).astype(jnp.asarray(p).dtype), params, updates
-    )
+    def add(p, u):
+        p, u = jnp.asarray(p), jnp.asarray(u)
+        dtype = jnp.promote_types(p.dtype, u.dtype)
+        return (p.astype(dtype) + u.astype(dtype)).astype(p.dtype)
+
+    return jax.tree.map(add, params, updates)

@@ -1,0 +1,69 @@
+"""Every public transformation and optimizer goes through gradxform.testing.check_transformation."""
+
+import inspect
+
+import pytest
+
+import gradxform as gx
+from gradxform import alias
+from gradxform.testing import check_transformation
+
+# One zero-argument factory per public transformation or optimizer, under its public name.
+CASES = {
+    # scaling.py
+    "identity": lambda: gx.identity(),
+    "set_to_zero": lambda: gx.set_to_zero(),
+    "scale": lambda: gx.scale(-0.1),
+    "scale_by_learning_rate": lambda: gx.scale_by_learning_rate(0.1),
+    "scale_by_sign": lambda: gx.scale_by_sign(),
+    "add_decayed_weights": lambda: gx.add_decayed_weights(0.1, mask=lambda p: {
+        k: k != "scale" for k in p}),
+    "chain": lambda: gx.chain(gx.trace(0.9), gx.scale(-0.1)),
+    # momentum.py
+    "ema": lambda: gx.ema(0.9),
+    "trace": lambda: gx.trace(0.9, nesterov=True, dampening=0.1),
+    # adaptive.py
+    "scale_by_rss": lambda: gx.scale_by_rss(),
+    "scale_by_rms": lambda: gx.scale_by_rms(bias_correction=True),
+    "scale_by_stddev": lambda: gx.scale_by_stddev(eps_in_sqrt=False),
+    # adam.py
+    "scale_by_adam": lambda: gx.scale_by_adam(nesterov=True),
+    "scale_by_amsgrad": lambda: gx.scale_by_amsgrad(max_of="raw"),
+    "scale_by_adamax": lambda: gx.scale_by_adamax(),
+    "scale_by_radam": lambda: gx.scale_by_radam(),
+    "scale_by_nadam": lambda: gx.scale_by_nadam(),
+    "scale_by_lion": lambda: gx.scale_by_lion(),
+    # alias.py
+    "sgd": lambda: gx.sgd(0.1, 0.9, weight_decay=1e-2),
+    "adagrad": lambda: gx.adagrad(0.1),
+    "rmsprop": lambda: gx.rmsprop(0.01, centered=True, momentum=0.9),
+    "adam": lambda: gx.adam(1e-3),
+    "adamw": lambda: gx.adamw(1e-3),
+    "adamax": lambda: gx.adamax(1e-3),
+    "nadam": lambda: gx.nadam(1e-3, momentum_decay=4e-3),
+    "radam": lambda: gx.radam(1e-3),
+    "amsgrad": lambda: gx.amsgrad(1e-3),
+    "lion": lambda: gx.lion(1e-4),
+}
+
+
+def _public_transformations():
+    names = set()
+    for name in gx.__all__:
+        value = getattr(gx, name)
+        if inspect.isclass(value) and issubclass(value, gx.Transformation) \
+                and value is not gx.Transformation:
+            names.add(name)
+        elif inspect.isfunction(value) and value.__module__ == alias.__name__:
+            names.add(name)
+    return names
+
+
+def test_every_public_transformation_is_checked():
+    missing = _public_transformations() - set(CASES)
+    assert not missing, f"add a conformance case to CASES for: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_conformance(name):
+    check_transformation(CASES[name]())
