@@ -221,12 +221,16 @@ class PytreeDataclass:
         return f"{type(self).__name__}({', '.join(parts)})"
 
 
-def pytree_dataclass(cls):
+def pytree_dataclass(cls=None, *, positional: int = 1):
     """Makes `cls` a frozen dataclass registered as a pytree with keyed paths.
 
-    The first field may be given by position; the others are keyword-only.
+    The first `positional` fields may be given by position; the others are keyword-only. One by
+    default (a transformation's hyperparameters are keyword-only after the first); schedules
+    that keep optax's signatures use `@pytree_dataclass(positional=k)`.
     """
-    for name in list(cls.__dict__.get("__annotations__", {}))[1:]:
+    if cls is None:
+        return lambda c: pytree_dataclass(c, positional=positional)
+    for name in list(cls.__dict__.get("__annotations__", {}))[positional:]:
         f = cls.__dict__.get(name)
         if isinstance(f, dataclasses.Field):
             f.kw_only = True
@@ -256,6 +260,14 @@ class Schedule(PytreeDataclass):
 
     def __call__(self, count):
         raise NotImplementedError
+
+    def values(self, num_steps: int, *, start: int = 0):
+        """The schedule at steps start, start + 1, ..., start + num_steps - 1, as one array."""
+        if (not isinstance(num_steps, numbers.Integral) or isinstance(num_steps, bool)
+                or num_steps < 0):
+            raise ValueError(f"values: num_steps must be an integer >= 0, got {num_steps!r}")
+        counts = jnp.arange(start, start + num_steps, dtype=jnp.int32)
+        return jax.vmap(self)(counts)
 
 
 def resolve(value, count):
