@@ -346,7 +346,12 @@ _STATE_STRUCTURE_CACHE: dict = {}
 
 
 def _expected_state_structure(transformation, updates):
-    key = (jax.tree_util.tree_structure(transformation), jax.tree_util.tree_structure(updates))
+    leaves, treedef = jax.tree_util.tree_flatten(updates)
+    key = (
+        jax.tree_util.tree_structure(transformation),
+        treedef,
+        tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves),
+    )
     try:
         return _STATE_STRUCTURE_CACHE[key]
     except KeyError:
