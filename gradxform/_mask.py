@@ -53,16 +53,48 @@ def broadcast_mask(mask, tree, where: str):
         )
     except ValueError:
         pass
-    paths_tree = [_tree.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
-    for path, _ in jax.tree_util.tree_leaves_with_path(mask):
-        p = _tree.path_str(path)
-        if not any(q == p or q.startswith(p + "/") for q in paths_tree):
-            raise ValueError(f"{where}: mask has key '{p}' that params lacks")
-    for q in paths_tree:
-        mask_paths = [_tree.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(mask)]
-        if not any(q == p or q.startswith(p + "/") for p in mask_paths):
-            raise ValueError(f"{where}: params has key '{q}' that the mask does not cover")
-    raise ValueError(f"{where}: the mask's structure is not a prefix of the params' structure")
+    values = prefix_values(mask, tree, where, "mask")
+    treedef = jax.tree_util.tree_structure(tree, is_leaf=_tree._is_none)
+    return jax.tree_util.tree_unflatten(treedef, values)
+
+
+def _segments(path) -> tuple[str, ...]:
+    return tuple(_tree.path_str((key,)) for key in path)
+
+
+def prefix_values(prefix, tree, where: str, what: str) -> list:
+    """The value of `prefix` (a tree that is a prefix of `tree`) for every leaf of `tree`.
+
+    Returns one value per leaf of `tree` in flattening order, None leaves included (their value
+    is None). Paths are compared as `layer1/w` strings, so a dict prefix works for params held in
+    another mapping type. A None subtree of `tree` accepts any prefix subtree: an enclosing
+    `masked` or `partition` hides leaves as None, and a finer inner mask must still apply.
+    Raises a ValueError naming the first path where the two trees disagree.
+    """
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_tree._is_none)[0]
+    tree_paths = [(_segments(path), leaf is None) for path, leaf in leaves]
+    given = {_segments(path): value for path, value in
+             jax.tree_util.tree_flatten_with_path(prefix)[0]}
+    covered = {segs[:i] for segs, _ in tree_paths for i in range(len(segs) + 1)}
+    hidden = {segs for segs, is_none in tree_paths if is_none}
+    for segs in given:
+        if segs not in covered and not any(segs[:i] in hidden for i in range(len(segs))):
+            raise ValueError(f"{where}: {what} has key '{'/'.join(segs)}' that params lacks")
+    values = []
+    for segs, is_none in tree_paths:
+        if is_none:
+            values.append(None)
+            continue
+        for i in range(len(segs) + 1):
+            if segs[:i] in given:
+                values.append(given[segs[:i]])
+                break
+        else:
+            raise ValueError(
+                f"{where}: params has key '{'/'.join(segs) or '<root>'}' that the {what} does "
+                f"not cover"
+            )
+    return values
 
 
 def as_static_mask(mask) -> StaticMask | None:
