@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gradxform.alias import adam, adamw
 from gradxform.update import apply_updates
@@ -103,10 +102,13 @@ def train_regression(optimizer, data: NoisyFeatures, key, *, steps: int = 2000,
 
 
 def run_noisy_features(optimizer, *, seeds: int = 8, steps: int = 2000, **data_kwargs):
-    """`train_regression` on `seeds` independent data sets at once (vmapped); every array of
-    the returned RegressionRun has a leading axis of length `seeds`."""
+    """`train_regression` on `seeds` independent data sets at once (vmapped).
+
+    Returns the data sets and the runs; every array has a leading axis of length `seeds`. Pure,
+    so it can itself be vmapped, e.g. over a weight decay the optimizer is built from.
+    """
     keys = jax.random.split(jax.random.key(0), seeds)
     data_keys, train_keys = keys, jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
     data = jax.vmap(lambda k: noisy_features_data(k, **data_kwargs))(data_keys)
     runs = jax.vmap(lambda d, k: train_regression(optimizer, d, k, steps=steps))(data, train_keys)
-    return data, jax.tree.map(np.asarray, runs)
+    return data, runs
