@@ -94,7 +94,14 @@ def _concrete_values(value) -> list[float] | None:
     return None
 
 
-def _validate_field(owner: str, name: str, value, check: Callable | None) -> None:
+def _validate_field(owner: str, name: str, value, check: Callable | None,
+                    default: Any = None) -> None:
+    # A string or a missing value would only fail later, inside the step, with a message about
+    # arrays; say here which argument is wrong.
+    if isinstance(value, str | bytes) or (value is None and default is not None):
+        raise TypeError(
+            f"{owner}: {name} must be a number, an array or a schedule, got {value!r}"
+        )
     values = _concrete_values(value)
     if values is None:
         return
@@ -149,7 +156,8 @@ class PytreeDataclass:
                 if problem is not None:
                     raise ValueError(f"{owner}: {f.name} must be {problem}, got {getattr(self, f.name)!r}")
             elif f.metadata.get("kind") == "hyper":
-                _validate_field(owner, f.name, getattr(self, f.name), f.metadata.get("check"))
+                _validate_field(owner, f.name, getattr(self, f.name), f.metadata.get("check"),
+                                f.default)
         self._validate()
 
     def _validate(self) -> None:
@@ -346,24 +354,29 @@ _STATE_STRUCTURE_CACHE: dict = {}
 
 
 def _expected_state_structure(transformation, updates):
+    """The structure and leaf shapes of `transformation.init(params)` for params like `updates`."""
     leaves, treedef = jax.tree_util.tree_flatten(updates)
     key = (
         jax.tree_util.tree_structure(transformation),
         treedef,
         tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves),
     )
+
+    def compute():
+        shapes = jax.eval_shape(transformation.init, updates)
+        return jax.tree_util.tree_structure(shapes), jax.tree_util.tree_leaves_with_path(shapes)
+
     try:
         return _STATE_STRUCTURE_CACHE[key]
     except KeyError:
         pass
     except TypeError:  # unhashable static data: no caching
-        return jax.tree_util.tree_structure(jax.eval_shape(transformation.init, updates))
-    shapes = jax.eval_shape(transformation.init, updates)
-    structure = jax.tree_util.tree_structure(shapes)
+        return compute()
+    expected = compute()
     if len(_STATE_STRUCTURE_CACHE) > 4096:
         _STATE_STRUCTURE_CACHE.clear()
-    _STATE_STRUCTURE_CACHE[key] = structure
-    return structure
+    _STATE_STRUCTURE_CACHE[key] = expected
+    return expected
 
 
 def _check_trees(transformation, updates, state, params) -> None:
@@ -371,12 +384,21 @@ def _check_trees(transformation, updates, state, params) -> None:
     _tree.check_inexact(updates, f"{name}.update", "updates")
     if params is not None:
         _tree.check_same_structure(updates, params, f"{name}.update", "updates", "params")
-    expected = _expected_state_structure(transformation, updates)
+        _tree.check_inexact(params, f"{name}.update", "params")
+    expected, expected_leaves = _expected_state_structure(transformation, updates)
     actual = jax.tree_util.tree_structure(state)
+    hint = None
     if actual != expected:
         hint = _tree.first_difference_of_structures(
             jax.tree_util.tree_unflatten(expected, [0] * expected.num_leaves), state
         )
+    else:
+        for (path, want), have in zip(expected_leaves, jax.tree_util.tree_leaves(state)):
+            if jnp.shape(have) != want.shape:
+                hint = (f"state leaf '{_tree.path_str(path)}' has shape {jnp.shape(have)}, "
+                        f"init gives {want.shape}")
+                break
+    if hint is not None:
         raise ValueError(
             f"{name}.update: state does not match the state that init gives for these updates "
             f"({hint}). Was the state created by this optimizer, for params of this structure? "

@@ -32,24 +32,30 @@ def moment_dtype(x, dtype=None):
     """The dtype of an optimizer moment for a leaf like `x`.
 
     An explicit `dtype` wins. Otherwise 16-bit floating point leaves get float32 moments (their
-    squared gradients underflow and their EMAs stall in 16 bits) and every other leaf keeps its
-    own dtype.
+    squared gradients underflow and their EMAs stall in 16 bits), integer and boolean leaves get
+    JAX's default float (an integer moment would truncate every update to nothing; `update` and
+    `apply_updates` refuse such params anyway) and every other leaf keeps its own dtype.
     """
     if dtype is not None:
         return jnp.dtype(dtype)
     dt = jnp.result_type(x)
+    if not jnp.issubdtype(dt, jnp.inexact):
+        return jnp.dtype(jnp.result_type(float))
     if jnp.issubdtype(dt, jnp.floating) and jnp.finfo(dt).bits < 32:
         return jnp.dtype(jnp.float32)
     return dt
 
 
 def zeros_like(tree, dtype=None):
-    """Moment buffers of zeros, one per leaf (None leaves stay None)."""
-    return jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), moment_dtype(x, dtype)), tree)
+    """Moment buffers of zeros, one per leaf (None leaves stay None).
+
+    `jnp.zeros_like`, not `jnp.zeros(shape)`: a buffer keeps the sharding of its param.
+    """
+    return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=moment_dtype(x, dtype)), tree)
 
 
 def full_like(tree, value, dtype=None):
-    return jax.tree.map(lambda x: jnp.full(jnp.shape(x), value, moment_dtype(x, dtype)), tree)
+    return jax.tree.map(lambda x: jnp.full_like(x, value, dtype=moment_dtype(x, dtype)), tree)
 
 
 def real_zeros_like(tree, dtype=None):
@@ -58,7 +64,7 @@ def real_zeros_like(tree, dtype=None):
         dt = moment_dtype(x, dtype)
         if jnp.issubdtype(dt, jnp.complexfloating):
             dt = jnp.finfo(dt).dtype
-        return jnp.zeros(jnp.shape(x), dt)
+        return jnp.zeros_like(x, dtype=dt)
 
     return jax.tree.map(zeros, tree)
 
@@ -76,11 +82,13 @@ def check_inexact(tree, where: str, what: str) -> None:
         if dt is None:
             dt = np.result_type(leaf)
         if not jnp.issubdtype(dt, jnp.inexact):
+            name = "float0" if dt == jax.dtypes.float0 else np.dtype(dt).name
             raise TypeError(
-                f"{where}: {what} leaf '{path_str(path)}' has dtype {np.dtype(dt).name}; gradient "
+                f"{where}: {what} leaf '{path_str(path)}' has dtype {name}; gradient "
                 f"transformations need floating point (or complex) leaves. Leave integer and "
-                f"boolean params out of the optimized tree (e.g. with gradxform.masked or by "
-                f"partitioning the model) or cast them to a float dtype."
+                f"boolean arrays out of the optimized tree (partition the model, e.g. "
+                f"eqx.filter(model, eqx.is_inexact_array) or nnx.state(model, nnx.Param)) or "
+                f"cast them to a float dtype."
             )
 
 

@@ -25,7 +25,7 @@ from gradxform._base import (
     static,
     zero_count,
 )
-from gradxform.adaptive import _real_moment_dtype, abs_sq
+from gradxform.adaptive import abs_sq
 from gradxform.momentum import bias_correction
 
 _unit = in_interval(0, 1, "[)")
@@ -43,7 +43,7 @@ def _second_moment(g, v, b2):
 
 def _moments_init(params, mu_dtype, nu_dtype=None):
     mu = _tree.zeros_like(params, mu_dtype)
-    nu = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), _real_moment_dtype(p, nu_dtype)), params)
+    nu = _tree.real_zeros_like(params, nu_dtype)
     return mu, nu
 
 

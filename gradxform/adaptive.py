@@ -72,8 +72,8 @@ class scale_by_rss(Transformation):
         return ScaleByRssState(
             count=zero_count(),
             sum_of_squares=jax.tree.map(
-                lambda p: jnp.full(
-                    jnp.shape(p), self.initial_accumulator_value, _real_moment_dtype(p)
+                lambda p: jnp.full_like(
+                    p, self.initial_accumulator_value, dtype=_real_moment_dtype(p)
                 ),
                 params,
             ),
@@ -135,7 +135,7 @@ class scale_by_rms(Transformation):
         return ScaleByRmsState(
             count=zero_count(),
             nu=jax.tree.map(
-                lambda p: jnp.full(jnp.shape(p), self.initial_scale, _real_moment_dtype(p)),
+                lambda p: jnp.full_like(p, self.initial_scale, dtype=_real_moment_dtype(p)),
                 params,
             ),
         )
@@ -192,7 +192,7 @@ class scale_by_stddev(Transformation):
             count=zero_count(),
             mu=_tree.zeros_like(params),
             nu=jax.tree.map(
-                lambda p: jnp.full(jnp.shape(p), self.initial_scale, _real_moment_dtype(p)),
+                lambda p: jnp.full_like(p, self.initial_scale, dtype=_real_moment_dtype(p)),
                 params,
             ),
         )

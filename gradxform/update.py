@@ -15,6 +15,8 @@ def apply_updates(params, updates):
     dtype, so bf16 params stay bf16 when updates come in float32. None leaves stay None.
     """
     _tree.check_same_structure(updates, params, "apply_updates", "updates", "params")
+    # Casting θ + u back to an integer dtype would truncate every step to nothing.
+    _tree.check_inexact(params, "apply_updates", "params")
     def add(p, u):
         p, u = jnp.asarray(p), jnp.asarray(u)
         dtype = jnp.promote_types(p.dtype, u.dtype)
