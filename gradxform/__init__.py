@@ -70,7 +70,42 @@ from gradxform.update import apply_updates
 
 # -- schedules (gradxform.schedules) --
 # -- clipping and gradient hygiene (gradxform.clipping) --
+from gradxform.clipping import (
+    ClipByGlobalNormState,
+    ZeroNansState,
+    adaptive_grad_clip,
+    clip,
+    clip_by_block_rms,
+    clip_by_global_norm,
+    global_norm,
+    unitwise_norm,
+    zero_nans,
+)
 # -- combinators (gradxform.combinators, gradxform.wrappers) --
+from gradxform.combinators import (
+    MaskedState,
+    PartitionState,
+    freeze,
+    get_state,
+    masked,
+    multi_transform,
+    named_chain,
+    partition,
+)
+from gradxform.wrappers import (
+    ApplyIfFiniteState,
+    EmaParamsState,
+    LookaheadState,
+    MultiSteps,
+    MultiStepsState,
+    apply_if_finite,
+    averaged_params,
+    ema_params,
+    lookahead,
+    skip_large_updates,
+    skip_not_finite,
+    slow_params,
+)
 # -- training-step helpers (gradxform.step) --
 # -- interop (gradxform.interop) --
 

@@ -44,6 +44,28 @@ CASES = {
     "radam": lambda: gx.radam(1e-3),
     "amsgrad": lambda: gx.amsgrad(1e-3),
     "lion": lambda: gx.lion(1e-4),
+    # clipping.py
+    "clip": lambda: gx.clip(0.5),
+    "clip_by_block_rms": lambda: gx.clip_by_block_rms(0.5),
+    "clip_by_global_norm": lambda: gx.clip_by_global_norm(1.0),
+    "adaptive_grad_clip": lambda: gx.adaptive_grad_clip(0.1),
+    "zero_nans": lambda: gx.zero_nans(),
+    # combinators.py
+    "masked": lambda: gx.masked(gx.adam(1e-2), lambda p: {k: k != "scale" for k in p}),
+    "partition": lambda: gx.partition({"a": gx.adamw(1e-2), "b": gx.sgd(0.1, 0.9)},
+                                      {"dense/w": "a", "**": "b"}),
+    "multi_transform": lambda: gx.multi_transform(
+        {"a": gx.adam(1e-2), "frozen": gx.set_to_zero()},
+        {"dense": "a", "scale": "frozen", "frozen": None, "empty": "a"}),
+    "freeze": lambda: gx.freeze({"dense": True, "scale": False, "frozen": False,
+                                 "empty": False}),
+    "named_chain": lambda: gx.named_chain(("clip", gx.clip_by_global_norm(1.0)),
+                                          ("adam", gx.adam(1e-2))),
+    # wrappers.py
+    "MultiSteps": lambda: gx.MultiSteps(gx.adam(1e-2), 2),
+    "apply_if_finite": lambda: gx.apply_if_finite(gx.adam(1e-2), 2),
+    "lookahead": lambda: gx.lookahead(gx.sgd(0.1, 0.9), 2, 0.5, reset_state=True),
+    "ema_params": lambda: gx.chain(gx.sgd(0.1), gx.ema_params(0.9, debias=True, warmup=10.0)),
 }
 
 

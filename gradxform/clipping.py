@@ -1,0 +1,262 @@
+"""Clipping and gradient hygiene: bounding updates before an optimizer sees them.
+
+Clipping the gradient before an adaptive method bounds what that method remembers: after
+`clip_by_global_norm(c)` every g_t has ‖g_t‖ ≤ c, so Adam's second moment
+v_t = (1 - β2) Σ β2^(t-s) g_s² has Σ_i v_t,i ≤ c² (1 - β2^t) < c².
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradxform import _tree
+from gradxform._base import (
+    Transformation,
+    hyperparameter,
+    non_negative,
+    positive,
+    pytree_dataclass,
+    safe_increment,
+    static,
+    zero_count,
+)
+from gradxform.adaptive import abs_sq
+from gradxform.scaling import CountState
+
+
+def _norm_dtype(tree):
+    """The real dtype a norm of `tree` is accumulated in: float32 for 16-bit leaves, else widest."""
+    dtypes = [_tree.moment_dtype(x) for x in jax.tree_util.tree_leaves(tree)]
+    reals = [jnp.finfo(d).dtype for d in dtypes if jnp.issubdtype(d, jnp.inexact)]
+    return max(reals, key=lambda d: d.itemsize, default=jnp.dtype(jnp.float32))
+
+
+def _widen_to(x, real_dtype):
+    """`x` in the real precision `real_dtype` (complex stays complex)."""
+    if jnp.iscomplexobj(x):
+        return x.astype(jnp.complex128 if real_dtype == jnp.float64 else jnp.complex64)
+    return x.astype(real_dtype)
+
+
+def global_norm(updates) -> jax.Array:
+    """‖u‖ = √(Σ_leaves Σ_i |u_i|²), accumulated in float32 for 16-bit leaves."""
+    dtype = _norm_dtype(updates)
+    squares = [jnp.sum(abs_sq(_widen_to(x, dtype))) for x in jax.tree_util.tree_leaves(updates)]
+    total = functools.reduce(jnp.add, squares) if squares else jnp.zeros([], dtype)
+    return jnp.sqrt(total)
+
+
+@pytree_dataclass
+class clip(Transformation):
+    """Clips every coordinate of the updates to [-δ, δ]: u_t = min(max(g_t, -δ), δ).
+
+    Args:
+      max_delta: δ ≥ 0, a float, an array or a schedule of the step count.
+
+    Returns:
+      A transformation; its state holds the step count.
+    """
+
+    max_delta: float = hyperparameter(check=non_negative)
+
+    def init(self, params):
+        return CountState(count=zero_count())
+
+    def update(self, updates, state, params=None, **extra_args):
+        delta = self.at(state.count).max_delta
+        updates = jax.tree.map(
+            lambda g: jnp.clip(g, -_tree.coef(delta, g), _tree.coef(delta, g)), updates
+        )
+        return updates, CountState(count=safe_increment(state.count))
+
+
+@pytree_dataclass
+class clip_by_block_rms(Transformation):
+    """Scales each leaf (block) down so that its root-mean-square is at most τ.
+
+        u_t = g_t / max(1, rms(g_t) / τ),    rms(g) = √(mean_i |g_i|²)   (per leaf)
+
+    Args:
+      threshold: τ > 0, a float, an array or a schedule of the step count.
+
+    Returns:
+      A transformation; its state holds the step count.
+    """
+
+    threshold: float = hyperparameter(check=positive)
+
+    def init(self, params):
+        return CountState(count=zero_count())
+
+    def update(self, updates, state, params=None, **extra_args):
+        tau = self.at(state.count).threshold
+
+        def clip_block(g):
+            w = _widen_to(g, _norm_dtype(g))
+            denom = jnp.maximum(1.0, jnp.sqrt(jnp.mean(abs_sq(w))) / _tree.coef(tau, w))
+            return (w / denom).astype(g.dtype)
+
+        updates = jax.tree.map(clip_block, updates)
+        return updates, CountState(count=safe_increment(state.count))
+
+
+class ClipByGlobalNormState(NamedTuple):
+    """`global_norm` is ‖g_t‖ of the last updates before clipping (for logging)."""
+
+    count: Any
+    global_norm: Any
+
+
+@pytree_dataclass
+class clip_by_global_norm(Transformation):
+    """Rescales all updates together so that their global norm is at most c.
+
+        u_t = g_t · c / max(‖g_t‖, c),    ‖g‖ = √(Σ_leaves Σ_i g_i²)
+
+    One scalar factor multiplies every leaf (no per-leaf select), so the clip is one pass over
+    the updates; below the threshold the factor is exactly 1. The norm before clipping is kept
+    in the state as `global_norm` for logging, e.g.
+    `get_state(opt, state, "clip_by_global_norm").global_norm`. A non-finite norm gives
+    non-finite updates, as in optax; `apply_if_finite` or `zero_nans` deal with those.
+
+    Args:
+      max_norm: c > 0, a float, an array or a schedule of the step count.
+
+    Returns:
+      A transformation with state `ClipByGlobalNormState(count, global_norm)`.
+
+    References:
+      Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks",
+      ICML 2013.
+    """
+
+    max_norm: float = hyperparameter(check=positive)
+
+    def init(self, params):
+        return ClipByGlobalNormState(
+            count=zero_count(), global_norm=jnp.zeros([], _norm_dtype(params))
+        )
+
+    def update(self, updates, state, params=None, **extra_args):
+        c = self.at(state.count).max_norm
+        norm = global_norm(updates).astype(state.global_norm.dtype)
+        c = _tree.coef(c, norm)
+        factor = c / jnp.maximum(norm, c)
+        updates = jax.tree.map(lambda g: g * _tree.coef(factor, g), updates)
+        return updates, ClipByGlobalNormState(count=safe_increment(state.count), global_norm=norm)
+
+
+def unitwise_norm(x, axis=None):
+    """The L2 norm of each unit of `x` (Brock et al. 2021), broadcast back to `x`'s shape.
+
+    A unit is a slice of `x` over `axis`. By default the axes follow common layouts: the whole
+    array for scalars and vectors, axis 0 for (in, out) matrices and (in, heads, out) kernels,
+    axes (0, 1, 2) for HWIO convolutions, (0, 1, 2, 3) for DHWIO ones (as optax).
+    """
+    if axis is not None:
+        sq = jnp.sum(abs_sq(x), axis=axis, keepdims=True)
+    elif jnp.squeeze(x).ndim <= 1:
+        sq = jnp.sum(abs_sq(x), keepdims=True)
+    elif x.ndim in (2, 3):
+        sq = jnp.sum(abs_sq(x), axis=0, keepdims=True)
+    elif x.ndim == 4:
+        sq = jnp.sum(abs_sq(x), axis=(0, 1, 2), keepdims=True)
+    elif x.ndim == 5:
+        sq = jnp.sum(abs_sq(x), axis=(0, 1, 2, 3), keepdims=True)
+    else:
+        raise ValueError(
+            f"adaptive_grad_clip: a leaf has shape {x.shape}; the default units cover ranks 0 "
+            f"to 5. Pass axis=... to say which axes form a unit."
+        )
+    return jnp.broadcast_to(jnp.sqrt(sq), x.shape)
+
+
+def _as_axis(axis):
+    return tuple(axis) if isinstance(axis, list) else axis
+
+
+@pytree_dataclass
+class adaptive_grad_clip(Transformation):
+    """Adaptive gradient clipping (AGC): bounds each unit's gradient norm relative to its weights.
+
+        u_i = g_i                                  if ‖g_i‖ < λ max(‖θ_i‖, ε)
+        u_i = g_i · λ max(‖θ_i‖, ε) / ‖g_i‖        otherwise
+
+    for every unit i (a row of outputs, a convolution filter; see `unitwise_norm`).
+
+    Args:
+      clipping: λ ≥ 0, the largest allowed ratio ‖g_i‖ / ‖θ_i‖.
+      eps: ε ≥ 0, keeps zero-initialised weights (biases) from having their gradients
+        clipped to zero.
+      axis: the axes that form a unit (int or tuple), or None for the layout defaults.
+
+    Returns:
+      A transformation; its state holds the step count. `update` needs params.
+
+    References:
+      Brock, De, Smith & Simonyan, "High-Performance Large-Scale Image Recognition Without
+      Normalization", ICML 2021.
+    """
+
+    clipping: float = hyperparameter(check=non_negative)
+    eps: float = hyperparameter(1e-3, check=non_negative)
+    axis: Any = static(None)
+
+    def __post_init__(self):
+        object.__setattr__(self, "axis", _as_axis(self.axis))
+        super().__post_init__()
+
+    def init(self, params):
+        return CountState(count=zero_count())
+
+    def update(self, updates, state, params=None, **extra_args):
+        if params is None:
+            raise ValueError(
+                "adaptive_grad_clip.update: params are required (pass them as "
+                "update(updates, state, params))"
+            )
+        h = self.at(state.count)
+
+        def clip_units(g, p):
+            dt = _norm_dtype(g)
+            w = _widen_to(g, dt)
+            g_norm = unitwise_norm(w, self.axis)
+            p_norm = unitwise_norm(_widen_to(p, dt), self.axis)
+            max_norm = _tree.coef(h.clipping, w) * jnp.maximum(p_norm, _tree.coef(h.eps, w))
+            # 1e-6 only guards the division; the select keeps g where it is not clipped.
+            clipped = w * (max_norm / jnp.maximum(g_norm, 1e-6))
+            return jnp.where(g_norm < max_norm, w, clipped).astype(g.dtype)
+
+        updates = jax.tree.map(clip_units, updates, params)
+        return updates, CountState(count=safe_increment(state.count))
+
+
+class ZeroNansState(NamedTuple):
+    """`found_nan` holds, per leaf, whether the last updates had a NaN there."""
+
+    found_nan: Any
+
+
+@pytree_dataclass
+class zero_nans(Transformation):
+    """Replaces NaNs in the updates by zero: u_i = 0 if g_i is NaN else g_i.
+
+    The state records, per leaf, whether a NaN was found at the last call (for logging);
+    infinities pass through. To skip a whole step instead, use `apply_if_finite`.
+
+    Returns:
+      A transformation with state `ZeroNansState(found_nan)`.
+    """
+
+    def init(self, params):
+        return ZeroNansState(found_nan=jax.tree.map(lambda _: jnp.zeros([], jnp.bool_), params))
+
+    def update(self, updates, state, params=None, **extra_args):
+        found = jax.tree.map(lambda g: jnp.any(jnp.isnan(g)), updates)
+        updates = jax.tree.map(lambda g: jnp.where(jnp.isnan(g), jnp.zeros_like(g), g), updates)
+        return updates, ZeroNansState(found_nan=found)
+

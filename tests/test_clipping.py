@@ -1,0 +1,177 @@
+"""Clipping and gradient hygiene: optax's numbers over 100 steps, and the properties clipping buys."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradxform as gx
+
+# Tolerances for 100-step trajectories: a few ulp, since the two libraries round differently
+# (g·(c/‖g‖) here, (g/‖g‖)·c in optax). The clips feed momentum SGD, which passes them on
+# without amplifying rounding (Adam's normalisation of near-zero gradients would).
+TOL = {"float32": dict(rtol=1e-6, atol=5e-7), "float64": dict(rtol=1e-13, atol=1e-14)}
+
+
+def make_params(dtype):
+    rng = np.random.default_rng(0)
+    return {
+        "dense": {"w": jnp.asarray(rng.normal(size=(4, 3)), dtype),
+                  "b": jnp.asarray(rng.normal(size=(3,)), dtype)},
+        "head": {"w": jnp.asarray(rng.normal(size=(3, 2)), dtype)},
+        "scale": jnp.asarray(rng.normal(), dtype),
+        "frozen": None,
+    }
+
+
+def grad_fn(params, nan_steps=(), steps=100):
+    """g_t(θ) = θ - ½ + noise_t, the noise 10x larger every fifth step (to trip the clips).
+
+    With `nan_steps`, the first coordinate of every leaf is NaN at those steps.
+    """
+    rng = np.random.default_rng(1)
+
+    def noise_for(x):
+        n = rng.normal(size=(steps,) + x.shape) * np.where(np.arange(steps) % 5 == 0, 10.0, 1.0
+                                                           ).reshape((steps,) + (1,) * x.ndim)
+        for t in nan_steps:
+            n.reshape(steps, -1)[t, 0] = np.nan
+        return jnp.asarray(n, x.dtype)
+
+    noise = jax.tree.map(noise_for, params)
+    return lambda p, t: jax.tree.map(lambda x, n: (x - 0.5) + n[t], p, noise)
+
+
+def stepper(opt, params, grads):
+    """(initial carry, step) for `opt` (gradxform or optax) following the gradients `grads`."""
+    def step(carry, t):
+        p, s = carry
+        u, s = opt.update(grads(p, t), s, p)
+        p = optax.apply_updates(p, u)
+        return (p, s), (p, s)
+
+    return (params, opt.init(params)), step
+
+
+def run(steppers, steps=100):
+    """The outputs of every stepper at every step, all in one lax.scan (one compilation)."""
+    def body(carries, t):
+        outs = [step(c, t) for (_, step), c in zip(steppers, carries)]
+        return [c for c, _ in outs], [o for _, o in outs]
+
+    return jax.jit(lambda: jax.lax.scan(body, [c for c, _ in steppers], jnp.arange(steps))[1])()
+
+
+def assert_trees_close(a, b, dtype, what=""):
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **TOL[dtype],
+                                   err_msg=what + jax.tree_util.keystr(path))
+
+
+CASES = {
+    "clip": (lambda: gx.clip(0.8), lambda: optax.clip(0.8)),
+    # thresholds that clip the 10x steps and (mostly) not the others
+    "clip_by_block_rms": (lambda: gx.clip_by_block_rms(3.0), lambda: optax.clip_by_block_rms(3.0)),
+    "clip_by_global_norm": (lambda: gx.clip_by_global_norm(10.0),
+                            lambda: optax.clip_by_global_norm(10.0)),
+    "adaptive_grad_clip": (lambda: gx.adaptive_grad_clip(0.5, eps=1e-2),
+                           lambda: optax.adaptive_grad_clip(0.5, eps=1e-2)),
+    "zero_nans": (lambda: gx.zero_nans(), lambda: optax.zero_nans()),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_same_trajectories_as_optax(dtype):
+    """Each clip followed by momentum SGD, 100 steps: params equal optax's at every step."""
+    with jax.enable_x64(dtype == "float64"):
+        params = make_params(dtype)
+        grads = grad_fn(params)
+        nan_grads = grad_fn(params, nan_steps=(3, 40))
+        steppers = []
+        for name, (ours, theirs) in CASES.items():
+            g = nan_grads if name == "zero_nans" else grads
+            steppers.append(stepper(gx.chain(ours(), gx.sgd(0.05, 0.9)), params, g))
+            steppers.append(stepper(optax.chain(theirs(), optax.sgd(0.05, 0.9)), params, g))
+        steppers.append(stepper(gx.sgd(0.05, 0.9), params, grads))
+        outs = run(steppers)
+        unclipped = outs[-1][0]["dense"]["w"]
+        for i, name in enumerate(CASES):
+            (ours_p, _), (theirs_p, _) = outs[2 * i], outs[2 * i + 1]
+            assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(ours_p))
+            assert_trees_close(ours_p, theirs_p, dtype, name)
+            if name != "zero_nans":  # the clip is active: the path differs from plain SGD's
+                assert np.abs(ours_p["dense"]["w"] - unclipped).max() > 1e-2, name
+
+
+def test_clipping_before_adam_bounds_the_second_moment():
+    """After clip_by_global_norm(c), Σ_i v_i ≤ c² (1 - β2^t): Adam's memory of g² is bounded."""
+    c = 5.0
+    params = make_params("float32")
+    grads = grad_fn(params)
+    big = lambda p, t: jax.tree.map(lambda g: 100.0 * g, grads(p, t))  # noqa: E731
+    clipped = gx.chain(gx.clip_by_global_norm(c), gx.scale_by_adam(), gx.scale(-1e-3))
+    plain = gx.chain(gx.scale_by_adam(), gx.scale(-1e-3))
+    (_, s_clipped), (_, s_plain) = run([stepper(clipped, params, big), stepper(plain, params, big)])
+
+    def total_nu(opt, states):
+        nu = gx.get_state(opt, states, "scale_by_adam").nu
+        return np.asarray(sum(jnp.sum(v, axis=tuple(range(1, v.ndim))) for v in jax.tree.leaves(nu)))
+
+    bound = c**2 * (1 - 0.999 ** np.arange(1, 101))
+    assert np.all(total_nu(clipped, s_clipped) <= bound * (1 + 1e-5))
+    assert np.all(total_nu(plain, s_plain)[5:] > 100 * bound[5:])  # unclipped, v grows with ‖g‖²
+
+
+def test_global_norm_clip_is_one_scalar_factor_and_logs_the_norm():
+    params = make_params("float32")
+    g = grad_fn(params)(params, 0)  # a spike step: ‖g‖ ≈ 40
+    flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]).astype(np.float64)
+    norm = np.linalg.norm(flat)
+    opt = gx.chain(gx.clip_by_global_norm(2.0), gx.scale(-1.0))
+    u, state = opt.update(g, opt.init(params), params)
+    logged = gx.get_state(opt, state, "clip_by_global_norm").global_norm
+    np.testing.assert_allclose(logged, norm, rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(u), jax.tree.leaves(g)):
+        np.testing.assert_allclose(x, -np.asarray(y, np.float64) * 2.0 / norm, rtol=1e-6)
+    # below the threshold the factor is exactly one
+    small = jax.tree.map(lambda x: x * 1e-3, g)
+    u_small, _ = gx.clip_by_global_norm(2.0).update(small, gx.clip_by_global_norm(2.0).init(params))
+    for x, y in zip(jax.tree.leaves(u_small), jax.tree.leaves(small)):
+        np.testing.assert_array_equal(x, y)
+    # one multiplication per leaf: no select between clipped and unclipped leaves
+    t = gx.clip_by_global_norm(2.0)
+    jaxpr = jax.make_jaxpr(lambda g, s: t.update(g, s))(g, t.init(params))
+    selects = [e for e in equations(jaxpr.jaxpr) if e.primitive.name == "select_n"]
+    assert all(e.outvars[0].aval.shape == () for e in selects)  # only the step count's
+
+
+def equations(jaxpr):
+    """Every equation of a jaxpr, inner jaxprs (pjit, custom_jvp) included."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            inner = getattr(value, "jaxpr", value)
+            if hasattr(inner, "eqns"):
+                yield from equations(inner)
+
+
+def test_zero_nans_records_where_it_found_them():
+    params = make_params("float32")
+    g = grad_fn(params, nan_steps=(0,))(params, 0)
+    u, state = gx.zero_nans().update(g, gx.zero_nans().init(params))
+    assert all(bool(f) for f in jax.tree.leaves(state.found_nan))
+    assert all(np.isfinite(x).all() and x.ravel()[0] == 0 for x in jax.tree.leaves(u))
+    assert state.found_nan["frozen"] is None
+
+
+def test_bad_hyperparameters_and_missing_params_are_reported():
+    with pytest.raises(ValueError, match=r"clip_by_global_norm: max_norm must be > 0, got 0"):
+        gx.clip_by_global_norm(0.0)
+    with pytest.raises(ValueError, match=r"clip: max_delta must be >= 0"):
+        gx.clip(-1.0)
+    params = make_params("float32")
+    agc = gx.adaptive_grad_clip(0.1)
+    with pytest.raises(ValueError, match=r"adaptive_grad_clip.update: params are required"):
+        agc.update(params, agc.init(params))

@@ -1,0 +1,241 @@
+"""masked, partition, freeze, named_chain and get_state: optax's numbers, nesting, errors, lookup."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradxform as gx
+
+# 100-step trajectories agree to a few ulp (momentum SGD passes rounding on unamplified).
+TOL = {"float32": dict(rtol=1e-6, atol=5e-7), "float64": dict(rtol=1e-13, atol=1e-14)}
+
+
+def make_params(dtype):
+    rng = np.random.default_rng(0)
+    return {
+        "dense": {"w": jnp.asarray(rng.normal(size=(4, 3)), dtype),
+                  "b": jnp.asarray(rng.normal(size=(3,)), dtype)},
+        "head": {"w": jnp.asarray(rng.normal(size=(3, 2)), dtype)},
+        "scale": jnp.asarray(rng.normal(), dtype),
+        "frozen": None,
+    }
+
+
+def grad_fn(params, steps=100):
+    """g_t(θ) = θ - ½ + noise_t (fixed noise, drawn once)."""
+    rng = np.random.default_rng(1)
+    noise = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=(steps,) + x.shape), x.dtype),
+                         params)
+    return lambda p, t: jax.tree.map(lambda x, n: (x - 0.5) + n[t], p, noise)
+
+
+def stepper(opt, params, grads):
+    def step(carry, t):
+        p, s = carry
+        u, s = opt.update(grads(p, t), s, p)
+        p = optax.apply_updates(p, u)
+        return (p, s), (p, s)
+
+    return (params, opt.init(params)), step
+
+
+def run(steppers, steps=100):
+    """The outputs of every stepper at every step, all in one lax.scan (one compilation)."""
+    def body(carries, t):
+        outs = [step(c, t) for (_, step), c in zip(steppers, carries)]
+        return [c for c, _ in outs], [o for _, o in outs]
+
+    return jax.jit(lambda: jax.lax.scan(body, [c for c, _ in steppers], jnp.arange(steps))[1])()
+
+
+def assert_trees_close(a, b, dtype, what=""):
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **TOL[dtype],
+                                   err_msg=what + jax.tree_util.keystr(path))
+
+
+def decayed_sgd(lib, lr, wd=0.1):
+    return lib.chain(lib.add_decayed_weights(wd), lib.sgd(lr, 0.9))
+
+
+MASK = {"dense": {"w": True, "b": False}, "head": True, "scale": False, "frozen": False}
+LABELS = {"dense": {"w": "a", "b": "b"}, "head": "a", "scale": "b", "frozen": None}
+
+
+def is_matrix(p):
+    return jax.tree.map(lambda x: x.ndim == 2, p)
+
+
+def optax_cases():
+    """(ours, optax's) pairs that mean the same thing."""
+    return {
+        "masked/tree": (gx.masked(decayed_sgd(gx, 0.05), MASK),
+                        optax.masked(decayed_sgd(optax, 0.05), MASK)),
+        "masked/callable": (gx.masked(decayed_sgd(gx, 0.05), is_matrix),
+                            optax.masked(decayed_sgd(optax, 0.05), is_matrix)),
+        "partition/tree": (
+            gx.partition({"a": decayed_sgd(gx, 0.05), "b": gx.sgd(0.2, 0.5)}, LABELS),
+            optax.partition({"a": decayed_sgd(optax, 0.05), "b": optax.sgd(0.2, 0.5)}, LABELS)),
+        "partition/patterns": (
+            gx.partition({"a": decayed_sgd(gx, 0.05), "b": gx.sgd(0.2, 0.5)},
+                         {"dense/w": "a", "head/*": "a", "**": "b"}),
+            optax.partition({"a": decayed_sgd(optax, 0.05), "b": optax.sgd(0.2, 0.5)}, LABELS)),
+        "partition/callable": (
+            gx.multi_transform({"a": decayed_sgd(gx, 0.05), "b": gx.sgd(0.2, 0.5)},
+                               lambda p: jax.tree.map(lambda x: "a" if x.ndim == 2 else "b", p)),
+            optax.multi_transform({"a": decayed_sgd(optax, 0.05), "b": optax.sgd(0.2, 0.5)},
+                                  lambda p: jax.tree.map(lambda x: "a" if x.ndim == 2 else "b", p))),
+        "freeze": (gx.chain(gx.freeze(MASK), gx.sgd(0.1, 0.9)),
+                   optax.chain(optax.freeze(MASK), optax.sgd(0.1, 0.9))),
+        "named_chain": (
+            gx.named_chain(("clip", gx.clip_by_global_norm(1.0)), ("sgd", gx.sgd(0.1, 0.9))),
+            optax.named_chain(("clip", optax.clip_by_global_norm(1.0)),
+                              ("sgd", optax.sgd(0.1, 0.9)))),
+        # Masks nest, and the inner mask may be finer than the outer one (optax raises here):
+        # weight decay on dense/w only, SGD on dense and scale, head untouched.
+        "masked/nested": (
+            gx.masked(gx.chain(gx.masked(gx.add_decayed_weights(0.1), MASK), gx.sgd(0.05, 0.9)),
+                      {"dense": True, "head": False, "scale": True, "frozen": False}),
+            optax.partition({"decay": decayed_sgd(optax, 0.05), "sgd": optax.sgd(0.05, 0.9),
+                             "none": optax.identity()},
+                            {"dense": {"w": "decay", "b": "sgd"}, "head": "none",
+                             "scale": "sgd", "frozen": None})),
+    }
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_same_trajectories_as_optax(dtype):
+    with jax.enable_x64(dtype == "float64"):
+        params = make_params(dtype)
+        grads = grad_fn(params)
+        cases = optax_cases()
+        steppers = [stepper(opt, params, grads) for pair in cases.values() for opt in pair]
+        outs = run(steppers)
+        for i, name in enumerate(cases):
+            (ours, _), (theirs, _) = outs[2 * i], outs[2 * i + 1]
+            assert_trees_close(ours, theirs, dtype, name)
+
+
+def test_masked_leaves_pass_through_and_keep_no_state():
+    params = make_params("float32")
+    grads = grad_fn(params)(params, 0)
+    opt = gx.masked(gx.adam(1e-2), MASK)
+    state = opt.init(params)
+    u, state = opt.update(grads, state, params)
+    for path in (("dense", "b"), ("scale",)):
+        g, out = grads, u
+        for k in path:
+            g, out = g[k], out[k]
+        np.testing.assert_array_equal(out, g)
+    mu = gx.get_state(opt, state, "scale_by_adam").mu
+    assert mu["dense"]["b"] is None and mu["scale"] is None and mu["head"]["w"].shape == (3, 2)
+
+
+def finetune_params(dtype):
+    rng = np.random.default_rng(2)
+    shapes = {"embed": {"table": (5, 3)},
+              "encoder": {"layer0": {"w": (3, 3), "b": (3,)}, "layer1": {"w": (3, 3)}},
+              "head": {"w": (3, 2), "b": (2,)}}
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), dtype), shapes,
+                          is_leaf=lambda x: isinstance(x, tuple))
+    return {**params, "buffers": None}
+
+
+def test_fine_tuning_param_groups():
+    """Seed 002/004's advice as param groups: a pretrained body at a low learning rate, a new
+    head at a higher one, frozen embeddings; equal to optax.partition over 100 steps."""
+    with jax.enable_x64(True):
+        params = finetune_params("float64")
+        grads = grad_fn(params)
+        opt = gx.partition(
+            {"body": gx.adamw(1e-4, weight_decay=1e-2), "head": gx.adamw(1e-2, weight_decay=1e-2),
+             "frozen": gx.set_to_zero()},
+            {"embed/**": "frozen", "encoder/**": "body", "head/*": "head"},
+        )
+        reference = optax.partition(
+            {"body": optax.adamw(1e-4, weight_decay=1e-2),
+             "head": optax.adamw(1e-2, weight_decay=1e-2), "frozen": optax.set_to_zero()},
+            {"embed": "frozen", "encoder": "body", "head": "head", "buffers": None},
+        )
+        (ours, states), (theirs, _) = run([stepper(opt, params, grads),
+                                           stepper(reference, params, grads)])
+        assert_trees_close(ours, theirs, "float64")
+        last = jax.tree.map(lambda x: x[-1], ours)
+        moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), last, params)
+        assert moved["embed"]["table"] == 0.0
+        assert max(jax.tree.leaves(moved["encoder"])) < 0.02 < min(jax.tree.leaves(moved["head"]))
+        final = jax.tree.map(lambda x: x[-1], states)
+        body_mu = gx.get_state(opt, final, "body/scale_by_adam").mu
+        assert body_mu["embed"]["table"] is None and body_mu["head"]["w"] is None
+        assert gx.get_state(opt, final, "frozen") == gx.EmptyState()
+        lrs = gx.hyperparams(opt, final)
+        assert lrs["head"]["scale_by_learning_rate"]["learning_rate"] == 1e-2
+
+
+def test_mismatched_masks_and_labels_name_the_path():
+    params = make_params("float32")
+    with pytest.raises(ValueError, match=r"masked: params has key 'scale' that the mask does "
+                                         r"not cover"):
+        gx.masked(gx.sgd(0.1), {"dense": True, "head": False, "frozen": False}).init(params)
+    with pytest.raises(ValueError, match=r"masked: mask has key 'dense/x' that params lacks"):
+        gx.masked(gx.sgd(0.1), {"dense": {"w": True, "b": True, "x": True}, "head": False,
+                                "scale": False, "frozen": False}).init(params)
+    with pytest.raises(ValueError, match=r"partition: labels has key 'head/w/0' that params"):
+        gx.partition({"a": gx.sgd(0.1)}, {"dense": "a", "head": {"w": ["a"]}, "scale": "a",
+                                          "frozen": None}).init(params)
+    with pytest.raises(TypeError, match=r"masked: the mask has .* at 'dense/b'; mask leaves must "
+                                        r"be Python bools"):
+        opt = gx.masked(gx.sgd(0.1), lambda p: jax.tree.map(lambda x: jnp.all(x > 0), p))
+        jax.jit(opt.init)(params)
+
+
+def test_unknown_labels_and_patterns_are_named():
+    params = make_params("float32")
+    opt = gx.partition({"body": gx.sgd(0.1), "frozen": gx.set_to_zero()},
+                       {"dense": "body", "head": "adamw", "scale": "body", "frozen": None})
+    with pytest.raises(ValueError, match=r"partition: label 'adamw' \(of param 'head/w'\) has no "
+                                         r"transformation; transforms has labels \['body', "
+                                         r"'frozen'\]"):
+        opt.init(params)
+    with pytest.raises(ValueError, match=r"param 'scale' matches none of the patterns"):
+        gx.partition({"a": gx.sgd(0.1)}, {"dense/*": "a", "head/**": "a"}).init(params)
+    with pytest.raises(ValueError, match=r"pattern 'haed/\*' matches no param"):
+        gx.partition({"a": gx.sgd(0.1)}, {"haed/*": "a", "**": "a"}).init(params)
+
+
+def test_get_state_by_name_and_path():
+    params = make_params("float32")
+    grads = grad_fn(params)(params, 0)
+    adamw = gx.adamw(1e-3)
+    state = adamw.init(params)
+    assert gx.get_state(adamw, state, "scale_by_adam") is state[0]
+    opt = gx.partition({"body": gx.adamw(1e-4), "head": gx.chain(gx.adam(1e-3), gx.scale(0.5),
+                                                                 gx.scale(2.0))},
+                       {"dense": "body", "head": "head", "scale": "body", "frozen": None})
+    _, state = opt.update(grads, opt.init(params), params)
+    head = state.inner_states["head"]
+    assert gx.get_state(opt, state, "head/scale_by_adam") is head[0][0]
+    assert gx.get_state(opt, state, "head/chain/scale_by_adam") is head[0][0]
+    assert gx.get_state(opt, state, "scale_1") is head[2]
+    with pytest.raises(LookupError, match=r"'scale_by_adam' matches 2 inner states "
+                                          r"\('body/scale_by_adam', 'head/chain/scale_by_adam'\)"):
+        gx.get_state(opt, state, "scale_by_adam")
+    with pytest.raises(LookupError, match=r"no inner transformation 'lion'.*'body/scale_by_adam'"):
+        gx.get_state(opt, state, "lion")
+    named = gx.named_chain(("clip", gx.clip_by_global_norm(1.0)), ("adam", gx.adam(1e-3)))
+    _, state = named.update(grads, named.init(params), params)
+    assert state["adam"][0] is gx.get_state(named, state, "adam/scale_by_adam")
+    assert state["clip"].global_norm > 0
+    assert gx.get_state(named, state, "clip") is state["clip"]
+
+
+def test_named_chain_names_must_be_distinct_pairs():
+    with pytest.raises(ValueError, match=r"named_chain: names must be distinct; \['a'\] repeat"):
+        gx.named_chain(("a", gx.sgd(0.1)), ("a", gx.adam(0.1)))
+    with pytest.raises(TypeError, match=r"named_chain: argument 0 is .*; pass \(name, "
+                                        r"transformation\) pairs"):
+        gx.named_chain(gx.sgd(0.1))
+    assert repr(gx.named_chain(("s", gx.scale(2.0)))) == "named_chain(('s', scale(step_size=2.0)))"
