@@ -108,6 +108,7 @@ from gradxform.wrappers import (
 )
 # -- training-step helpers (gradxform.step) --
 # -- interop (gradxform.interop) --
+from gradxform.interop import from_optax, to_optax
 
 __version__ = "0.1.0"
 

@@ -2,6 +2,7 @@
 
 import inspect
 
+import optax
 import pytest
 
 import gradxform as gx
@@ -66,6 +67,8 @@ CASES = {
     "apply_if_finite": lambda: gx.apply_if_finite(gx.adam(1e-2), 2),
     "lookahead": lambda: gx.lookahead(gx.sgd(0.1, 0.9), 2, 0.5, reset_state=True),
     "ema_params": lambda: gx.chain(gx.sgd(0.1), gx.ema_params(0.9, debias=True, warmup=10.0)),
+    # interop.py
+    "from_optax": lambda: gx.from_optax(optax.sgd(0.1, momentum=0.9)),
 }
 
 
