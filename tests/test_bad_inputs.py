@@ -42,6 +42,51 @@ def test_nan_gradient_propagates_to_its_own_coordinate_only():
     np.testing.assert_array_equal(updates["b"][0], clean["b"][0])
 
 
+def test_zero_nans_policy_zeroes_nan_coordinates_and_flags_the_leaf():
+    opt = gx.chain(gx.zero_nans(), gx.adam(0.1))
+    params = _params()
+    grads = _grads()
+    grads["w"] = grads["w"].at[0, 1].set(jnp.nan)
+    updates, state = jax.jit(opt.update)(grads, opt.init(params), params)
+    zeroed = _grads()
+    zeroed["w"] = zeroed["w"].at[0, 1].set(0.0)
+    reference, _ = gx.adam(0.1).update(zeroed, gx.adam(0.1).init(params), params)
+    np.testing.assert_allclose(updates["w"], reference["w"], rtol=1e-6)
+    assert float(updates["w"][0, 1]) == 0.0
+    assert bool(state[0].found_nan["w"]) and not bool(state[0].found_nan["b"])
+
+
+def test_skip_step_policy_leaves_params_and_moments_untouched():
+    opt = gx.apply_if_finite(gx.adam(0.1), 2)
+    params = _params()
+    step = jax.jit(opt.update)
+    _, state = step(_grads(), opt.init(params), params)
+    bad = dict(_grads(), b=jnp.array([jnp.nan, 1.0]))
+    updates, skipped = step(bad, state, params)
+    assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
+    for before, after in zip(jax.tree.leaves(state.inner_state),
+                             jax.tree.leaves(skipped.inner_state), strict=True):
+        np.testing.assert_array_equal(before, after)
+    assert int(skipped.notfinite_count) == 1 and int(skipped.total_notfinite) == 1
+    # More than max_consecutive_errors in a row: the update goes through, and the run shows it.
+    _, s = step(bad, skipped, params)
+    updates, s = step(bad, s, params)
+    assert int(s.notfinite_count) == 3
+    assert np.isnan(np.asarray(updates["b"][0]))
+
+
+def test_skip_micro_batch_policy_of_gradient_accumulation():
+    opt = gx.MultiSteps(gx.sgd(1.0), 2, should_skip_update_fn=gx.skip_not_finite)
+    params = _params()
+    state = opt.init(params)
+    _, state = opt.update(_grads(), state, params)
+    _, state = opt.update(dict(_grads(), w=jnp.full((2, 2), jnp.inf)), state, params)
+    assert int(state.mini_step) == 1  # the bad micro-batch did not count
+    updates, state = opt.update(_grads(), state, params)
+    # The mean of the two good micro-batches, as if the bad one had never come.
+    np.testing.assert_allclose(updates["w"], -_grads()["w"], rtol=1e-6)
+
+
 # -- tree-structure mismatches --------------------------------------------------------------------
 
 
