@@ -69,6 +69,8 @@ from gradxform.scaling import (
 from gradxform.update import apply_updates
 
 # -- schedules (gradxform.schedules) --
+
+# isort: split
 # -- clipping and gradient hygiene (gradxform.clipping) --
 from gradxform.clipping import (
     ClipByGlobalNormState,
@@ -81,7 +83,17 @@ from gradxform.clipping import (
     unitwise_norm,
     zero_nans,
 )
+
+# isort: split
 # -- combinators (gradxform.combinators, gradxform.wrappers) --
+from gradxform.averaging import (
+    EmaParamsState,
+    LookaheadState,
+    averaged_params,
+    ema_params,
+    lookahead,
+    slow_params,
+)
 from gradxform.combinators import (
     MaskedState,
     PartitionState,
@@ -94,18 +106,13 @@ from gradxform.combinators import (
 )
 from gradxform.wrappers import (
     ApplyIfFiniteState,
-    EmaParamsState,
-    LookaheadState,
     MultiSteps,
     MultiStepsState,
     apply_if_finite,
-    averaged_params,
-    ema_params,
-    lookahead,
     skip_large_updates,
     skip_not_finite,
-    slow_params,
 )
+
 # -- training-step helpers (gradxform.step) --
 # -- interop (gradxform.interop) --
 from gradxform.interop import from_optax, to_optax

@@ -43,7 +43,16 @@ def _widen_to(x, real_dtype):
 
 
 def global_norm(updates) -> jax.Array:
-    """‖u‖ = √(Σ_leaves Σ_i |u_i|²), accumulated in float32 for 16-bit leaves."""
+    """The global L2 norm of a tree, the quantity `clip_by_global_norm` bounds.
+
+        ‖u‖ = √(Σ_leaves Σ_i |u_i|²)
+
+    Args:
+      updates: a tree of arrays (None leaves are skipped).
+
+    Returns:
+      A scalar, accumulated in float32 for 16-bit leaves (float64 if any leaf is float64).
+    """
     dtype = _norm_dtype(updates)
     squares = [jnp.sum(abs_sq(_widen_to(x, dtype))) for x in jax.tree_util.tree_leaves(updates)]
     total = functools.reduce(jnp.add, squares) if squares else jnp.zeros([], dtype)
@@ -151,11 +160,22 @@ class clip_by_global_norm(Transformation):
 
 
 def unitwise_norm(x, axis=None):
-    """The L2 norm of each unit of `x` (Brock et al. 2021), broadcast back to `x`'s shape.
+    """The L2 norm of each unit of `x`, broadcast back to `x`'s shape (used by AGC).
 
-    A unit is a slice of `x` over `axis`. By default the axes follow common layouts: the whole
-    array for scalars and vectors, axis 0 for (in, out) matrices and (in, heads, out) kernels,
-    axes (0, 1, 2) for HWIO convolutions, (0, 1, 2, 3) for DHWIO ones (as optax).
+        ‖x_i‖ = √(Σ_{j in unit i} |x_j|²)
+
+    Args:
+      x: an array.
+      axis: the axes a unit spans. None follows common layouts (as optax): the whole array for
+        scalars and vectors, axis 0 for (in, out) matrices and (in, heads, out) kernels, axes
+        (0, 1, 2) for HWIO convolutions, (0, 1, 2, 3) for DHWIO ones.
+
+    Returns:
+      An array of `x`'s shape holding the norm of the unit each entry belongs to.
+
+    References:
+      Brock, De, Smith & Simonyan, "High-Performance Large-Scale Image Recognition Without
+      Normalization", ICML 2021.
     """
     if axis is not None:
         sq = jnp.sum(abs_sq(x), axis=axis, keepdims=True)

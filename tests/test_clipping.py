@@ -1,4 +1,4 @@
-"""Clipping and gradient hygiene: optax's numbers over 100 steps, and the properties clipping buys."""
+"""Clipping and gradient hygiene: optax's numbers over 100 steps, and what clipping buys."""
 
 import jax
 import jax.numpy as jnp
@@ -117,7 +117,8 @@ def test_clipping_before_adam_bounds_the_second_moment():
 
     def total_nu(opt, states):
         nu = gx.get_state(opt, states, "scale_by_adam").nu
-        return np.asarray(sum(jnp.sum(v, axis=tuple(range(1, v.ndim))) for v in jax.tree.leaves(nu)))
+        per_step = [jnp.sum(v, axis=tuple(range(1, v.ndim))) for v in jax.tree.leaves(nu)]
+        return np.asarray(sum(per_step))
 
     bound = c**2 * (1 - 0.999 ** np.arange(1, 101))
     assert np.all(total_nu(clipped, s_clipped) <= bound * (1 + 1e-5))

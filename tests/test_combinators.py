@@ -1,4 +1,4 @@
-"""masked, partition, freeze, named_chain and get_state: optax's numbers, nesting, errors, lookup."""
+"""masked, partition, freeze, named_chain, get_state: optax's numbers, nesting, errors, lookup."""
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +69,10 @@ def is_matrix(p):
     return jax.tree.map(lambda x: x.ndim == 2, p)
 
 
+def matrices_a(p):
+    return jax.tree.map(lambda x: "a" if x.ndim == 2 else "b", p)
+
+
 def optax_cases():
     """(ours, optax's) pairs that mean the same thing."""
     return {
@@ -85,9 +89,9 @@ def optax_cases():
             optax.partition({"a": decayed_sgd(optax, 0.05), "b": optax.sgd(0.2, 0.5)}, LABELS)),
         "partition/callable": (
             gx.multi_transform({"a": decayed_sgd(gx, 0.05), "b": gx.sgd(0.2, 0.5)},
-                               lambda p: jax.tree.map(lambda x: "a" if x.ndim == 2 else "b", p)),
+                               matrices_a),
             optax.multi_transform({"a": decayed_sgd(optax, 0.05), "b": optax.sgd(0.2, 0.5)},
-                                  lambda p: jax.tree.map(lambda x: "a" if x.ndim == 2 else "b", p))),
+                                  matrices_a)),
         "freeze": (gx.chain(gx.freeze(MASK), gx.sgd(0.1, 0.9)),
                    optax.chain(optax.freeze(MASK), optax.sgd(0.1, 0.9))),
         "named_chain": (

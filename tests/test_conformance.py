@@ -65,6 +65,7 @@ CASES = {
     # wrappers.py
     "MultiSteps": lambda: gx.MultiSteps(gx.adam(1e-2), 2),
     "apply_if_finite": lambda: gx.apply_if_finite(gx.adam(1e-2), 2),
+    # averaging.py
     "lookahead": lambda: gx.lookahead(gx.sgd(0.1, 0.9), 2, 0.5, reset_state=True),
     "ema_params": lambda: gx.chain(gx.sgd(0.1), gx.ema_params(0.9, debias=True, warmup=10.0)),
     # interop.py

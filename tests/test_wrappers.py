@@ -113,7 +113,7 @@ def test_same_trajectories_as_optax(dtype):
                 optax.lookahead(optax.sgd(0.1, 0.9), 5, 0.5, reset_state=reset), params, grads))
         outs = run(steppers)
         for i, name in enumerate(pairs):
-            (ours, ours_s), (theirs, theirs_s) = outs[2 * i], outs[2 * i + 1]
+            (ours, _), (theirs, _) = outs[2 * i], outs[2 * i + 1]
             assert_trees_close(ours, theirs, TOL[dtype], name)
         # the skip rule and the finite check kept NaNs out until apply_if_finite gave up
         assert np.isfinite(np.asarray(outs[4][0]["dense"]["w"])).all()
@@ -242,7 +242,7 @@ def test_ema_params_matches_numpy(dtype):
         opts = {name: gx.chain(gx.sgd(lr), gx.ema_params(decay, **kw))
                 for name, kw in variants.items()}
         outs = run([stepper(o, p, grad_fn(noise)) for o in opts.values()])
-        for (name, opt), (_, states) in zip(opts.items(), outs):
+        for name, (_, states) in zip(opts, outs):
             averaged = jax.vmap(gx.averaged_params)(states)
             assert_trees_close(averaged, expected[name], tol, name)
         debias_weight = outs[1][1][1].weight
