@@ -37,8 +37,24 @@ def bias_correction(moment, decay, count):
 
     References: Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, §3.
     """
-    correction = 1 - decay ** float_count(count, decay)
+    correction = _one_minus_power(decay, count)
     return jax.tree.map(lambda m: m / _tree.coef(correction, m), moment)
+
+
+def _one_minus_power(decay, count):
+    """1 - β^t, written -expm1(t ln β) so that it keeps its digits when β is near 1.
+
+    In float32, `1 - β**t` loses up to 2e-5 of 1 - 0.999^t at small t: 0.999 is stored as
+    0.99900001 and the subtraction cancels. For a Python float β, ln β is taken in double
+    precision, so only t ln β and expm1 round (a few ulps, as torch, which computes it in
+    double).
+    """
+    t = float_count(count, decay)
+    if isinstance(decay, int | float):
+        log_decay = math.log(decay) if decay > 0 else -math.inf
+    else:
+        log_decay = jnp.log(decay)
+    return -jnp.expm1(t * log_decay)
 
 
 def decay_from_half_life(half_life: float) -> float:
