@@ -97,26 +97,60 @@ def _trajectory(opt, apply, params):
     return ps
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-@pytest.mark.parametrize("name", sorted(PAIRS))
-def test_same_numbers_as_optax(name, dtype):
+def _trajectories(name, dtype, library):
     make_gx, make_optax = PAIRS[name]
     if name not in PRESETS:  # a direction alone: take small descent steps along it
         make_gx = (lambda f: lambda: gx.chain(f(), gx.scale(-0.01)))(make_gx)
         make_optax = (lambda f: lambda: optax.chain(f(), optax.scale(-0.01)))(make_optax)
-    with jax.enable_x64(dtype == jnp.float64):
-        params = _params(dtype)
-        ours = jax.jit(lambda p: _trajectory(make_gx(), gx.apply_updates, p))(params)
-        theirs = jax.jit(lambda p: _trajectory(make_optax(), optax.apply_updates, p))(params)
-        moved = max(float(jnp.max(jnp.abs(a[-1] - a[0]))) for a in jax.tree.leaves(ours))
-        bounded = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(ours))
+    params = _params(dtype)
+    if library == "gradxform":
+        return jax.jit(lambda p: _trajectory(make_gx(), gx.apply_updates, p))(params)
+    return jax.jit(lambda p: _trajectory(make_optax(), optax.apply_updates, p))(params)
+
+
+def _max_rel_err(a, b):
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))
+                            / (np.abs(np.asarray(y, np.float64)) + 1e-6)))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _assert_close(ours, ref, rtol, atol, name):
+    for path, a in jax.tree_util.tree_leaves_with_path(ours):
+        np.testing.assert_allclose(a, ref[path[0].key], rtol=rtol, atol=atol,
+                                   err_msg=f"{name} {path}")
+
+
+# Bias corrections 1 - β^t and RAdam's ρ_t = ρ_∞ - 2tβ2^t/(1 - β2^t) cancel catastrophically in
+# float32 when β is near 1 (0.999 is stored as 0.99900001; ρ_t is a difference of two numbers
+# near 2000). optax forms them directly and loses up to ~1e-5 of Adam's step and ~1% of RAdam's
+# rectifier at the first steps; gradxform rearranges them without cancellation (as torch, which
+# works in double, effectively does). For these, gradxform float32 must be within the float32
+# tolerance of the exact (float64) trajectory and closer to it than optax float32 is.
+MORE_ACCURATE_THAN_OPTAX_FLOAT32 = {
+    "adam", "adamw", "amsgrad", "nadam", "radam", "radam_nesterov",
+    "scale_by_adam", "scale_by_amsgrad", "scale_by_radam",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_same_numbers_as_optax(name):
+    with jax.enable_x64(True):
+        ours64 = _trajectories(name, jnp.float64, "gradxform")
+        theirs64 = _trajectories(name, jnp.float64, "optax")
+        moved = max(float(jnp.max(jnp.abs(a[-1] - a[0]))) for a in jax.tree.leaves(ours64))
+        bounded = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(ours64))
         assert moved > 1e-3 and bounded < 100, f"{name}: not a meaningful trajectory"
-        # float32: a few ulps per step, accumulated over 100 steps of a chaotic-ish loss.
-        rtol, atol = (2e-5, 2e-6) if dtype == jnp.float32 else (1e-12, 1e-13)
-        for path, a in jax.tree_util.tree_leaves_with_path(ours):
-            b = theirs[path[0].key]
-            assert a.dtype == b.dtype == dtype
-            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"{name} {path}")
+        assert all(a.dtype == jnp.float64 for a in jax.tree.leaves(ours64))
+        _assert_close(ours64, theirs64, 1e-12, 1e-13, name)
+    ours32 = _trajectories(name, jnp.float32, "gradxform")
+    theirs32 = _trajectories(name, jnp.float32, "optax")
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(ours32))
+    # float32: a few ulps per step, accumulated over 100 steps.
+    if name in MORE_ACCURATE_THAN_OPTAX_FLOAT32:
+        _assert_close(ours32, theirs64, 2e-5, 2e-6, f"{name} (float32 vs exact)")
+        assert _max_rel_err(ours32, theirs64) < _max_rel_err(theirs32, theirs64)
+    else:
+        _assert_close(ours32, theirs32, 2e-5, 2e-6, f"{name} (float32 vs optax float32)")
 
 
 FOUNDATION_MODULES = {f"gradxform.{m}" for m in
