@@ -100,7 +100,6 @@ from gradxform.combinators import (
     freeze,
     get_state,
     masked,
-    multi_transform,
     named_chain,
     partition,
 )

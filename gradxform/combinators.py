@@ -319,9 +319,6 @@ class partition(Transformation):
         return [(str(group), t, state.inner_states[group]) for group, t in self.transforms.items()]
 
 
-multi_transform = partition
-"""optax's earlier name for `partition`, kept so that optax code ports unchanged."""
-
 
 # -- named_chain and state lookup ----------------------------------------------------------------
 
@@ -460,4 +457,3 @@ def _find_states(state, state_type, where: str):
             f"With several, pick one with get_state(optimizer, state, name)."
         )
     return found[0]
-

@@ -88,8 +88,7 @@ def optax_cases():
                          {"dense/w": "a", "head/*": "a", "**": "b"}),
             optax.partition({"a": decayed_sgd(optax, 0.05), "b": optax.sgd(0.2, 0.5)}, LABELS)),
         "partition/callable": (
-            gx.multi_transform({"a": decayed_sgd(gx, 0.05), "b": gx.sgd(0.2, 0.5)},
-                               matrices_a),
+            gx.partition({"a": decayed_sgd(gx, 0.05), "b": gx.sgd(0.2, 0.5)}, matrices_a),
             optax.multi_transform({"a": decayed_sgd(optax, 0.05), "b": optax.sgd(0.2, 0.5)},
                                   matrices_a)),
         "freeze": (gx.chain(gx.freeze(MASK), gx.sgd(0.1, 0.9)),

@@ -55,7 +55,7 @@ CASES = {
     "masked": lambda: gx.masked(gx.adam(1e-2), lambda p: {k: k != "scale" for k in p}),
     "partition": lambda: gx.partition({"a": gx.adamw(1e-2), "b": gx.sgd(0.1, 0.9)},
                                       {"dense/w": "a", "**": "b"}),
-    "multi_transform": lambda: gx.multi_transform(
+    "partition_with_frozen_group": lambda: gx.partition(
         {"a": gx.adam(1e-2), "frozen": gx.set_to_zero()},
         {"dense": "a", "scale": "frozen", "frozen": None, "empty": "a"}),
     "freeze": lambda: gx.freeze({"dense": True, "scale": False, "frozen": False,
