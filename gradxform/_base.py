@@ -225,6 +225,8 @@ class PytreeDataclass:
             kind = f.metadata.get("kind")
             if kind == "static" and f.default is not dataclasses.MISSING and value == f.default:
                 continue
+            if kind == "hyper" and value is None and f.default is None:
+                continue  # an optional hyperparameter left out
             parts.append(f"{f.name}={_format_value(value)}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
