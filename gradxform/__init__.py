@@ -69,6 +69,29 @@ from gradxform.scaling import (
 from gradxform.update import apply_updates
 
 # -- schedules (gradxform.schedules) --
+from gradxform.schedules import (
+    constant_schedule,
+    cosine_annealing_warm_restarts_schedule,
+    cosine_decay_schedule,
+    cosine_onecycle_schedule,
+    cyclic_lr_schedule,
+    exponential_decay,
+    function_schedule,
+    join_schedules,
+    linear_onecycle_schedule,
+    linear_schedule,
+    multistep_lr_schedule,
+    piecewise_constant_schedule,
+    piecewise_interpolate_schedule,
+    polynomial_schedule,
+    sgdr_schedule,
+    step_lr_schedule,
+    transformer_schedule,
+    warmup_constant_schedule,
+    warmup_cosine_decay_schedule,
+    warmup_exponential_decay_schedule,
+    warmup_stable_decay_schedule,
+)
 
 # isort: split
 # -- clipping and gradient hygiene (gradxform.clipping) --

@@ -1,0 +1,177 @@
+"""Records torch.optim.lr_scheduler learning rates that tests/test_schedules.py compares against.
+
+Run `python tests/reference/make_torch_schedule_fixtures.py` (needs `pip install -e
+".[reference]"`) to rewrite `torch_schedule_fixtures.json` next to this file. The tests read only
+that file, so they run without torch.
+
+Each case steps one torch scheduler the way a training loop does (`optimizer.step()` then
+`scheduler.step()`) and records `param_groups[0]["lr"]` before each step: entry t is the learning
+rate of update t, which is what a gradxform schedule gives at step count t. Values are torch's
+float64 Python numbers. Every case also names the gradxform schedule and arguments meant to
+reproduce it, as strings, so this script needs only torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch.optim import lr_scheduler as L
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "torch_schedule_fixtures.json"
+
+
+def _half_sine(x):
+    """torch's CyclicLR documentation example of a custom `scale_fn`."""
+    return 0.5 * (1 + math.sin(x * math.pi / 2))
+
+
+def _wsd_linear(opt, warmup, stable, decay, start_factor, end_factor):
+    return L.SequentialLR(opt, [
+        L.LinearLR(opt, start_factor=start_factor, end_factor=1.0, total_iters=warmup),
+        L.ConstantLR(opt, factor=1.0, total_iters=stable),
+        L.LinearLR(opt, start_factor=1.0, end_factor=end_factor, total_iters=decay),
+    ], milestones=[warmup, warmup + stable])
+
+
+def _wsd_cosine(opt, warmup, stable, decay, start_factor, eta_min):
+    return L.SequentialLR(opt, [
+        L.LinearLR(opt, start_factor=start_factor, end_factor=1.0, total_iters=warmup),
+        L.ConstantLR(opt, factor=1.0, total_iters=stable),
+        L.CosineAnnealingLR(opt, T_max=decay, eta_min=eta_min),
+    ], milestones=[warmup, warmup + stable])
+
+
+# name -> (base lr, torch scheduler factory, its description, number of steps,
+#          gradxform schedule name, its arguments)
+CASES = {
+    "StepLR": (
+        0.1, lambda o: L.StepLR(o, step_size=30, gamma=0.1), "StepLR(step_size=30, gamma=0.1)",
+        200, "step_lr_schedule", dict(init_value=0.1, step_size=30, gamma=0.1),
+    ),
+    "StepLR_gamma_half": (
+        0.05, lambda o: L.StepLR(o, step_size=7, gamma=0.5), "StepLR(step_size=7, gamma=0.5)",
+        120, "step_lr_schedule", dict(init_value=0.05, step_size=7, gamma=0.5),
+    ),
+    "MultiStepLR": (
+        0.1, lambda o: L.MultiStepLR(o, milestones=[30, 80, 120], gamma=0.1),
+        "MultiStepLR(milestones=[30, 80, 120], gamma=0.1)",
+        200, "multistep_lr_schedule", dict(init_value=0.1, milestones=[30, 80, 120], gamma=0.1),
+    ),
+    "MultiStepLR_repeated_milestone": (
+        1.0, lambda o: L.MultiStepLR(o, milestones=[10, 25, 25, 40], gamma=0.5),
+        "MultiStepLR(milestones=[10, 25, 25, 40], gamma=0.5)",
+        60, "multistep_lr_schedule",
+        dict(init_value=1.0, milestones=[10, 25, 25, 40], gamma=0.5),
+    ),
+    "ExponentialLR": (
+        0.1, lambda o: L.ExponentialLR(o, gamma=0.97), "ExponentialLR(gamma=0.97)",
+        200, "exponential_decay", dict(init_value=0.1, transition_steps=1, decay_rate=0.97),
+    ),
+    "CyclicLR_triangular": (
+        0.001, lambda o: L.CyclicLR(o, base_lr=0.001, max_lr=0.006, step_size_up=20,
+                                    cycle_momentum=False),
+        "CyclicLR(base_lr=0.001, max_lr=0.006, step_size_up=20)",
+        250, "cyclic_lr_schedule", dict(base_lr=0.001, max_lr=0.006, step_size_up=20),
+    ),
+    "CyclicLR_triangular2": (
+        0.001, lambda o: L.CyclicLR(o, base_lr=0.001, max_lr=0.01, step_size_up=10,
+                                    step_size_down=15, mode="triangular2",
+                                    cycle_momentum=False),
+        "CyclicLR(base_lr=0.001, max_lr=0.01, step_size_up=10, step_size_down=15, "
+        "mode='triangular2')",
+        250, "cyclic_lr_schedule",
+        dict(base_lr=0.001, max_lr=0.01, step_size_up=10, step_size_down=15, mode="triangular2"),
+    ),
+    "CyclicLR_exp_range": (
+        0.001, lambda o: L.CyclicLR(o, base_lr=0.001, max_lr=0.01, step_size_up=12,
+                                    step_size_down=8, mode="exp_range", gamma=0.995,
+                                    cycle_momentum=False),
+        "CyclicLR(base_lr=0.001, max_lr=0.01, step_size_up=12, step_size_down=8, "
+        "mode='exp_range', gamma=0.995)",
+        250, "cyclic_lr_schedule",
+        dict(base_lr=0.001, max_lr=0.01, step_size_up=12, step_size_down=8, mode="exp_range",
+             gamma=0.995),
+    ),
+    "CyclicLR_half_sine_scale_fn": (
+        0.001, lambda o: L.CyclicLR(o, base_lr=0.001, max_lr=0.01, step_size_up=9,
+                                    scale_fn=_half_sine, scale_mode="cycle",
+                                    cycle_momentum=False),
+        "CyclicLR(base_lr=0.001, max_lr=0.01, step_size_up=9, "
+        "scale_fn=lambda x: 0.5 * (1 + sin(x * pi / 2)), scale_mode='cycle')",
+        150, "cyclic_lr_schedule",
+        dict(base_lr=0.001, max_lr=0.01, step_size_up=9, scale_fn="half_sine",
+             scale_mode="cycle"),
+    ),
+    "CosineAnnealingWarmRestarts": (
+        0.1, lambda o: L.CosineAnnealingWarmRestarts(o, T_0=10, eta_min=0.001),
+        "CosineAnnealingWarmRestarts(T_0=10, eta_min=0.001)",
+        200, "cosine_annealing_warm_restarts_schedule",
+        dict(init_value=0.1, T_0=10, eta_min=0.001),
+    ),
+    "CosineAnnealingWarmRestarts_T_mult_2": (
+        0.1, lambda o: L.CosineAnnealingWarmRestarts(o, T_0=5, T_mult=2),
+        "CosineAnnealingWarmRestarts(T_0=5, T_mult=2)",
+        400, "cosine_annealing_warm_restarts_schedule", dict(init_value=0.1, T_0=5, T_mult=2),
+    ),
+    "CosineAnnealingWarmRestarts_T_mult_3": (
+        0.05, lambda o: L.CosineAnnealingWarmRestarts(o, T_0=3, T_mult=3, eta_min=1e-4),
+        "CosineAnnealingWarmRestarts(T_0=3, T_mult=3, eta_min=1e-4)",
+        400, "cosine_annealing_warm_restarts_schedule",
+        dict(init_value=0.05, T_0=3, T_mult=3, eta_min=1e-4),
+    ),
+    # warmup-stable-decay has no torch class; torch users build it from three schedulers.
+    "WSD_linear_SequentialLR": (
+        0.01, lambda o: _wsd_linear(o, 20, 50, 30, start_factor=0.01, end_factor=0.1),
+        "SequentialLR([LinearLR(start_factor=0.01, total_iters=20), ConstantLR(factor=1.0, "
+        "total_iters=50), LinearLR(start_factor=1.0, end_factor=0.1, total_iters=30)], "
+        "milestones=[20, 70])",
+        130, "warmup_stable_decay_schedule",
+        dict(init_value=0.0001, peak_value=0.01, warmup_steps=20, stable_steps=50,
+             decay_steps=30, end_value=0.001, decay_type="linear"),
+    ),
+    # CosineAnnealingLR rises again after T_max, so the record stops at the end of the decay.
+    "WSD_cosine_SequentialLR": (
+        0.01, lambda o: _wsd_cosine(o, 20, 50, 30, start_factor=0.01, eta_min=0.001),
+        "SequentialLR([LinearLR(start_factor=0.01, total_iters=20), ConstantLR(factor=1.0, "
+        "total_iters=50), CosineAnnealingLR(T_max=30, eta_min=0.001)], milestones=[20, 70])",
+        101, "warmup_stable_decay_schedule",
+        dict(init_value=0.0001, peak_value=0.01, warmup_steps=20, stable_steps=50,
+             decay_steps=30, end_value=0.001, decay_type="cosine"),
+    ),
+}
+
+
+def record(base_lr, make_scheduler, num_steps) -> list[float]:
+    param = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    opt = torch.optim.SGD([param], lr=base_lr)
+    scheduler = make_scheduler(opt)
+    lrs = []
+    for _ in range(num_steps):
+        lrs.append(float(opt.param_groups[0]["lr"]))
+        opt.step()
+        scheduler.step()
+    return lrs
+
+
+def main() -> None:
+    cases = {}
+    for name, (base_lr, make, description, n, schedule, args) in CASES.items():
+        cases[name] = {
+            "torch": description,
+            "base_lr": base_lr,
+            "schedule": schedule,
+            "args": args,
+            "lr": record(base_lr, make, n),
+        }
+    lines = [f" {json.dumps(name)}: {json.dumps(case)}" for name, case in cases.items()]
+    OUT.write_text(f'{{"torch_version": {json.dumps(torch.__version__)}, "cases": {{\n'
+                   + ",\n".join(lines) + "\n}}\n")
+    print(f"wrote {OUT} ({len(cases)} cases)")
+
+
+if __name__ == "__main__":
+    main()
