@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import gradxform as gx
 
-SETTINGS = settings(max_examples=30, deadline=None, derandomize=True, database=None,
+SETTINGS = settings(max_examples=20, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
