@@ -130,6 +130,15 @@ def test_join_schedules_accepts_python_functions_as_static_data():
                                np.minimum(np.arange(20) / 10, 1.0), rtol=1e-6)
 
 
+def test_a_gradxform_schedule_is_an_optax_schedule():
+    opt = optax.sgd(gx.linear_schedule(1.0, 0.0, 10))
+    params = {"w": jnp.ones(3)}
+    state = opt.init(params)
+    for t in range(3):
+        updates, state = opt.update({"w": jnp.full(3, 2.0)}, state)
+        np.testing.assert_allclose(updates["w"], -2.0 * (1 - t / 10), rtol=1e-6)
+
+
 # -- torch.optim.lr_scheduler, recorded by tests/reference/make_torch_schedule_fixtures.py -----
 
 _SCALE_FNS = {"half_sine": lambda x: 0.5 * (1 + jnp.sin(x * jnp.pi / 2))}

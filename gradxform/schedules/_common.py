@@ -21,7 +21,7 @@ def positive_steps(x) -> str | None:
     return None if x > 0 and float(x).is_integer() else "a whole number of steps > 0"
 
 
-def one_of(*choices: str) -> Callable:
+def one_of(*choices: str | None) -> Callable:
     def check(x):
         return None if x in choices else "one of " + ", ".join(repr(c) for c in choices)
 
@@ -101,10 +101,16 @@ def safe_divisor(n):
 class function_schedule(Schedule):
     """A schedule written as a Python function (e.g. an optax schedule), held as static data.
 
+        η_t = fn(t)
+
     Changing the function recompiles; its numbers are closure constants, not leaves.
+    `join_schedules` wraps the Python functions it is given in one.
 
     Args:
-      fn: the function of the step count.
+      fn: the function of the step count (jax-traceable).
+
+    Returns:
+      A schedule of the step count, with `values` like any other.
     """
 
     fn: Callable = static()
