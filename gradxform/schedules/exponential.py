@@ -57,6 +57,9 @@ class exponential_decay(ScheduleBase):
 
     Returns:
       A schedule of the step count.
+
+    References:
+      optax.exponential_decay, whose arguments and values this keeps.
     """
 
     init_value: float = value()
@@ -90,6 +93,9 @@ class warmup_exponential_decay_schedule(ScheduleBase):
 
     Returns:
       A schedule of the step count.
+
+    References:
+      optax.warmup_exponential_decay_schedule, whose arguments and values this keeps.
     """
 
     init_value: float = value()

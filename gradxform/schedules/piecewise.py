@@ -87,6 +87,9 @@ class piecewise_constant_schedule(ScheduleBase):
 
     Returns:
       A schedule of the step count.
+
+    References:
+      optax.piecewise_constant_schedule, whose arguments and values this keeps.
     """
 
     init_value: float = value()
@@ -118,6 +121,9 @@ class piecewise_interpolate_schedule(ScheduleBase):
 
     Returns:
       A schedule of the step count.
+
+    References:
+      optax.piecewise_interpolate_schedule, whose arguments and values this keeps.
     """
 
     interpolate_type: str = static(check=one_of("linear", "cosine"))
@@ -161,6 +167,9 @@ class join_schedules(ScheduleBase):
 
     Returns:
       A schedule of the step count.
+
+    References:
+      optax.join_schedules, whose arguments and values this keeps.
     """
 
     schedules: tuple = child()

@@ -30,6 +30,9 @@ class constant_schedule(ScheduleBase):
 
     Returns:
       A schedule: `constant_schedule(v)(count)` is v.
+
+    References:
+      optax.constant_schedule, whose arguments and values this keeps.
     """
 
     value: float = value()
@@ -46,7 +49,8 @@ class polynomial_schedule(ScheduleBase):
         η_t = (I - E) (1 - (t - B) / T)^p + E     B ≤ t < B + T
         η_t = E                                   t ≥ B + T
 
-    `transition_steps=0` holds I forever, as in optax.
+    `transition_steps=0` holds I forever, as in optax. Past the end a fractional p gives E where
+    optax, under jit, gives NaN (1 - T·(1/T) rounds below 0 there).
 
     Args:
       init_value: I.
@@ -57,6 +61,9 @@ class polynomial_schedule(ScheduleBase):
 
     Returns:
       A schedule of the step count.
+
+    References:
+      optax.polynomial_schedule, whose arguments and values this keeps.
     """
 
     init_value: float = value()
@@ -86,6 +93,9 @@ class linear_schedule(ScheduleBase):
 
     Returns:
       A schedule of the step count.
+
+    References:
+      optax.linear_schedule, whose arguments and values this keeps.
     """
 
     init_value: float = value()
@@ -112,6 +122,9 @@ class warmup_constant_schedule(ScheduleBase):
 
     Returns:
       A schedule of the step count.
+
+    References:
+      optax.warmup_constant_schedule, whose arguments and values this keeps.
     """
 
     init_value: float = value()
