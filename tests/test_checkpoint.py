@@ -46,6 +46,10 @@ def _assert_bitwise_equal(a, b):
 
 RECIPES = {
     "adam": lambda: gx.adam(0.05),
+    # The learning rate warms up for 3 steps and then decays: the resumed run must continue it.
+    "scheduled_adamw": lambda: gx.adamw(gx.warmup_cosine_decay_schedule(0.0, 0.05, 3, STEPS),
+                                        weight_decay=gx.piecewise_constant_schedule(
+                                            0.1, {5: 0.5})),
     # k = 3 micro-batches per step; the checkpoint falls inside an accumulation (step 4 = 3 + 1).
     "MultiSteps": lambda: gx.MultiSteps(gx.adam(0.05), 3),
     # sync every 3 steps; the checkpoint falls between two syncs.

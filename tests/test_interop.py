@@ -5,6 +5,8 @@ twin, both jitted with the hyperparameters as Python constants, and checks that 
 learned and that the two runs agree to float32 rounding.
 """
 
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -289,3 +291,20 @@ def test_equinox_filter_loop_trains_with_a_gradxform_optimizer():
     _assert_trees_close(eqx.filter(ours, eqx.is_array), eqx.filter(theirs, eqx.is_array),
                         ADAM_RTOL, ADAM_ATOL)
     np.testing.assert_allclose(losses, their_losses, rtol=ADAM_RTOL, atol=ADAM_ATOL)
+
+
+# -- the README's snippets ------------------------------------------------------------------------
+
+
+def test_the_readme_snippets_run():
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Using gradxform with flax, equinox and optax", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 6
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert int(namespace["state"].step) == 1  # the TrainState took its step
+    assert namespace["restored"]["optimizer"] == namespace["like"]["optimizer"]
+    assert tuple(namespace["opt_state"][0].mu["w"].sharding.spec)[0] == "data"
