@@ -15,17 +15,18 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
-        help="run the seed experiments (Rosenbrock, XOR MLP, Adam + L2 vs AdamW), print the "
-             "tables, write the figures",
+        help="run the seed experiments (Rosenbrock, XOR MLP, Adam + L2 vs AdamW, warmup), "
+             "print the tables, write the figures",
         description="Runs compact versions of the notebooks in notebooks/: seed 002's Rosenbrock "
                     "comparison (with its numbers reproduced), the XOR MLP trained with each "
-                    "optimizer, and Adam + L2 vs AdamW on noisy features. Prints a comparison "
-                    "table for each and writes the figures as PNG files.",
+                    "optimizer, Adam + L2 vs AdamW on noisy features, and every learning-rate "
+                    "schedule with a run showing what warmup does. Prints a comparison table "
+                    "for each and writes the figures as PNG files.",
     )
     demo.add_argument("--out", metavar="DIR", default=None,
                       help="directory for the PNG figures (default: demo_output)")
     demo.add_argument("--quick", action="store_true",
-                      help="shorter XOR and noisy-features runs (seconds instead of a minute)")
+                      help="shorter XOR, noisy-features and warmup runs")
     demo.add_argument("--no-plots", action="store_true", help="print the tables only")
     return parser
 

@@ -1,7 +1,8 @@
 """`python -m gradxform demo`: the notebooks' experiments from the command line.
 
-Runs compact versions of notebooks 2-4 (the Rosenbrock tour, the XOR MLP, Adam + L2 vs AdamW
-on noisy features), prints their comparison tables and writes their figures as PNG files.
+Runs compact versions of notebooks 2-5 (the Rosenbrock tour, the XOR MLP, Adam + L2 vs AdamW
+on noisy features, learning-rate schedules and warmup), prints their comparison tables and
+writes their figures as PNG files.
 This module is the command-line front end and the one place in gradxform that prints.
 """
 
@@ -20,10 +21,13 @@ from gradxform.experiments import (
     format_table,
     run_noisy_features,
     run_rosenbrock,
+    schedule_gallery,
     seed_optimizers,
     tour_optimizers,
     train_xor,
+    warmup_optimizers,
     weight_decay_optimizers,
+    xor_loss_per_step,
     xor_optimizers,
 )
 
@@ -146,6 +150,40 @@ def noisy_features_section(progress: Progress, *, seeds: int = 8, steps: int = 2
     )
 
 
+def schedules_section(progress: Progress, *, seeds: int = 8, steps: int = 500) -> Section:
+    peak, warmup_steps = 0.3, 100
+    runs = {}
+    for name, opt in warmup_optimizers(peak, warmup_steps, steps).items():
+        runs[name] = xor_loss_per_step(opt, seeds=seeds, steps=steps)
+        progress.advance(f"warmup: {name}")
+    rows = [
+        (name, float(r[:, 0].mean()), float(r[:, :warmup_steps].max(axis=1).mean()),
+         float(r[:, -1].mean()))
+        for name, r in runs.items()
+    ]
+    from gradxform.experiments import plotting
+
+    return Section(
+        title=f"Warmup: XOR MLP, Adam at η = {peak} (too large on purpose), {steps} steps, "
+              f"mean of {seeds} runs",
+        table=format_table(
+            ["schedule", "initial loss", f"peak, first {warmup_steps} steps", "final loss"], rows
+        ),
+        notes=[
+            "Warmup removes the early loss spike of Adam's first, full-size steps; the decay "
+            "phase is what brings the loss down.",
+            "schedules.png draws every schedule in gradxform.schedules.",
+        ],
+        figures={
+            "schedules.png": lambda: plotting.plot_schedule_gallery(schedule_gallery()),
+            "warmup.png": lambda: plotting.plot_losses_per_step(
+                runs, title=f"XOR MLP, Adam at η = {peak}: loss after each step"
+            ),
+        },
+        results=runs,
+    )
+
+
 def _noisy_features_figure(runs, n_signal):
     from gradxform.experiments import plotting
 
@@ -168,7 +206,7 @@ def run(out: str | Path = DEFAULT_OUT, *, quick: bool = False, plots: bool = Tru
         stdout: TextIO | None = None, stderr: TextIO | None = None) -> dict[str, Section]:
     """Runs every section, prints its table to `stdout` and writes its figures under `out`.
 
-    `quick` shortens the XOR and noisy-features runs (the Rosenbrock runs are the seed's and
+    `quick` shortens the XOR, noisy-features and warmup runs (the Rosenbrock runs are the seed's and
     stay at 500 steps). Progress goes to `stderr`. Returns the sections, with their results.
     """
     stdout = sys.stdout if stdout is None else stdout
@@ -179,11 +217,14 @@ def run(out: str | Path = DEFAULT_OUT, *, quick: bool = False, plots: bool = Tru
         stdout.write("matplotlib is not installed: printing tables only, figures skipped "
                      "(pip install matplotlib, or pip install -e \".[dev]\").\n\n")
     xor_epochs, nf_seeds, nf_steps = (20, 4, 1000) if quick else (100, 8, 2000)
+    warmup_seeds = 4 if quick else 8
     jobs = [
         ("rosenbrock", lambda p: rosenbrock_section(p), len(tour_optimizers())),
         ("xor", lambda p: xor_section(p, epochs=xor_epochs), len(xor_optimizers())),
         ("noisy_features", lambda p: noisy_features_section(p, seeds=nf_seeds, steps=nf_steps),
          len(weight_decay_optimizers())),
+        ("schedules", lambda p: schedules_section(p, seeds=warmup_seeds),
+         len(warmup_optimizers())),
     ]
     progress = Progress(sum(n for _, _, n in jobs), stderr)
     sections = {}

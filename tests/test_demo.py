@@ -227,10 +227,10 @@ def test_demo_table_shows_the_seeds_numbers(quick_demo):
 
 def test_demo_reports_each_experiment(quick_demo):
     _, text, progress, sections = quick_demo
-    assert list(sections) == ["rosenbrock", "xor", "noisy_features"]
-    for title in ["Rosenbrock", "XOR MLP", "Noisy features"]:
+    assert list(sections) == ["rosenbrock", "xor", "noisy_features", "schedules"]
+    for title in ["Rosenbrock", "XOR MLP", "Noisy features", "Warmup"]:
         assert title in text
-    assert "17/17" in progress  # one tick per optimizer run
+    assert "20/20" in progress  # one tick per optimizer run
     # XOR is learnable by every optimizer in 20 epochs.
     for name, run in sections["xor"].results.items():
         assert run.train_accuracy > 0.9, name
@@ -239,11 +239,16 @@ def test_demo_reports_each_experiment(quick_demo):
     noise_norm = {n: np.linalg.norm(r.w[:, 5:], axis=1).mean() for n, r in runs.items()}
     assert noise_norm["AdamW"] < noise_norm["Adam + L2"]
     assert runs["AdamW"].test_mse.mean() < runs["Adam + L2"].test_mse.mean()
+    # Warmup removes Adam's early loss spike; the decay brings the loss down.
+    constant, warm, warm_cosine = sections["schedules"].results.values()
+    assert warm[:, :100].max(axis=1).mean() < constant[:, :100].max(axis=1).mean()
+    assert warm_cosine[:, -1].mean() < warm[:, -1].mean()
 
 
 def test_demo_writes_png_figures(quick_demo):
     out, text, _, _ = quick_demo
-    names = ["rosenbrock_paths.png", "rosenbrock_loss.png", "xor_loss.png", "noisy_features.png"]
+    names = ["rosenbrock_paths.png", "rosenbrock_loss.png", "xor_loss.png", "noisy_features.png",
+             "schedules.png", "warmup.png"]
     for name in names:
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name

@@ -20,6 +20,7 @@ EXPECTED = [
     "02_rosenbrock_tour",
     "03_xor_mlp",
     "04_adam_vs_adamw",
+    "05_learning_rate_schedules",
     "06_compose_your_own_optimizer",
 ]
 

@@ -9,6 +9,8 @@ a figure is asked for).
 - `xor`: seed 002's XOR classification with a 2-16-16-1 MLP.
 - `noisy_features`: seeds 000 and 001's regression with uninformative, high-variance features,
   where coupled L2 in Adam and AdamW's decoupled weight decay part ways.
+- `schedules`: every learning-rate schedule, seed 004's three phases, and what warmup does to
+  Adam's first steps (seeds 002, 004).
 """
 
 from gradxform.experiments._common import float64, format_table
@@ -29,12 +31,18 @@ from gradxform.experiments.rosenbrock import (
     seed_optimizers,
     tour_optimizers,
 )
+from gradxform.experiments.schedules import (
+    schedule_gallery,
+    three_phase_schedule,
+    warmup_optimizers,
+)
 from gradxform.experiments.xor import (
     XorRun,
     init_mlp,
     mlp_logits,
     train_xor,
     xor_data,
+    xor_loss_per_step,
     xor_optimizers,
 )
 
@@ -53,11 +61,15 @@ __all__ = [
     "run_noisy_features",
     "rosenbrock",
     "run_rosenbrock",
+    "schedule_gallery",
     "seed_optimizers",
+    "three_phase_schedule",
     "tour_optimizers",
     "train_regression",
     "train_xor",
+    "warmup_optimizers",
     "weight_decay_optimizers",
     "xor_data",
+    "xor_loss_per_step",
     "xor_optimizers",
 ]

@@ -110,3 +110,32 @@ def plot_test_error(test_mse: Mapping, *, ax=None):
     ax.set_xticks(range(len(test_mse)), list(test_mse))
     ax.set(ylabel="test MSE", title="Generalization (one dot per data set)")
     return fig
+
+
+def plot_schedule_gallery(gallery: Mapping, *, num_steps: int = 1000):
+    """One panel per group of schedules, each curve from `schedule.values(num_steps)`."""
+    fig, axes = subplots(2, (len(gallery) + 1) // 2, figsize=(12, 7))
+    steps = np.arange(num_steps)
+    for ax, (title, schedules) in zip(np.ravel(axes), gallery.items()):
+        for label, schedule in schedules.items():
+            ax.plot(steps, np.asarray(schedule.values(num_steps)), lw=1.3, label=label)
+        ax.set(title=title, xlabel="step", ylabel="learning rate")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_losses_per_step(losses: Mapping, *, ax=None, title="Loss on all points, per step"):
+    """Per-step losses of several runs per setting: the mean bold, each run faint (log scale).
+
+    `losses` maps a name to an array of shape (runs, steps + 1).
+    """
+    fig, ax = _axes(ax, (8, 4))
+    for k, (name, runs) in enumerate(losses.items()):
+        runs = np.asarray(runs)
+        ax.semilogy(runs.T, color=f"C{k}", lw=0.6, alpha=0.3)
+        ax.semilogy(runs.mean(axis=0), color=f"C{k}", lw=2, label=f"{name} (mean of {len(runs)})")
+    ax.set(xlabel="step", ylabel="loss", title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return fig
