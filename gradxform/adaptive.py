@@ -49,6 +49,8 @@ class ScaleByRssState(NamedTuple):
 class scale_by_rss(Transformation):
     """AdaGrad: scale by the root of the sum of all squared gradients so far.
 
+    (A schedule given for `initial_accumulator_value` is read at step 0, by `init`.)
+
         G_t = G_{t-1} + g_t²,     u_t = g_t / √(G_t + ε)     (eps_in_sqrt=True, optax)
                                   u_t = g_t / (√G_t + ε)     (eps_in_sqrt=False, torch)
 
@@ -73,7 +75,8 @@ class scale_by_rss(Transformation):
             count=zero_count(),
             sum_of_squares=jax.tree.map(
                 lambda p: jnp.full_like(
-                    p, self.initial_accumulator_value, dtype=_real_moment_dtype(p)
+                    p, self.at(zero_count()).initial_accumulator_value,
+                    dtype=_real_moment_dtype(p),
                 ),
                 params,
             ),
@@ -135,7 +138,9 @@ class scale_by_rms(Transformation):
         return ScaleByRmsState(
             count=zero_count(),
             nu=jax.tree.map(
-                lambda p: jnp.full_like(p, self.initial_scale, dtype=_real_moment_dtype(p)),
+                lambda p: jnp.full_like(
+                    p, self.at(zero_count()).initial_scale, dtype=_real_moment_dtype(p)
+                ),
                 params,
             ),
         )
@@ -192,7 +197,9 @@ class scale_by_stddev(Transformation):
             count=zero_count(),
             mu=_tree.zeros_like(params),
             nu=jax.tree.map(
-                lambda p: jnp.full_like(p, self.initial_scale, dtype=_real_moment_dtype(p)),
+                lambda p: jnp.full_like(
+                    p, self.at(zero_count()).initial_scale, dtype=_real_moment_dtype(p)
+                ),
                 params,
             ),
         )

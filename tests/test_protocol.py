@@ -278,3 +278,12 @@ def test_hyperparams_reads_current_values():
     _, _, state = _train(opt, PARAMS, steps=3)
     np.testing.assert_allclose(gx.hyperparams(opt, state)["scale_by_learning_rate"]
                                ["learning_rate"], 0.1 / 4)
+
+
+def test_hyperparameters_read_by_init_accept_schedules_read_at_step_zero():
+    params = {"w": jnp.ones(3)}
+    for t, field in [(gx.scale_by_rms(initial_scale=lambda count: 0.5 + count), "nu"),
+                     (gx.scale_by_stddev(initial_scale=lambda count: 0.5 + count), "nu"),
+                     (gx.scale_by_rss(initial_accumulator_value=lambda count: 0.5 + count),
+                      "sum_of_squares")]:
+        np.testing.assert_array_equal(getattr(t.init(params), field)["w"], [0.5, 0.5, 0.5])
