@@ -304,6 +304,15 @@ def test_an_empty_tree_gives_empty_updates(empty):
     assert gx.apply_updates(empty, updates) == empty
 
 
+def test_a_whole_tree_of_none_as_params_means_no_params():
+    opt = gx.adam(0.1)
+    updates, _ = opt.update(None, opt.init(None), None)
+    assert updates is None
+    # A transformation that needs params says so rather than decaying nothing.
+    with pytest.raises(ValueError, match="add_decayed_weights.update: params are required"):
+        gx.adamw(0.1).update(None, gx.adamw(0.1).init(None), None)
+
+
 # -- the step counter -----------------------------------------------------------------------------
 
 
