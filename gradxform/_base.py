@@ -96,9 +96,10 @@ def _concrete_values(value) -> list[float] | None:
 
 def _validate_field(owner: str, name: str, value, check: Callable | None,
                     default: Any = None) -> None:
-    # A string or a missing value would only fail later, inside the step, with a message about
-    # arrays; say here which argument is wrong.
-    if isinstance(value, str | bytes) or (value is None and default is not None):
+    # A string, or None for a hyperparameter without a default, would only fail later, inside
+    # the step, with a message about arrays; say here which argument is wrong. (None stays
+    # allowed where a default exists: it may mean "off", as a clipping threshold of None.)
+    if isinstance(value, str | bytes) or (value is None and default is dataclasses.MISSING):
         raise TypeError(
             f"{owner}: {name} must be a number, an array or a schedule, got {value!r}"
         )
