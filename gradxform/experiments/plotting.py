@@ -35,7 +35,7 @@ def _style(name: str) -> dict:
     return {"linestyle": "--"} if any(s in name for s in _DASHED) else {}
 
 
-def plot_rosenbrock_paths(trajectories: Mapping, *, ax=None, bounds=(-1.0, 1.5, -0.5, 1.5)):
+def plot_rosenbrock_paths(trajectories: Mapping, *, ax=None, bounds=(-0.8, 1.2, -0.15, 1.15)):
     """Each optimizer's iterates over the contour lines of the Rosenbrock function."""
     from matplotlib.colors import LogNorm
 
@@ -52,7 +52,7 @@ def plot_rosenbrock_paths(trajectories: Mapping, *, ax=None, bounds=(-1.0, 1.5, 
     ax.plot(*MINIMUM, "k*", ms=12, label="minimum (1, 1)")
     ax.set(xlim=(x0, x1), ylim=(y0, y1), xlabel="x", ylabel="y",
            title="Rosenbrock: iterates from (-0.5, 0.5)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left")
     return fig
 
 
