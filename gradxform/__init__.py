@@ -136,8 +136,47 @@ from gradxform.wrappers import (
 )
 
 # -- training-step helpers (gradxform.step) --
+from gradxform.flatten import PackedTree, flatten, pack, unpack
+from gradxform.step import make_step, update_and_apply
 # -- interop (gradxform.interop) --
 from gradxform.interop import from_optax, to_optax
+
+# -- beyond AdamW (gradxform.sophia, muon, schedule_free, adafactor, quantized) --
+from gradxform.adafactor import (
+    FactoredState,
+    adafactor,
+    scale_by_factored_rms,
+    scale_by_param_block_rms,
+)
+from gradxform.muon import (
+    MuonDimensionNumbers,
+    MuonState,
+    muon,
+    orthogonalize_via_newton_schulz,
+    scale_by_muon,
+    scale_by_shape,
+)
+from gradxform.quantized import (
+    QuantizedArray,
+    QuantizedState,
+    dynamic_map,
+    quantize_blockwise,
+    quantize_state,
+)
+from gradxform.schedule_free import (
+    ScheduleFreeState,
+    schedule_free,
+    schedule_free_adamw,
+    schedule_free_eval_params,
+    schedule_free_sgd,
+)
+from gradxform.sophia import (
+    SophiaState,
+    gauss_newton_bartlett_diagonal,
+    hutchinson_diagonal,
+    scale_by_sophia,
+    sophia,
+)
 
 __version__ = "0.1.0"
 

@@ -9,6 +9,9 @@ import gradxform as gx
 from gradxform import alias
 from gradxform.testing import check_transformation
 
+# The matrices of gradxform.testing.default_params (Muon orthogonalizes matrices only).
+_MATRICES = {"dense": {"w": True, "b": False}, "scale": False, "frozen": False, "empty": False}
+
 # One zero-argument factory per public transformation or optimizer, under its public name.
 CASES = {
     # scaling.py
@@ -70,6 +73,15 @@ CASES = {
     "ema_params": lambda: gx.chain(gx.sgd(0.1), gx.ema_params(0.9, debias=True, warmup=10.0)),
     # interop.py
     "from_optax": lambda: gx.from_optax(optax.sgd(0.1, momentum=0.9)),
+    # sophia.py, muon.py, schedule_free.py, adafactor.py, quantized.py
+    "scale_by_sophia": lambda: gx.scale_by_sophia(),
+    "scale_by_muon": lambda: gx.masked(gx.scale_by_muon(), _MATRICES),
+    "scale_by_shape": lambda: gx.masked(gx.scale_by_shape(consistent_rms=0.2), _MATRICES),
+    "muon": lambda: gx.muon(0.02, weight_decay=0.1),
+    "schedule_free": lambda: gx.schedule_free_adamw(1e-2, warmup_steps=2, weight_decay=1e-3),
+    "scale_by_factored_rms": lambda: gx.scale_by_factored_rms(min_dim_size_to_factor=2),
+    "scale_by_param_block_rms": lambda: gx.scale_by_param_block_rms(),
+    "quantize_state": lambda: gx.quantize_state(gx.adamw(1e-3), block_size=4, min_size=2),
 }
 
 
