@@ -136,6 +136,8 @@ from gradxform.wrappers import (
 )
 
 # -- training-step helpers (gradxform.step) --
+from gradxform.flatten import PackedTree, flatten, pack, unpack
+from gradxform.step import make_step, update_and_apply
 # -- interop (gradxform.interop) --
 from gradxform.interop import from_optax, to_optax
 

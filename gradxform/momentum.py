@@ -33,12 +33,18 @@ def bias_correction(moment, decay, count):
     """m̂_t = m_t / (1 - β^t): undoes the pull of a zero-initialised EMA toward zero.
 
     `1 - β^t` is computed in the precision of the hyperparameter (in 16 bits β^t would round to 1)
-    and cast to each leaf's dtype before dividing.
+    and cast to each leaf's dtype.
+
+    Each leaf is multiplied by the one scalar 1/(1 - β^t) rather than divided by 1 - β^t: XLA
+    rewrites a division by a shared scalar in ways that depend on how many leaves share it (into
+    this product, or folded into the next division), so the quotient form gives a packed tree
+    (`gradxform.pack`) results that differ in the last bit from the unpacked one. The product
+    leaves XLA nothing to rewrite; it agrees with the quotient to float32 rounding.
 
     References: Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, §3.
     """
-    correction = _one_minus_power(decay, count)
-    return jax.tree.map(lambda m: m / _tree.coef(correction, m), moment)
+    inverse = 1 / _one_minus_power(decay, count)
+    return jax.tree.map(lambda m: m * _tree.coef(inverse, m), moment)
 
 
 def _one_minus_power(decay, count):

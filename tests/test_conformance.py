@@ -73,6 +73,8 @@ CASES = {
     "ema_params": lambda: gx.chain(gx.sgd(0.1), gx.ema_params(0.9, debias=True, warmup=10.0)),
     # interop.py
     "from_optax": lambda: gx.from_optax(optax.sgd(0.1, momentum=0.9)),
+    # flatten.py
+    "flatten": lambda: gx.flatten(gx.adamw(1e-2)),
     # sophia.py, muon.py, schedule_free.py, adafactor.py, quantized.py
     "scale_by_sophia": lambda: gx.scale_by_sophia(),
     "scale_by_muon": lambda: gx.masked(gx.scale_by_muon(), _MATRICES),

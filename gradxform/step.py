@@ -1,0 +1,90 @@
+"""One-call optimizer steps: update and apply in one function, params and state donated.
+
+    step = make_step(opt)
+    params, state = step(grads, state, params)
+
+is `updates, state = opt.update(grads, state, params); params = apply_updates(params, updates)`
+compiled as one XLA computation, so the update never exists as a separate array: XLA fuses
+the last transformations of the chain into the addition to the params. The params and the
+state are donated (their buffers are reused for the results), which avoids allocating and
+page-faulting fresh output buffers on every step (4-5x on CPU for large trees).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from gradxform.update import apply_updates
+
+
+def update_and_apply(optimizer, grads, state, params, **extra_args):
+    """θ_t = θ_{t-1} + u_t with (u_t, state_t) = optimizer.update(g_t, state_{t-1}, θ_{t-1}).
+
+    Exactly `update` followed by `apply_updates`; call it inside your own jitted training step
+    so XLA fuses the two (or use `make_step`, which jits and donates for you).
+
+    Args:
+      optimizer: a transformation.
+      grads: the gradients g_t, a tree like params.
+      state: the optimizer state.
+      params: the params θ_{t-1}.
+      **extra_args: passed to `optimizer.update`.
+
+    Returns:
+      `(params, state)` after the step.
+    """
+    updates, state = optimizer.update(grads, state, params, **extra_args)
+    return apply_updates(params, updates), state
+
+
+def _step(treedef, hyper, grads, state, params, extra_args):
+    optimizer = jax.tree_util.tree_unflatten(treedef, hyper)
+    return update_and_apply(optimizer, grads, state, params, **extra_args)
+
+
+# Module-level jitted functions: every `make_step` shares their compilation cache. The
+# optimizer's structure (its recipe) is the static key and its numeric hyperparameters are
+# arguments, so a step made for the same recipe with other hyperparameter values reuses the
+# compiled step.
+_donating_step = jax.jit(_step, static_argnums=0, donate_argnums=(3, 4))
+_plain_step = jax.jit(_step, static_argnums=0)
+
+
+def make_step(optimizer, *, donate: bool = True) -> Callable[..., tuple[Any, Any]]:
+    """A jitted `step(grads, state, params, **extra_args) -> (params, state)` for `optimizer`.
+
+    The step is `update_and_apply` compiled as one computation. With `donate=True` (default)
+    the buffers of `params` and `state` are given to XLA for the results: do not use the arrays
+    you passed in after the call (jax raises if you do). Donation makes the step markedly
+    faster on CPU; pass `donate=False` to keep the inputs alive.
+
+    The optimizer is passed to the compiled function as data, so steps made for optimizers with
+    the same recipe and different hyperparameter values share one compilation.
+
+    Args:
+      optimizer: a transformation.
+      donate: donate params and state to the step.
+
+    Returns:
+      `step(grads, state, params, **extra_args) -> (params, state)`.
+    """
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(
+            f"make_step: optimizer must be a transformation (an object with init and update), "
+            f"got {optimizer!r}"
+        )
+    jitted = _donating_step if donate else _plain_step
+    # Flattened once here rather than on every call: a chain's Python-level flattening costs
+    # more than the whole step of a small model. Numbers become arrays once, for the same reason.
+    leaves, treedef = jax.tree_util.tree_flatten(optimizer)
+    hyper = [jnp.asarray(x) for x in leaves]
+
+    def step(grads, state, params, **extra_args):
+        return jitted(treedef, hyper, grads, state, params, extra_args)
+
+    step.__doc__ = f"One donating step of {optimizer!r}." if donate else f"One step of {optimizer!r}."
+    return step
