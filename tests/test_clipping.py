@@ -5,13 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from trajectories import assert_trees_close, run, stepper
 
 import gradxform as gx
 
-# Tolerances for 100-step trajectories: a few ulp, since the two libraries round differently
-# (g·(c/‖g‖) here, (g/‖g‖)·c in optax). The clips feed momentum SGD, which passes them on
-# without amplifying rounding (Adam's normalisation of near-zero gradients would).
-TOL = {"float32": dict(rtol=1e-6, atol=5e-7), "float64": dict(rtol=1e-13, atol=1e-14)}
+# The clips feed momentum SGD, which passes rounding differences ((g·(c/‖g‖) here, (g/‖g‖)·c
+# in optax) on without amplifying them (Adam's normalisation of near-zero gradients would).
 
 
 def make_params(dtype):
@@ -41,33 +40,6 @@ def grad_fn(params, nan_steps=(), steps=100):
 
     noise = jax.tree.map(noise_for, params)
     return lambda p, t: jax.tree.map(lambda x, n: (x - 0.5) + n[t], p, noise)
-
-
-def stepper(opt, params, grads):
-    """(initial carry, step) for `opt` (gradxform or optax) following the gradients `grads`."""
-    def step(carry, t):
-        p, s = carry
-        u, s = opt.update(grads(p, t), s, p)
-        p = optax.apply_updates(p, u)
-        return (p, s), (p, s)
-
-    return (params, opt.init(params)), step
-
-
-def run(steppers, steps=100):
-    """The outputs of every stepper at every step, all in one lax.scan (one compilation)."""
-    def body(carries, t):
-        outs = [step(c, t) for (_, step), c in zip(steppers, carries)]
-        return [c for c, _ in outs], [o for _, o in outs]
-
-    return jax.jit(lambda: jax.lax.scan(body, [c for c, _ in steppers], jnp.arange(steps))[1])()
-
-
-def assert_trees_close(a, b, dtype, what=""):
-    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **TOL[dtype],
-                                   err_msg=what + jax.tree_util.keystr(path))
 
 
 CASES = {
