@@ -258,7 +258,12 @@ class _StaticDims:
         self._key = key
 
     def __eq__(self, other):
-        return isinstance(other, _StaticDims) and self._key == other._key
+        if not isinstance(other, _StaticDims):
+            try:
+                other = _StaticDims(other)
+            except (TypeError, ValueError):
+                return False
+        return self._key == other._key
 
     def __hash__(self):
         return hash(self._key)
@@ -432,7 +437,8 @@ class scale_by_shape(Transformation):
 
     Args:
       weight_dimension_numbers: as in `scale_by_muon`.
-      consistent_rms: ρ, or None for Jordan's scaling.
+      consistent_rms: ρ (a number: the transform keeps no step count to evaluate a schedule
+        at), or None for Jordan's scaling.
 
     References:
       Jordan et al., "Muon: An optimizer for hidden layers in neural networks", 2024.
