@@ -15,8 +15,9 @@ momentum, weight decay, scaling) give bit-for-bit the same numbers on a packed t
 original one, because each coordinate is computed by the same expression. Those scaled by
 1/√s (RMSProp, AdaGrad) agree to float32 rounding: XLA:CPU computes rsqrt approximately in
 vectorized loops and exactly on scalars. Global reductions (`clip_by_global_norm`) give the
-same value up to the order of summation. Transformations that look at a leaf's shape (per-layer norms, factored moments,
-orthogonalisation) or that take per-leaf masks must not see a packed tree.
+same value up to the order of summation. Transformations that look at a leaf's shape (per-layer
+norms, factored moments, orthogonalisation) or that take per-leaf masks must not see a packed
+tree.
 
 `flatten(inner)` packs inside the transformation, for params kept as an ordinary tree (optax's
 `flatten`): the state is packed, and each step concatenates the updates and splits the result

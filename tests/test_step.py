@@ -1,5 +1,7 @@
 """gradxform.step: update_and_apply and make_step give exactly update + apply_updates."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,6 +103,25 @@ def test_make_step_donates_params_and_state_by_default():
     assert not any(x.is_deleted() for x in jax.tree.leaves((params, state, grads)))
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw", "adam_clip", "sgd_momentum"])
+def test_donated_step_updates_in_place_without_copies(name):
+    # Each donated buffer must be paired with the output it becomes; a wrong pairing makes
+    # XLA copy every param and moment on every step. (Lion's XLA program copies its moment:
+    # two fusions read the old one and one overwrites it; its kernel does not, see below.)
+    from gradxform import step as step_module
+
+    opt = OPTIMIZERS[name]()
+    params = {"w": jnp.ones((64, 32)), "b": jnp.ones((32,))}
+    leaves, treedef = jax.tree.flatten(opt)
+    hlo = step_module._donating_step.lower(
+        treedef, None, leaves, params, opt.init(params), params, {}
+    ).compile().as_text()
+    array_copies = re.findall(r"= \w+\[\d[^\]]*\]\S* copy\(", hlo)  # scalar copies are free
+    assert not array_copies
+    n_arrays = sum(jnp.ndim(x) > 0 for x in jax.tree.leaves((params, opt.init(params))))
+    assert hlo.split("input_output_alias={")[1].split("}, entry")[0].count("may-alias") >= n_arrays
+
+
 def test_new_hyperparameter_values_reuse_the_compiled_step():
     from gradxform import step as step_module
 
@@ -139,3 +160,100 @@ def test_make_step_passes_extra_args():
 def test_make_step_refuses_what_is_not_a_transformation():
     with pytest.raises(TypeError, match="make_step: optimizer must be a transformation"):
         make_step(lambda g: g)
+
+
+# -- the one-pass kernels (XLA:CPU, float32) ------------------------------------------------------
+
+KERNEL_OPTIMIZERS = {
+    "adam": lambda: gx.adam(1e-2, b1=0.8, eps=1e-6),
+    "adamw": lambda: gx.adamw(gx.cosine_decay_schedule(1e-2, 10), weight_decay=1e-2),
+    "lion": lambda: gx.lion(1e-3, weight_decay=0.0),
+    "lion_no_decay": lambda: gx.chain(gx.scale_by_lion(b2=0.98), gx.scale_by_learning_rate(1e-3)),
+}
+
+
+def _f32_params():
+    # One leaf large enough to be split across threads, and leaves of odd sizes.
+    k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
+    return {"big": jax.random.normal(k1, (300_007,)), "w": jax.random.normal(k2, (17, 5)),
+            "s": jax.random.normal(k3, ())}
+
+
+def _f32_grads(step):
+    return jax.tree.map(lambda p: jax.random.normal(jax.random.key(100 + step), p.shape) * 1e-2,
+                        _f32_params())
+
+
+def _kernels_built():
+    from gradxform import _fused
+
+    return _fused._library() is not None
+
+
+@pytest.mark.parametrize("donate", [True, False])
+@pytest.mark.parametrize("name", sorted(KERNEL_OPTIMIZERS))
+def test_fused_step_is_bit_identical_to_update_then_apply(name, donate):
+    opt = KERNEL_OPTIMIZERS[name]()
+    fused, plain = make_step(opt, donate=donate), make_step(opt, donate=donate, fused=False)
+    p_ref, s_ref = _f32_params(), opt.init(_f32_params())
+    p1, s1 = _f32_params(), opt.init(_f32_params())
+    p2, s2 = _f32_params(), opt.init(_f32_params())
+    for i in range(4):
+        p_ref, s_ref = _reference_step(opt, _f32_grads(i), s_ref, p_ref)
+        p1, s1 = fused(_f32_grads(i), s1, p1)
+        p2, s2 = plain(_f32_grads(i), s2, p2)
+        _assert_identical(p1, p_ref)
+        _assert_identical(s1, s_ref)
+        _assert_identical(p2, p_ref)
+
+
+@pytest.mark.parametrize("name", sorted(KERNEL_OPTIMIZERS))
+def test_fused_kernel_is_used_where_it_was_built(name):
+    from gradxform import _fused
+    from gradxform import step as step_module
+
+    opt = KERNEL_OPTIMIZERS[name]()
+    kind = _fused.recipe(opt)
+    assert kind is not None
+    params = _f32_params()
+    leaves, treedef = jax.tree.flatten(opt)
+    hlo = step_module._donating_step.lower(
+        treedef, kind, leaves, params, opt.init(params), params, {}
+    ).compile().as_text()
+    if _kernels_built() and jax.default_backend() == "cpu":
+        assert _fused.verified(kind, opt)
+        assert f'custom_call_target="gradxform_{kind}"' in hlo
+        assert not re.findall(r"= \w+\[\d[^\]]*\]\S* copy\(", hlo)
+    else:
+        assert "custom_call" not in hlo
+        assert _fused.status()["build"]  # says why
+
+
+def test_fused_kernel_check_rejects_a_kernel_that_computes_something_else():
+    from gradxform import _fused
+
+    # The Adam kernel ignores weight decay: it must fail the check against AdamW's program.
+    assert not _fused.verified("adam", gx.adamw(1e-3, weight_decay=0.1))
+
+
+def test_only_the_plain_recipes_have_a_kernel():
+    from gradxform import _fused
+
+    assert _fused.recipe(gx.adamw(1e-3)) == "adamw"
+    assert _fused.recipe(gx.adam(1e-3)) == "adam"
+    assert _fused.recipe(gx.lion(1e-3)) == "lion_decayed"
+    assert _fused.recipe(gx.adam(1e-3, nesterov=True)) is None
+    assert _fused.recipe(gx.adamw(1e-3, mask=lambda p: jax.tree.map(lambda _: True, p))) is None
+    assert _fused.recipe(gx.chain(gx.clip_by_global_norm(1.0), gx.adam(1e-3))) is None
+    assert _fused.recipe(gx.sgd(1e-2, 0.9)) is None
+    assert _fused.recipe(gx.scale_by_adam()) is None
+
+
+def test_fused_step_falls_back_for_16_bit_params():
+    opt = gx.adamw(1e-2)
+    params = {"w": jnp.ones((40, 3), jnp.bfloat16)}
+    grads = {"w": jnp.full((40, 3), 0.5, jnp.bfloat16)}
+    p1, s1 = make_step(opt, donate=False)(grads, opt.init(params), params)
+    p2, s2 = _reference_step(opt, grads, opt.init(params), params)
+    _assert_identical(p1, p2)
+    _assert_identical(s1, s2)
