@@ -22,6 +22,10 @@ EXPECTED = [
     "04_adam_vs_adamw",
     "05_learning_rate_schedules",
     "06_compose_your_own_optimizer",
+    "07_sophia",
+    "08_muon",
+    "09_schedule_free",
+    "10_adafactor_and_8bit_state",
 ]
 
 
