@@ -2,8 +2,9 @@
 
 XLA:CPU compiles a jitted Adam step into three passes over memory (it has no multi-output loop
 fusion): 40 bytes per float32 parameter where 28 are needed, about half of the streaming
-bandwidth in practice. `make_step` therefore runs Adam, AdamW and Lion steps on float32 params
-through the kernels in `_fused_cpu.c`, one pass, in place.
+bandwidth in practice. `make_step` therefore runs Adam, AdamW, Lion and SGD (with momentum)
+steps on float32 params through the kernels in `_fused_cpu.c`: one pass, in place, one call for
+all the leaves of a tree.
 
 The kernels must not change a single bit: they are the transformations' equations with the
 rounding XLA gives them. On first use, the kernel for a recipe is run next to the XLA program on a
@@ -35,13 +36,12 @@ from gradxform._base import safe_increment
 from gradxform.adam import scale_by_adam
 from gradxform.combine import chain
 from gradxform.lion import scale_by_lion
-from gradxform.momentum import bias_correction
+from gradxform.momentum import bias_correction, trace
 from gradxform.scaling import add_decayed_weights, scale_by_learning_rate
 
 _SOURCE = Path(__file__).with_name("_fused_cpu.c")
 _FLAGS = ("-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC")
-_TARGETS = {"adam": "gradxform_adam", "adamw": "gradxform_adamw", "lion": "gradxform_lion",
-            "lion_decayed": "gradxform_lion_decayed"}
+_KINDS = ("adam", "adamw", "lion", "lion_decayed", "sgd", "sgd_decayed")
 
 _lock = threading.Lock()
 _status: dict[str, str] = {}
@@ -106,9 +106,10 @@ def _library() -> ctypes.CDLL | None:
             except OSError as e:
                 _status["build"] = f"could not load {path}: {e}"
                 continue
-            for kind, symbol in _TARGETS.items():
+            for kind in _KINDS:
+                name = f"gradxform_{kind}"
                 jax.ffi.register_ffi_target(
-                    f"gradxform_{kind}", jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu"
+                    name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu"
                 )
             _status["build"] = f"built {path}"
             return lib
@@ -120,31 +121,45 @@ def status() -> dict[str, str]:
     return dict(_status)
 
 
-# -- recipes --------------------------------------------------------------------------------------
+# -- recipes ------------------------------------------------------------------------------------
 
 
 def recipe(optimizer) -> str | None:
     """The kernel that computes `optimizer`'s step, if there is one.
 
-    chain(scale_by_adam(), [add_decayed_weights()], scale_by_learning_rate()) is Adam or AdamW and
-    chain(scale_by_lion(), [add_decayed_weights()], scale_by_learning_rate()) is Lion, with their
-    default options (no Nesterov, moments in the params' dtype, no mask, descent).
+    With their default options (no Nesterov, moments in the params' dtype, no mask, descent):
+      chain(scale_by_adam(), [add_decayed_weights()], scale_by_learning_rate())   Adam, AdamW
+      chain(scale_by_lion(), [add_decayed_weights()], scale_by_learning_rate())   Lion
+      chain([add_decayed_weights()], trace(), scale_by_learning_rate())           SGD, momentum
     """
     if type(optimizer) is not chain:
         return None
-    ts = optimizer.transforms
-    if len(ts) not in (2, 3) or type(ts[-1]) is not scale_by_learning_rate or not ts[-1].flip_sign:
+    *body, last = optimizer.transforms
+    if type(last) is not scale_by_learning_rate or not last.flip_sign or not body:
         return None
-    decayed = len(ts) == 3
-    if decayed and not (type(ts[1]) is add_decayed_weights and ts[1].mask is None):
+    decays = [t for t in body if type(t) is add_decayed_weights]
+    cores = [t for t in body if type(t) is not add_decayed_weights]
+    if len(cores) != 1 or len(decays) > 1 or any(t.mask is not None for t in decays):
         return None
-    first = ts[0]
-    if type(first) is scale_by_adam and not first.nesterov \
-            and first.mu_dtype is None and first.nu_dtype is None:
-        return "adamw" if decayed else "adam"
-    if type(first) is scale_by_lion and first.mu_dtype is None:
-        return "lion_decayed" if decayed else "lion"
+    core, suffix = cores[0], "_decayed" if decays else ""
+    if type(core) is scale_by_adam and body[0] is core and not core.nesterov \
+            and core.mu_dtype is None and core.nu_dtype is None:
+        return "adamw" if decays else "adam"  # decay after the moments: decoupled
+    if type(core) is scale_by_lion and body[0] is core and core.mu_dtype is None:
+        return "lion" + suffix
+    if type(core) is trace and body[-1] is core and not core.nesterov \
+            and core.accumulator_dtype is None:
+        return "sgd" + suffix  # decay before the momentum: coupled, as torch's SGD
     return None
+
+
+def _moments(kind: str) -> tuple[int, tuple[str, ...]]:
+    """Which state of the chain holds the moments, and their fields."""
+    if kind.startswith("adam"):
+        return 0, ("mu", "nu")
+    if kind.startswith("lion"):
+        return 0, ("mu",)
+    return (1 if kind == "sgd_decayed" else 0), ("trace",)
 
 
 def _scalars(kind: str, optimizer, state) -> jax.Array:
@@ -153,12 +168,17 @@ def _scalars(kind: str, optimizer, state) -> jax.Array:
     ts, ss = optimizer.transforms, state
     f32 = lambda h: jnp.asarray(_tree.coef(h, like), jnp.float32)  # noqa: E731
     neg_lr = -1 * f32(ts[-1].at(ss[-1].count).learning_rate)
-    wd = f32(ts[1].at(ss[1].count).weight_decay) if len(ts) == 3 else jnp.zeros([], jnp.float32)
-    h = ts[0].at(ss[0].count)
+    decay = [i for i, t in enumerate(ts[:-1]) if type(t) is add_decayed_weights]
+    wd = f32(ts[decay[0]].at(ss[decay[0]].count).weight_decay) if decay else f32(0.0)
+    k, _ = _moments(kind)
+    h = ts[k].at(ss[k].count)
+    if kind.startswith("sgd"):
+        first = (ss[k].count == 0).astype(jnp.float32)
+        return jnp.stack([f32(h.decay), 1 - f32(h.dampening), wd, neg_lr, first])
     b1, b2 = f32(h.b1), f32(h.b2)
     if kind.startswith("lion"):
         return jnp.stack([b1, 1 - b1, b2, 1 - b2, wd, neg_lr])
-    t = safe_increment(ss[0].count)
+    t = safe_increment(ss[k].count)
     r1 = bias_correction(jnp.ones([], jnp.float32), h.b1, t)  # 1 / (1 - β1^t)
     r2 = bias_correction(jnp.ones([], jnp.float32), h.b2, t)
     return jnp.stack([b1, 1 - b1, b2, 1 - b2, f32(h.eps), f32(h.eps_root), wd, neg_lr, r1, r2])
@@ -171,8 +191,8 @@ def _empty(tree):
 def update_and_apply(kind: str, optimizer, grads, state, params):
     """`update_and_apply` through the kernel, or None where the trees do not suit it.
 
-    The moments are updated by the kernel, leaf by leaf; the rest of the state (step counts)
-    comes from running `optimizer.update` on empty leaves.
+    One call updates the params and moments of every leaf; the rest of the state (step counts)
+    comes from running `optimizer.update` on empty leaves, which costs nothing at run time.
     """
     p_leaves, p_def = jax.tree.flatten(params)
     g_leaves, g_def = jax.tree.flatten(grads)
@@ -180,49 +200,47 @@ def update_and_apply(kind: str, optimizer, grads, state, params):
         return None
     if any(jnp.result_type(x) != jnp.float32 for x in p_leaves + g_leaves):
         return None
-    first = state[0]
-    moments = ("mu", "nu") if kind.startswith("adam") else ("mu",)
-    moment_leaves = [jax.tree.leaves(getattr(first, name)) for name in moments]
+    k, names = _moments(kind)
+    holder = state[k]
+    moments = [jax.tree.leaves(getattr(holder, name)) for name in names]
     if any(len(ms) != len(p_leaves) or any(jnp.result_type(m) != jnp.float32 for m in ms)
-           for ms in moment_leaves):
+           for ms in moments):
         return None
 
     h = _scalars(kind, optimizer, state)
-    target = f"gradxform_{kind}"
-    new_p, new_moments = [], [[] for _ in moments]
-    for i, (p, g) in enumerate(zip(p_leaves, g_leaves, strict=True)):
-        ms = [m[i] for m in moment_leaves]
-        shape = jax.ShapeDtypeStruct(p.shape, jnp.float32)
-        call = jax.ffi.ffi_call(
-            target, (shape,) * (1 + len(ms)),
-            input_output_aliases={k: k for k in range(1 + len(ms))},
-            vmap_method="sequential",
-        )
-        out = call(p, *ms, g, h)
-        new_p.append(out[0])
-        for k, m in enumerate(out[1:]):
-            new_moments[k].append(m)
+    arrays = p_leaves + [m for ms in moments for m in ms]  # updated in place
+    shapes = tuple(jax.ShapeDtypeStruct(jnp.shape(x), jnp.float32) for x in arrays)
+    out = jax.ffi.ffi_call(
+        f"gradxform_{kind}", shapes, input_output_aliases={i: i for i in range(len(arrays))},
+        vmap_method="sequential",
+    )(*arrays, *g_leaves, h)
+    n = len(p_leaves)
+    new_params = jax.tree.unflatten(p_def, out[:n])
 
     # The step counts (and any other scalar state) from the transformations themselves.
-    empty_first = first._replace(**{name: _empty(getattr(first, name)) for name in moments})
-    _, counted = optimizer.update(_empty(grads), (empty_first,) + tuple(state[1:]), _empty(params))
-    new_first = counted[0]._replace(**{
-        name: jax.tree.unflatten(jax.tree.structure(getattr(first, name)), leaves)
-        for name, leaves in zip(moments, new_moments, strict=True)
+    empty_holder = holder._replace(**{name: _empty(getattr(holder, name)) for name in names})
+    empty_state = state[:k] + (empty_holder,) + tuple(state[k + 1:])
+    _, counted = optimizer.update(_empty(grads), empty_state, _empty(params))
+    new_holder = counted[k]._replace(**{
+        name: jax.tree.unflatten(jax.tree.structure(getattr(holder, name)),
+                                 out[n * (j + 1):n * (j + 2)])
+        for j, name in enumerate(names)
     })
-    return jax.tree.unflatten(p_def, new_p), (new_first,) + tuple(counted[1:])
+    return new_params, counted[:k] + (new_holder,) + tuple(counted[k + 1:])
 
 
 # -- the check that the kernel gives the XLA program's bits ---------------------------------------
 
 
-def _test_problem(n: int, seed: int):
+def _test_problem(seed: int):
+    """Params or gradients spanning many magnitudes, with zeros and signed zeros, in two leaves:
+    one split across threads (vector loops and a remainder), one small."""
     rng = np.random.default_rng(seed)
+    n = (1 << 18) + 4099
     scale = np.float32(10.0) ** rng.integers(-6, 2, n).astype(np.float32)
-    p = (rng.standard_normal(n) * scale).astype(np.float32)
-    g = (rng.standard_normal(n) * scale[::-1]).astype(np.float32)
-    g[:7] = [0.0, -0.0, 1e-30, -1e-30, 3.0, -3.0, 0.0]
-    return {"a": jnp.asarray(p)}, {"a": jnp.asarray(g)}
+    x = (rng.standard_normal(n) * scale).astype(np.float32)
+    x[:7] = [0.0, -0.0, 1e-30, -1e-30, 3.0, -3.0, 0.0]
+    return {"a": jnp.asarray(x[:-37]), "b": jnp.asarray(x[-37:])}
 
 
 def verified(kind: str, optimizer) -> bool:
@@ -244,11 +262,11 @@ def verified(kind: str, optimizer) -> bool:
         def fused(hyper, p, s, g):
             return update_and_apply(kind, jax.tree.unflatten(treedef, hyper), g, s, p)
 
-        params, _ = _test_problem(4099 + (1 << 18), 0)  # vector loop, remainder, two parts
+        params = _test_problem(0)
         a, b = (params, optimizer.init(params)), (params, optimizer.init(params))
         same = True
         for step in range(3):
-            _, g = _test_problem(4099 + (1 << 18), step + 1)
+            g = _test_problem(step + 1)
             a = jax.jit(xla)(hyper, *a, g)
             b = jax.jit(fused)(hyper, *b, g)
             same = same and all(

@@ -3,16 +3,19 @@
  * XLA:CPU has no multi-output loop fusion, so a jitted Adam step is three passes over memory
  * (m, then v, then the params read the new m and v back): 40 bytes per float32 parameter instead
  * of the 28 that reading p, g, m, v and writing p, m, v takes. These kernels do the whole step in
- * one pass, in place (the outputs alias the inputs).
+ * one pass, in place (the outputs alias the inputs), for all the leaves of a tree in one call.
  *
  * Each line is the transformation's equation with the rounding that XLA:CPU gives it: XLA
- * contracts a product feeding an addition into one fused multiply-add (fmaf), always the left
- * product when both operands are products. gradxform/_fused.py checks on first use that a kernel
- * gives bit for bit what the XLA program gives, and does not use it otherwise.
+ * contracts a product feeding an addition into one fused multiply-add (fmaf), the left product
+ * when both operands are products. gradxform/_fused.py checks on first use that a kernel gives
+ * bit for bit what the XLA program gives, and does not use it otherwise.
  *
- * Scalars come in one float32 buffer `h`, computed by the XLA program (see _fused.py):
- *   Adam/AdamW: b1, 1-b1, b2, 1-b2, eps, eps_root, weight decay, -lr, 1/(1-b1^t), 1/(1-b2^t)
- *   Lion:       b1, 1-b1, b2, 1-b2, weight decay, -lr
+ * Arguments: p[L], m[L], (v[L],) g[L], h, for the L leaves of a tree; results: p[L], m[L],
+ * (v[L]), aliasing the arguments. Scalars come in one float32 buffer h, computed by the XLA
+ * program (see _fused.py):
+ *   Adam, AdamW:   b1, 1-b1, b2, 1-b2, eps, eps_root, weight decay, -lr, 1/(1-b1^t), 1/(1-b2^t)
+ *   Lion:          b1, 1-b1, b2, 1-b2, weight decay, -lr
+ *   SGD momentum:  mu, 1-dampening, weight decay, -lr, first step (1 or 0)
  */
 #include <math.h>
 #include <sched.h>
@@ -24,14 +27,14 @@
 
 #include "xla/ffi/api/c_api.h"
 
-enum { ADAM = 0, ADAMW = 1, LION = 2, LION_DECAYED = 3 };
+enum { ADAM, ADAMW, LION, LION_DECAYED, SGD, SGD_DECAYED };
 
-static void adam_range(int kind, float *restrict p, float *restrict m, float *restrict v,
-                       const float *restrict g, const float *restrict h, int64_t lo, int64_t hi) {
+static void adam(int kind, float *restrict p, float *restrict m, float *restrict v,
+                 const float *restrict g, const float *restrict h, int64_t n) {
   const float b1 = h[0], one_minus_b1 = h[1], b2 = h[2], one_minus_b2 = h[3];
   const float eps = h[4], eps_root = h[5], wd = h[6], neg_lr = h[7], r1 = h[8], r2 = h[9];
   if (kind == ADAMW) {
-    for (int64_t i = lo; i < hi; ++i) {
+    for (int64_t i = 0; i < n; ++i) {
       const float gi = g[i];
       const float mi = fmaf(one_minus_b1, gi, b1 * m[i]);      /* m = (1-b1) g + b1 m */
       const float vi = fmaf(one_minus_b2, gi * gi, b2 * v[i]); /* v = (1-b2) g² + b2 v */
@@ -41,7 +44,7 @@ static void adam_range(int kind, float *restrict p, float *restrict m, float *re
       v[i] = vi;
     }
   } else {
-    for (int64_t i = lo; i < hi; ++i) {
+    for (int64_t i = 0; i < n; ++i) {
       const float gi = g[i];
       const float mi = fmaf(one_minus_b1, gi, b1 * m[i]);
       const float vi = fmaf(one_minus_b2, gi * gi, b2 * v[i]);
@@ -55,11 +58,11 @@ static void adam_range(int kind, float *restrict p, float *restrict m, float *re
 
 static inline float sign(float x) { return x > 0.0f ? 1.0f : x < 0.0f ? -1.0f : x; }
 
-static void lion_range(int kind, float *restrict p, float *restrict m, const float *restrict g,
-                       const float *restrict h, int64_t lo, int64_t hi) {
+static void lion(int kind, float *restrict p, float *restrict m, const float *restrict g,
+                 const float *restrict h, int64_t n) {
   const float b1 = h[0], one_minus_b1 = h[1], b2 = h[2], one_minus_b2 = h[3];
   const float wd = h[4], neg_lr = h[5];
-  for (int64_t i = lo; i < hi; ++i) {
+  for (int64_t i = 0; i < n; ++i) {
     const float gi = g[i], mi = m[i];
     const float d = sign(fmaf(one_minus_b1, gi, b1 * mi));  /* sign((1-b1) g + b1 m) */
     p[i] = kind == LION_DECAYED ? fmaf(neg_lr, fmaf(wd, p[i], d), p[i]) : fmaf(neg_lr, d, p[i]);
@@ -67,30 +70,62 @@ static void lion_range(int kind, float *restrict p, float *restrict m, const flo
   }
 }
 
-/* A step split into parts. The calling thread and tasks on XLA's intra-op thread pool claim parts
- * from a counter until none is left; the caller waits only for parts that are running, never for
- * a task still queued (all pool threads may be busy, e.g. running other steps like this one), so
- * it cannot deadlock. A task that starts late finds nothing to do; the last one to finish frees
- * the step. */
+static void sgd(int kind, float *restrict p, float *restrict m, const float *restrict g,
+                const float *restrict h, int64_t n) {
+  const float mu = h[0], one_minus_d = h[1], wd = h[2], neg_lr = h[3];
+  const int first = h[4] != 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float gi = kind == SGD_DECAYED ? fmaf(wd, p[i], g[i]) : g[i];  /* g + λ p */
+    const float vi = first ? gi : fmaf(mu, m[i], one_minus_d * gi);      /* v = μ v + (1-d) g */
+    p[i] = fmaf(neg_lr, vi, p[i]);                                       /* p - lr v */
+    m[i] = vi;
+  }
+}
+
+/* A step over all leaves, split into parts of about equal size. The calling thread and tasks on
+ * XLA's intra-op thread pool claim parts from a counter until none is left. The caller waits only
+ * for parts that are running, never for a task still queued (all pool threads may be busy, e.g.
+ * with other steps like this one), so it cannot deadlock. A task that starts late finds nothing
+ * to do; the last one to finish frees the step. */
 typedef struct {
   int kind;
-  float *p, *m, *v;
-  const float *g;
+  int64_t leaves, parts, part_size;
+  float **p, **m, **v;
+  const float **g;
+  int64_t *start; /* start[l]: index of leaf l's first element in the concatenation */
   float h[16];
-  int64_t n, size, parts;
   atomic_long next, finished;
   atomic_int refs;
 } Step;
 
+static void run(const Step *s, int64_t l, int64_t lo, int64_t hi) {
+  const int64_t n = hi - lo;
+  float *p = s->p[l] + lo, *m = s->m[l] + lo;
+  const float *g = s->g[l] + lo;
+  if (s->kind == ADAM || s->kind == ADAMW)
+    adam(s->kind, p, m, s->v[l] + lo, g, s->h, n);
+  else if (s->kind == LION || s->kind == LION_DECAYED)
+    lion(s->kind, p, m, g, s->h, n);
+  else
+    sgd(s->kind, p, m, g, s->h, n);
+}
+
 static void work(Step *s) {
+  const int64_t total = s->start[s->leaves];
   for (;;) {
-    int64_t k = atomic_fetch_add_explicit(&s->next, 1, memory_order_relaxed);
+    const int64_t k = atomic_fetch_add_explicit(&s->next, 1, memory_order_relaxed);
     if (k >= s->parts) return;
-    int64_t lo = k * s->size, hi = lo + s->size < s->n ? lo + s->size : s->n;
-    if (s->kind == ADAM || s->kind == ADAMW)
-      adam_range(s->kind, s->p, s->m, s->v, s->g, s->h, lo, hi);
-    else
-      lion_range(s->kind, s->p, s->m, s->g, s->h, lo, hi);
+    const int64_t a = k * s->part_size, b = a + s->part_size < total ? a + s->part_size : total;
+    int64_t lo = 0, hi = s->leaves; /* the last leaf starting at or before a */
+    while (hi - lo > 1) {
+      const int64_t mid = (lo + hi) / 2;
+      if (s->start[mid] <= a) lo = mid; else hi = mid;
+    }
+    for (int64_t l = lo; l < s->leaves && s->start[l] < b; ++l) {
+      const int64_t from = a > s->start[l] ? a - s->start[l] : 0;
+      const int64_t to = (b < s->start[l + 1] ? b : s->start[l + 1]) - s->start[l];
+      if (to > from) run(s, l, from, to);
+    }
     atomic_fetch_add_explicit(&s->finished, 1, memory_order_release);
   }
 }
@@ -104,7 +139,7 @@ static void task(void *data) {
   release((Step *)data);
 }
 
-enum { MIN_PART = 1 << 18 };  /* elements: 1 MiB per stream */
+enum { MIN_PART = 1 << 16 }; /* elements: below this, a thread costs more than it brings */
 
 static XLA_FFI_Error *error(const XLA_FFI_Api *api, const char *message) {
   XLA_FFI_Error_Create_Args args = {XLA_FFI_Error_Create_Args_STRUCT_SIZE, NULL, message,
@@ -125,61 +160,79 @@ static int64_t num_elements(const XLA_FFI_Buffer *b) {
   return n;
 }
 
-/* Arguments: p, m, [v,] g, h (float32 buffers); results: p, m, [v] (aliasing the arguments). */
+static XLA_FFI_Error *metadata(XLA_FFI_CallFrame *frame) {
+  XLA_FFI_Metadata_Extension *ext = (XLA_FFI_Metadata_Extension *)frame->extension_start;
+  ext->metadata->api_version.struct_size = XLA_FFI_Api_Version_STRUCT_SIZE;
+  ext->metadata->api_version.extension_start = NULL;
+  ext->metadata->api_version.major_version = XLA_FFI_API_MAJOR;
+  ext->metadata->api_version.minor_version = XLA_FFI_API_MINOR;
+  ext->metadata->traits = 0;
+  ext->metadata->state_type_id.type_id = 0; /* stateless */
+  return NULL;
+}
+
 static XLA_FFI_Error *call(XLA_FFI_CallFrame *frame, int kind) {
   const XLA_FFI_Api *api = frame->api;
   if (frame->extension_start != NULL &&
-      frame->extension_start->type == XLA_FFI_Extension_Metadata) {
-    XLA_FFI_Metadata_Extension *ext = (XLA_FFI_Metadata_Extension *)frame->extension_start;
-    ext->metadata->api_version.struct_size = XLA_FFI_Api_Version_STRUCT_SIZE;
-    ext->metadata->api_version.extension_start = NULL;
-    ext->metadata->api_version.major_version = XLA_FFI_API_MAJOR;
-    ext->metadata->api_version.minor_version = XLA_FFI_API_MINOR;
-    ext->metadata->traits = 0;
-    ext->metadata->state_type_id.type_id = 0; /* stateless */
-    return NULL;
-  }
+      frame->extension_start->type == XLA_FFI_Extension_Metadata)
+    return metadata(frame);
   if (frame->stage != XLA_FFI_ExecutionStage_EXECUTE) return NULL;
-  const int moments = (kind == ADAM || kind == ADAMW) ? 2 : 1;
-  if (frame->args.size != moments + 3 || frame->rets.size != moments + 1)
+
+  const int64_t moments = (kind == ADAM || kind == ADAMW) ? 2 : 1;
+  const int64_t leaves = (frame->args.size - 1) / (moments + 2);
+  if (leaves < 1 || frame->args.size != leaves * (moments + 2) + 1 ||
+      frame->rets.size != leaves * (moments + 1))
     return error(api, "gradxform fused step: wrong number of arguments or results");
-  XLA_FFI_Buffer *in[5], *out[3];
-  for (int i = 0; i < moments + 3; ++i) {
-    in[i] = (XLA_FFI_Buffer *)frame->args.args[i];
-    if (frame->args.types[i] != XLA_FFI_ArgType_BUFFER || in[i]->dtype != XLA_FFI_DataType_F32)
+  for (int64_t i = 0; i < frame->args.size; ++i) {
+    const XLA_FFI_Buffer *b = (const XLA_FFI_Buffer *)frame->args.args[i];
+    if (frame->args.types[i] != XLA_FFI_ArgType_BUFFER || b->dtype != XLA_FFI_DataType_F32)
       return error(api, "gradxform fused step: arguments must be float32 arrays");
   }
-  for (int i = 0; i < moments + 1; ++i) {
-    out[i] = (XLA_FFI_Buffer *)frame->rets.rets[i];
-    if (frame->rets.types[i] != XLA_FFI_RetType_BUFFER || out[i]->data != in[i]->data)
+  for (int64_t i = 0; i < frame->rets.size; ++i) {
+    const XLA_FFI_Buffer *b = (const XLA_FFI_Buffer *)frame->rets.rets[i];
+    if (frame->rets.types[i] != XLA_FFI_RetType_BUFFER ||
+        b->data != ((const XLA_FFI_Buffer *)frame->args.args[i])->data)
       return error(api, "gradxform fused step: results must alias p and the moments");
   }
-  const int64_t n = num_elements(in[0]);
-  const int64_t n_h = num_elements(in[moments + 2]);
-  if (n_h > 16) return error(api, "gradxform fused step: too many scalars");
+  const XLA_FFI_Buffer *h = (const XLA_FFI_Buffer *)frame->args.args[frame->args.size - 1];
+  if (num_elements(h) > 16) return error(api, "gradxform fused step: too many scalars");
+
+  /* One allocation: the step, then its per-leaf pointers and offsets. */
+  const size_t per_leaf = 4 * sizeof(float *) + sizeof(int64_t);
+  Step *s = (Step *)malloc(sizeof(Step) + (size_t)leaves * per_leaf + sizeof(int64_t));
+  if (s == NULL) return error(api, "gradxform fused step: out of memory");
+  s->kind = kind;
+  s->leaves = leaves;
+  s->p = (float **)(s + 1);
+  s->m = s->p + leaves;
+  s->v = s->m + leaves;
+  s->g = (const float **)(s->v + leaves);
+  s->start = (int64_t *)(s->g + leaves);
+  s->start[0] = 0;
+  for (int64_t l = 0; l < leaves; ++l) {
+    void **args = frame->args.args;
+    s->p[l] = (float *)((XLA_FFI_Buffer *)args[l])->data;
+    s->m[l] = (float *)((XLA_FFI_Buffer *)args[leaves + l])->data;
+    s->v[l] = moments == 2 ? (float *)((XLA_FFI_Buffer *)args[2 * leaves + l])->data : NULL;
+    s->g[l] = (const float *)((XLA_FFI_Buffer *)args[moments * leaves + leaves + l])->data;
+    s->start[l + 1] = s->start[l] + num_elements((XLA_FFI_Buffer *)args[l]);
+  }
+  memcpy(s->h, h->data, (size_t)num_elements(h) * sizeof(float));
+
   int64_t threads = 0;
   XLA_FFI_ThreadPool_NumThreads_Args nt = {XLA_FFI_ThreadPool_NumThreads_Args_STRUCT_SIZE, NULL,
                                            frame->ctx, &threads};
   if (failed(api, api->XLA_FFI_ThreadPool_NumThreads(&nt))) threads = 0; /* no pool */
-  int64_t parts = n / MIN_PART;
-  if (parts > 4 * threads) parts = 4 * threads;
+  const int64_t total = s->start[leaves];
+  int64_t parts = total / MIN_PART;
+  if (parts > 4 * threads) parts = 4 * threads; /* a few parts per thread evens out stragglers */
   if (parts < 1) parts = 1;
-
-  Step *s = (Step *)malloc(sizeof(Step));
-  if (s == NULL) return error(api, "gradxform fused step: out of memory");
-  s->kind = kind;
-  s->p = (float *)in[0]->data;
-  s->m = (float *)in[1]->data;
-  s->v = moments == 2 ? (float *)in[2]->data : NULL;
-  s->g = (const float *)in[moments + 1]->data;
-  memcpy(s->h, in[moments + 2]->data, (size_t)n_h * sizeof(float));
-  s->n = n;
   s->parts = parts;
-  s->size = ((n + parts - 1) / parts + 15) & ~(int64_t)15; /* whole cache lines per part */
+  s->part_size = ((total + parts - 1) / parts + 15) & ~(int64_t)15; /* whole cache lines */
   atomic_init(&s->next, 0);
   atomic_init(&s->finished, 0);
-  int64_t helpers = parts > 1 ? (threads - 1 < parts - 1 ? threads - 1 : parts - 1) : 0;
-  atomic_init(&s->refs, (int)(1 + helpers));
+  const int64_t helpers = parts > 1 ? (threads - 1 < parts - 1 ? threads - 1 : parts - 1) : 0;
+  atomic_init(&s->refs, (int)(1 + (helpers > 0 ? helpers : 0)));
   for (int64_t k = 0; k < helpers; ++k) {
     XLA_FFI_ThreadPool_Schedule_Args args = {XLA_FFI_ThreadPool_Schedule_Args_STRUCT_SIZE, NULL,
                                              frame->ctx, task, s};
@@ -191,7 +244,9 @@ static XLA_FFI_Error *call(XLA_FFI_CallFrame *frame, int kind) {
   return NULL;
 }
 
-XLA_FFI_Error *gradxform_adam(XLA_FFI_CallFrame *frame) { return call(frame, ADAM); }
-XLA_FFI_Error *gradxform_adamw(XLA_FFI_CallFrame *frame) { return call(frame, ADAMW); }
-XLA_FFI_Error *gradxform_lion(XLA_FFI_CallFrame *frame) { return call(frame, LION); }
-XLA_FFI_Error *gradxform_lion_decayed(XLA_FFI_CallFrame *frame) { return call(frame, LION_DECAYED); }
+XLA_FFI_Error *gradxform_adam(XLA_FFI_CallFrame *f) { return call(f, ADAM); }
+XLA_FFI_Error *gradxform_adamw(XLA_FFI_CallFrame *f) { return call(f, ADAMW); }
+XLA_FFI_Error *gradxform_lion(XLA_FFI_CallFrame *f) { return call(f, LION); }
+XLA_FFI_Error *gradxform_lion_decayed(XLA_FFI_CallFrame *f) { return call(f, LION_DECAYED); }
+XLA_FFI_Error *gradxform_sgd(XLA_FFI_CallFrame *f) { return call(f, SGD); }
+XLA_FFI_Error *gradxform_sgd_decayed(XLA_FFI_CallFrame *f) { return call(f, SGD_DECAYED); }

@@ -75,11 +75,11 @@ def make_step(optimizer, *, donate: bool = True, fused: bool = True
     The optimizer is passed to the compiled function as data, so steps made for optimizers with
     the same recipe and different hyperparameter values share one compilation.
 
-    On XLA:CPU, Adam, AdamW and Lion (the presets, or the same chains) with float32 params run
-    as one pass over memory through a small C kernel (XLA:CPU compiles them into two or three
-    passes). The kernel is used only after it has been checked to give bit for bit the numbers
-    of the XLA program, so the results are the same with `fused=True` or `False`; see
-    `gradxform._fused` for how it is built.
+    On XLA:CPU, donating steps of Adam, AdamW, Lion and SGD with momentum (the presets, or the
+    same chains) on float32 params run as one pass over memory through a small C kernel (XLA:CPU
+    compiles them into two or three passes). The kernel is used only after it has been checked
+    to give bit for bit the numbers of the XLA program, so the results are the same with
+    `fused=True` or `False`; see `gradxform._fused` for how it is built.
 
     Args:
       optimizer: a transformation.
@@ -95,7 +95,9 @@ def make_step(optimizer, *, donate: bool = True, fused: bool = True
             f"got {optimizer!r}"
         )
     jitted = _donating_step if donate else _plain_step
-    kernel = _fused.recipe(optimizer) if fused else None
+    # Without donation the kernel would first copy every input into a fresh output (it works in
+    # place): the XLA program, which writes fresh outputs anyway, is then as fast.
+    kernel = _fused.recipe(optimizer) if fused and donate else None
     if kernel is not None and not _fused.verified(kernel, optimizer):
         kernel = None
     # Flattened once here rather than on every call: a chain's Python-level flattening costs
