@@ -22,18 +22,19 @@ ELEMENTWISE = {
 
 
 def _tree(dtype=jnp.float32, n_layers=3):
-    keys = jax.random.split(jax.random.key(1), 2 * n_layers + 1)
-    tree = {f"layer{i}": {"w": jax.random.normal(keys[2 * i], (7 + i, 5), dtype),
-                          "b": jax.random.normal(keys[2 * i + 1], (5,), dtype)}
+    # numpy draws: jax.random would compile one program per distinct leaf shape
+    rng = np.random.default_rng(1)
+    tree = {f"layer{i}": {"w": jnp.asarray(rng.normal(size=(7 + i, 5)), dtype),
+                          "b": jnp.asarray(rng.normal(size=(5,)), dtype)}
             for i in range(n_layers)}
-    tree["scalar"] = jax.random.normal(keys[-1], (), dtype)
+    tree["scalar"] = jnp.asarray(rng.normal(), dtype)
     return tree
 
 
 def _grads(tree, step):
+    rng = np.random.default_rng(step)
     return jax.tree.map(
-        lambda p: (jax.random.normal(jax.random.key(step), p.shape) * (1 + step)).astype(p.dtype),
-        tree,
+        lambda p: jnp.asarray(rng.normal(size=p.shape) * (1 + step), p.dtype), tree
     )
 
 
