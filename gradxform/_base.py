@@ -155,7 +155,8 @@ class PytreeDataclass:
             if f.metadata.get("kind") == "static" and f.metadata.get("check") is not None:
                 problem = f.metadata["check"](getattr(self, f.name))
                 if problem is not None:
-                    raise ValueError(f"{owner}: {f.name} must be {problem}, got {getattr(self, f.name)!r}")
+                    value = getattr(self, f.name)
+                    raise ValueError(f"{owner}: {f.name} must be {problem}, got {value!r}")
             elif f.metadata.get("kind") == "hyper":
                 _validate_field(owner, f.name, getattr(self, f.name), f.metadata.get("check"),
                                 f.default)
@@ -199,7 +200,7 @@ class PytreeDataclass:
             object.__setattr__(obj, f.name, changes.get(f.name, getattr(self, f.name)))
         return obj
 
-    # Value semantics -------------------------------------------------------------------------------
+    # Value semantics ---------------------------------------------------------------------------
     def __eq__(self, other) -> bool:
         if type(self) is not type(other):
             return NotImplemented

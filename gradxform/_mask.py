@@ -1,4 +1,4 @@
-"""Masks: which leaves a transformation touches, given as a tree of bools or a function of params."""
+"""Masks: which leaves a transformation touches (a tree of bools or a function of params)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-coordinate adaptive scaling by accumulated squared gradients: AdaGrad, RMSProp, centered RMSProp.
+"""Per-coordinate scaling by accumulated squared gradients: AdaGrad, RMSProp, centered RMSProp.
 
 Where ε goes differs between libraries, and both forms are offered:
 - inside the square root, g / √(s + ε): optax's default (`eps_in_sqrt=True`);

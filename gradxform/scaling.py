@@ -1,6 +1,8 @@
-"""Scaling updates by a constant, a learning rate or a sign; the identity and zero transformations."""
+"""Scaling updates by a constant, a learning rate or a sign; identity and zero updates."""
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +19,6 @@ from gradxform._base import (
     zero_count,
 )
 from gradxform._mask import as_static_mask
-from typing import NamedTuple, Any
 
 
 class CountState(NamedTuple):

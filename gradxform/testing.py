@@ -15,10 +15,9 @@ It raises AssertionError naming the property that fails.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from typing import Any
-
-import zlib
 
 import jax
 import jax.numpy as jnp
@@ -142,14 +141,14 @@ def check_transformation(
     )
     for i in range(steps):
         _assert_close(
-            jax.tree.map(lambda x: x[i], scan_updates), eager_updates[i],
+            jax.tree.map(lambda x, i=i: x[i], scan_updates), eager_updates[i],
             f"lax.scan vs eager, step {i}", rtol, atol,
         )
     _assert_close(scan_state, eager_state, "lax.scan vs eager, final state", rtol, atol)
 
     # 2. 16-bit params keep their dtype, and so do the state's leaves from step to step.
     for dtype in (jnp.bfloat16, jnp.float16):
-        p16 = jax.tree.map(lambda x: x.astype(dtype), params)
+        p16 = jax.tree.map(lambda x, dtype=dtype: x.astype(dtype), params)
         s16 = t.init(p16)
         st = _structure(s16)
         extra16 = make_extra(p16)

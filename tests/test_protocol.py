@@ -170,7 +170,8 @@ def test_step_counter_saturates_instead_of_overflowing():
     (lambda: gx.adamw(1e-3, weight_decay=-1e-2),
      "add_decayed_weights: weight_decay must be >= 0, got -0.01"),
     (lambda: gx.rmsprop(0.1, decay=jnp.array([0.9, 1.2])), "scale_by_rms: decay must be in [0, 1)"),
-    (lambda: gx.amsgrad(0.1, max_of="torch"), "scale_by_amsgrad: max_of must be 'debiased' or 'raw'"),
+    (lambda: gx.amsgrad(0.1, max_of="torch"),
+     "scale_by_amsgrad: max_of must be 'debiased' or 'raw'"),
 ])
 def test_invalid_hyperparameters_raise_at_construction(build, message):
     with pytest.raises(ValueError) as err:
