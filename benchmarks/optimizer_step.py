@@ -45,8 +45,8 @@ import optax
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import gradxform as gx  # noqa: E402
-from gradxform.flatten import flatten, pack  # noqa: E402
 from gradxform import _fused  # noqa: E402
+from gradxform.flatten import flatten, pack  # noqa: E402
 from gradxform.step import make_step  # noqa: E402
 
 try:
@@ -223,8 +223,10 @@ def measure(runners: list[Runner], reps: int, min_seconds: float) -> None:
         n += 1
 
 
-def roofline(n_elements: int, reps: int, min_seconds: float) -> float:
-    """Streaming bandwidth in GB/s: a donated in-place x <- c x over n float32 elements."""
+def roofline_runner(n_elements: int) -> Runner:
+    """Streaming bandwidth: a donated in-place x <- c x over n float32 elements, 8 B each.
+
+    It runs interleaved with the implementations of each case, so that it sees the same load."""
     scale = jax.jit(lambda x: x * 1.0001, donate_argnums=0)
     box = {"x": jnp.ones((n_elements,), jnp.float32)}
 
@@ -232,16 +234,14 @@ def roofline(n_elements: int, reps: int, min_seconds: float) -> float:
         box["x"] = scale(box["x"])
         box["x"].block_until_ready()
 
-    r = Runner("roofline", call)
-    measure([r], reps, min_seconds)
-    return 8 * n_elements / statistics.median(r.times) / 1e9
+    return Runner("roofline", call)
 
 
 # -- one case -------------------------------------------------------------------------------------
 
 
 def run_case(tree_name, case: OptimizerCase, donate: bool, smoke: bool, reps: int,
-             min_seconds: float, roof_gbps: float, with_torch: bool) -> list[dict]:
+             min_seconds: float, with_torch: bool, variants: bool) -> list[dict]:
     shapes = tree_shapes(tree_name, smoke)
     params_np, grads_np = make_arrays(shapes, seed=0)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(params_np))
@@ -253,7 +253,7 @@ def run_case(tree_name, case: OptimizerCase, donate: bool, smoke: bool, reps: in
     params = fresh(params_np)
     runners.append(jax_runner("gradxform", make_step(opt, donate=donate), params,
                               opt.init(params), fresh(grads_np)))
-    if _fused.recipe(opt) is not None:
+    if variants and donate and _fused.recipe(opt) is not None:
         params = fresh(params_np)
         runners.append(jax_runner("gradxform-xla", make_step(opt, donate=donate, fused=False),
                                   params, opt.init(params), fresh(grads_np)))
@@ -261,7 +261,7 @@ def run_case(tree_name, case: OptimizerCase, donate: bool, smoke: bool, reps: in
         packed = pack(fresh(params_np))
         runners.append(jax_runner("gradxform-packed", make_step(opt, donate=donate), packed,
                                   opt.init(packed), pack(fresh(grads_np))))
-    if tree_name == "many":
+    if variants and tree_name == "many":
         wrapped = flatten(opt)
         params = fresh(params_np)
         runners.append(jax_runner("gradxform-flatten", make_step(wrapped, donate=donate),
@@ -270,7 +270,7 @@ def run_case(tree_name, case: OptimizerCase, donate: bool, smoke: bool, reps: in
     params = fresh(params_np)
     runners.append(jax_runner("optax", optax_step(o, donate), params, o.init(params),
                               fresh(grads_np)))
-    if tree_name == "many":
+    if variants and tree_name == "many":
         of = optax.flatten(case.optax())
         params = fresh(params_np)
         runners.append(jax_runner("optax-flatten", optax_step(of, donate), params,
@@ -281,7 +281,9 @@ def run_case(tree_name, case: OptimizerCase, donate: bool, smoke: bool, reps: in
         step, kind = case.torch(tp, tg)
         runners.append(Runner("torch", step, note=kind))
 
-    measure(runners, reps, min_seconds)
+    roof = roofline_runner(n_params)
+    measure(runners + [roof], reps, min_seconds)
+    roof_gbps = 8 * n_params / statistics.median(roof.times) / 1e9
 
     bytes_per_step = case.bytes_per_param * n_params
     medians = {r.impl: statistics.median(r.times) for r in runners}
@@ -362,8 +364,8 @@ def format_table(rows: list[dict], rooflines: dict) -> str:
             f"{fmt(r.get('vs_optax'), '7.2f'):>7} {fmt(r.get('vs_torch'), '7.2f'):>7}"
         )
     lines.append("")
-    lines.append("roofline (donated in-place scale, 8 B/element): " + ", ".join(
-        f"{k} {v:.1f} GB/s" for k, v in rooflines.items()))
+    lines.append("roofline (donated in-place scale, 8 B/element, measured with each case; median "
+                 "over cases): " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in rooflines.items()))
     lines.append("x optax, x torch: gradxform's time over theirs (below 1: gradxform is faster); "
                  "compile s: first call minus a median step.")
     return "\n".join(lines)
@@ -398,25 +400,27 @@ def main(argv=None) -> int:
     if with_torch and not args.smoke:
         torch.set_num_threads(os.cpu_count() or 1)
 
-    rooflines = {}
     rows = []
     for tree_name in trees:
-        n = sum(int(np.prod(s)) for s in jax.tree_util.tree_leaves(
-            tree_shapes(tree_name, args.smoke), is_leaf=lambda x: isinstance(x, tuple)))
-        rooflines[tree_name] = roofline(n, max(reps, 20), min_seconds)
         for name in names:
-            # Without donation only where it tells something: the big tree (page faults on
-            # fresh outputs) and the transformations that optax slows down with donation.
+            if name == "adam_bf16_moments" and tree_name != "big":
+                continue
+            # --quick: the many-leaf tree only for AdamW (optax compiles it for ~15 s per
+            # optimizer); without donation only on the big tree.
+            if args.quick and not args.smoke and tree_name == "many" and name != "adamw":
+                continue
             donations = [True]
             if not args.quick or tree_name == "big":
                 donations.append(False)
-            if name == "adam_bf16_moments" and tree_name != "big":
-                continue
+            variants = args.smoke or not args.quick or tree_name == "big"
             for donate in donations:
                 rows += run_case(tree_name, cases[name], donate, args.smoke, reps, min_seconds,
-                                 rooflines[tree_name], with_torch)
+                                 with_torch, variants)
                 if not args.json:
                     print(".", end="", file=sys.stderr, flush=True)
+    rooflines = {
+        t: statistics.median(r["roofline_gbps"] for r in rows if r["tree"] == t) for t in trees
+    }
     if not args.json:
         print(file=sys.stderr)
     report = {"machine": machine(), "rooflines_gbps": rooflines, "rows": rows,

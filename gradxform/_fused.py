@@ -188,11 +188,17 @@ def _empty(tree):
     return jax.tree.map(lambda x: jnp.reshape(x, (-1,))[:0], tree)
 
 
+# XLA's compile time grows faster than linearly with the aliased operands of one custom call:
+# AdamW on 300 leaves compiles in 12 s as one call, in 0.5-0.8 s as calls of 16-64 leaves.
+_LEAVES_PER_CALL = 32
+
+
 def update_and_apply(kind: str, optimizer, grads, state, params):
     """`update_and_apply` through the kernel, or None where the trees do not suit it.
 
-    One call updates the params and moments of every leaf; the rest of the state (step counts)
-    comes from running `optimizer.update` on empty leaves, which costs nothing at run time.
+    A call updates the params and moments of up to 32 leaves; the rest of the state (step
+    counts) comes from running `optimizer.update` on empty leaves, which costs nothing at run
+    time.
     """
     p_leaves, p_def = jax.tree.flatten(params)
     g_leaves, g_def = jax.tree.flatten(grads)
@@ -208,13 +214,18 @@ def update_and_apply(kind: str, optimizer, grads, state, params):
         return None
 
     h = _scalars(kind, optimizer, state)
-    arrays = p_leaves + [m for ms in moments for m in ms]  # updated in place
-    shapes = tuple(jax.ShapeDtypeStruct(jnp.shape(x), jnp.float32) for x in arrays)
-    out = jax.ffi.ffi_call(
-        f"gradxform_{kind}", shapes, input_output_aliases={i: i for i in range(len(arrays))},
-        vmap_method="sequential",
-    )(*arrays, *g_leaves, h)
     n = len(p_leaves)
+    out = [None] * (n * (1 + len(moments)))
+    for lo in range(0, n, _LEAVES_PER_CALL):
+        idx = range(lo, min(lo + _LEAVES_PER_CALL, n))
+        arrays = [p_leaves[i] for i in idx] + [ms[i] for ms in moments for i in idx]
+        shapes = tuple(jax.ShapeDtypeStruct(jnp.shape(x), jnp.float32) for x in arrays)
+        res = jax.ffi.ffi_call(
+            f"gradxform_{kind}", shapes, input_output_aliases={i: i for i in range(len(arrays))},
+            vmap_method="sequential",
+        )(*arrays, *[g_leaves[i] for i in idx], h)
+        for j, r in enumerate(res):
+            out[(j // len(idx)) * n + idx[j % len(idx)]] = r
     new_params = jax.tree.unflatten(p_def, out[:n])
 
     # The step counts (and any other scalar state) from the transformations themselves.

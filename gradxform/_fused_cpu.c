@@ -3,7 +3,7 @@
  * XLA:CPU has no multi-output loop fusion, so a jitted Adam step is three passes over memory
  * (m, then v, then the params read the new m and v back): 40 bytes per float32 parameter instead
  * of the 28 that reading p, g, m, v and writing p, m, v takes. These kernels do the whole step in
- * one pass, in place (the outputs alias the inputs), for all the leaves of a tree in one call.
+ * one pass, in place (the outputs alias the inputs), for many leaves of a tree in one call.
  *
  * Each line is the transformation's equation with the rounding that XLA:CPU gives it: XLA
  * contracts a product feeding an addition into one fused multiply-add (fmaf), the left product
