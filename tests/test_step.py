@@ -217,7 +217,7 @@ def test_fused_step_on_many_leaves_is_bit_identical():
     p_ref, s_ref = params, opt.init(params)
     p, s = jax.tree.map(jnp.copy, params), opt.init(params)
     for i in range(3):
-        grads = jax.tree.map(lambda x: jnp.sin(x * (i + 3.0)), params)
+        grads = jax.tree.map(lambda x, k=i + 3.0: jnp.sin(x * k), params)
         p_ref, s_ref = _reference_step(opt, grads, s_ref, p_ref)
         p, s = step(grads, s, p)
     _assert_identical(p, p_ref)
