@@ -410,6 +410,14 @@ def _check_trees(transformation, updates, state, params) -> None:
         )
 
 
+def require_params(params, where: str) -> None:
+    """Raises a ValueError when a transformation that reads the params was not given them."""
+    if params is None:
+        raise ValueError(
+            f"{where}.update: params are required (pass them as update(updates, state, params))"
+        )
+
+
 def safe_increment(count):
     """count + 1, saturating at the int32 maximum instead of wrapping around to negative."""
     return jnp.where(count < INT32_MAX, count + 1, INT32_MAX).astype(jnp.int32)

@@ -29,6 +29,7 @@ from gradxform._base import (
     hyperparameter,
     non_negative,
     pytree_dataclass,
+    require_params,
     safe_increment,
     static,
     zero_count,
@@ -202,11 +203,7 @@ class scale_by_param_block_rms(Transformation):
         return EmptyState()
 
     def update(self, updates, state, params=None, **extra_args):
-        if params is None:
-            raise ValueError(
-                "scale_by_param_block_rms.update: params are required (pass them as "
-                "update(updates, state, params))"
-            )
+        require_params(params, "scale_by_param_block_rms")
         eps2 = self.min_scale
 
         def rescale(g, p):

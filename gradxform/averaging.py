@@ -19,6 +19,7 @@ from gradxform._base import (
     hyperparameter,
     in_interval,
     pytree_dataclass,
+    require_params,
     safe_increment,
     static,
     zero_count,
@@ -202,11 +203,7 @@ class ema_params(Transformation):
         return EmaParamsState(count=zero_count(), ema=ema, weight=weight)
 
     def update(self, updates, state, params=None, **extra_args):
-        if params is None:
-            raise ValueError(
-                "ema_params.update: params are required (pass them as "
-                "update(updates, state, params))"
-            )
+        require_params(params, "ema_params")
         h = self.at(state.count)
         gamma = h.decay
         if h.warmup is not None:

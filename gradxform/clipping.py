@@ -20,6 +20,7 @@ from gradxform._base import (
     non_negative,
     positive,
     pytree_dataclass,
+    require_params,
     safe_increment,
     static,
     zero_count,
@@ -234,11 +235,7 @@ class adaptive_grad_clip(Transformation):
         return CountState(count=zero_count())
 
     def update(self, updates, state, params=None, **extra_args):
-        if params is None:
-            raise ValueError(
-                "adaptive_grad_clip.update: params are required (pass them as "
-                "update(updates, state, params))"
-            )
+        require_params(params, "adaptive_grad_clip")
         h = self.at(state.count)
 
         def clip_units(g, p):

@@ -14,6 +14,7 @@ from gradxform._base import (
     hyperparameter,
     non_negative,
     pytree_dataclass,
+    require_params,
     safe_increment,
     static,
     zero_count,
@@ -138,11 +139,7 @@ class add_decayed_weights(Transformation):
         return CountState(count=zero_count())
 
     def update(self, updates, state, params=None, **extra_args):
-        if params is None:
-            raise ValueError(
-                "add_decayed_weights.update: params are required (pass them as "
-                "update(updates, state, params))"
-            )
+        require_params(params, "add_decayed_weights")
         lam = self.at(state.count).weight_decay
         mask = (
             jax.tree.map(lambda _: True, params)
