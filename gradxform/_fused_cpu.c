@@ -12,10 +12,14 @@
  *
  * Arguments: p[L], m[L], (v[L],) g[L], h, for the L leaves of a tree; results: p[L], m[L],
  * (v[L]), aliasing the arguments. Scalars come in one float32 buffer h, computed by the XLA
- * program (see _fused.py):
- *   Adam, AdamW:   b1, 1-b1, b2, 1-b2, eps, eps_root, weight decay, -lr, 1/(1-b1^t), 1/(1-b2^t)
- *   Lion:          b1, 1-b1, b2, 1-b2, weight decay, -lr
- *   SGD momentum:  mu, 1-dampening, weight decay, -lr, first step (1 or 0)
+ * program (see _fused.py). s scales the gradients: clip_by_global_norm's factor, and then
+ * `scaled` is 1, or 1 and `scaled` is 0. With the gradient a product g·s, XLA contracts some sums
+ * the other way round, and the kernels follow it. Unscaled, g is not multiplied by 1: XLA runs
+ * with subnormals flushed to zero, so g·1 would lose subnormal gradients that XLA copies.
+ *   Adam, AdamW:   b1, 1-b1, b2, 1-b2, eps, eps_root, weight decay, -lr, 1/(1-b1^t), 1/(1-b2^t),
+ *                  s, scaled
+ *   Lion:          b1, 1-b1, b2, 1-b2, weight decay, -lr, s, scaled
+ *   SGD momentum:  mu, 1-dampening, weight decay, -lr, first step (1 or 0), s, scaled
  */
 #include <math.h>
 #include <sched.h>
@@ -33,11 +37,14 @@ static void adam(int kind, float *restrict p, float *restrict m, float *restrict
                  const float *restrict g, const float *restrict h, int64_t n) {
   const float b1 = h[0], one_minus_b1 = h[1], b2 = h[2], one_minus_b2 = h[3];
   const float eps = h[4], eps_root = h[5], wd = h[6], neg_lr = h[7], r1 = h[8], r2 = h[9];
+  const int scaled = h[11] != 0.0f;
+  const float s = h[10];
   if (kind == ADAMW) {
     for (int64_t i = 0; i < n; ++i) {
-      const float gi = g[i];
+      const float gi = scaled ? g[i] * s : g[i];
       const float mi = fmaf(one_minus_b1, gi, b1 * m[i]);      /* m = (1-b1) g + b1 m */
-      const float vi = fmaf(one_minus_b2, gi * gi, b2 * v[i]); /* v = (1-b2) g² + b2 v */
+      const float vi = scaled ? fmaf(b2, v[i], one_minus_b2 * (gi * gi))
+                              : fmaf(one_minus_b2, gi * gi, b2 * v[i]); /* v = (1-b2) g² + b2 v */
       const float d = (mi * r1) / (sqrtf(fmaf(vi, r2, eps_root)) + eps); /* m̂ / (√v̂ + ε) */
       p[i] = fmaf(neg_lr, fmaf(wd, p[i], d), p[i]);            /* p - lr (d + λ p) */
       m[i] = mi;
@@ -45,9 +52,10 @@ static void adam(int kind, float *restrict p, float *restrict m, float *restrict
     }
   } else {
     for (int64_t i = 0; i < n; ++i) {
-      const float gi = g[i];
+      const float gi = scaled ? g[i] * s : g[i];
       const float mi = fmaf(one_minus_b1, gi, b1 * m[i]);
-      const float vi = fmaf(one_minus_b2, gi * gi, b2 * v[i]);
+      const float vi = scaled ? fmaf(b2, v[i], one_minus_b2 * (gi * gi))
+                              : fmaf(one_minus_b2, gi * gi, b2 * v[i]);
       const float d = (mi * r1) / (sqrtf(fmaf(vi, r2, eps_root)) + eps);
       p[i] = fmaf(neg_lr, d, p[i]);                            /* p - lr d */
       m[i] = mi;
@@ -61,9 +69,10 @@ static inline float sign(float x) { return x > 0.0f ? 1.0f : x < 0.0f ? -1.0f : 
 static void lion(int kind, float *restrict p, float *restrict m, const float *restrict g,
                  const float *restrict h, int64_t n) {
   const float b1 = h[0], one_minus_b1 = h[1], b2 = h[2], one_minus_b2 = h[3];
-  const float wd = h[4], neg_lr = h[5];
+  const float wd = h[4], neg_lr = h[5], s = h[6];
+  const int scaled = h[7] != 0.0f;
   for (int64_t i = 0; i < n; ++i) {
-    const float gi = g[i], mi = m[i];
+    const float gi = scaled ? g[i] * s : g[i], mi = m[i];
     const float d = sign(fmaf(one_minus_b1, gi, b1 * mi));  /* sign((1-b1) g + b1 m) */
     p[i] = kind == LION_DECAYED ? fmaf(neg_lr, fmaf(wd, p[i], d), p[i]) : fmaf(neg_lr, d, p[i]);
     m[i] = fmaf(one_minus_b2, gi, b2 * mi);                  /* m = (1-b2) g + b2 m */
@@ -72,10 +81,11 @@ static void lion(int kind, float *restrict p, float *restrict m, const float *re
 
 static void sgd(int kind, float *restrict p, float *restrict m, const float *restrict g,
                 const float *restrict h, int64_t n) {
-  const float mu = h[0], one_minus_d = h[1], wd = h[2], neg_lr = h[3];
-  const int first = h[4] != 0.0f;
+  const float mu = h[0], one_minus_d = h[1], wd = h[2], neg_lr = h[3], s = h[5];
+  const int first = h[4] != 0.0f, scaled = h[6] != 0.0f;
   for (int64_t i = 0; i < n; ++i) {
-    const float gi = kind == SGD_DECAYED ? fmaf(wd, p[i], g[i]) : g[i];  /* g + λ p */
+    const float gi = kind != SGD_DECAYED ? (scaled ? g[i] * s : g[i])     /* g + λ p */
+                     : scaled ? fmaf(g[i], s, wd * p[i]) : fmaf(wd, p[i], g[i]);
     const float vi = first ? gi : fmaf(mu, m[i], one_minus_d * gi);      /* v = μ v + (1-d) g */
     p[i] = fmaf(neg_lr, vi, p[i]);                                       /* p - lr v */
     m[i] = vi;

@@ -77,9 +77,10 @@ def make_step(optimizer, *, donate: bool = True, fused: bool = True
 
     On XLA:CPU, donating steps of Adam, AdamW, Lion and SGD with momentum (the presets, or the
     same chains) on float32 params run as one pass over memory through a small C kernel (XLA:CPU
-    compiles them into two or three passes). The kernel is used only after it has been checked
-    to give bit for bit the numbers of the XLA program, so the results are the same with
-    `fused=True` or `False`; see `gradxform._fused` for how it is built.
+    compiles them into two or three passes), also after `clip_by_global_norm`. For each new
+    structure or shape of params, the kernel is first checked to give bit for bit the numbers of
+    the XLA program (a second compilation, once), and is not used otherwise: results are the same
+    with `fused=True` or `False`. See `gradxform._fused` for how the kernel is built.
 
     Args:
       optimizer: a transformation.
@@ -98,15 +99,26 @@ def make_step(optimizer, *, donate: bool = True, fused: bool = True
     # Without donation the kernel would first copy every input into a fresh output (it works in
     # place): the XLA program, which writes fresh outputs anyway, is then as fast.
     kernel = _fused.recipe(optimizer) if fused and donate else None
-    if kernel is not None and not _fused.verified(kernel, optimizer):
-        kernel = None
     # Flattened once here rather than on every call: a chain's Python-level flattening costs
     # more than the whole step of a small model. Numbers become arrays once, for the same reason.
     leaves, treedef = jax.tree_util.tree_flatten(optimizer)
     hyper = [jnp.asarray(x) for x in leaves]
 
+    verdicts: dict = {}  # per structure and shapes of (params, grads): may the kernel be used?
+
     def step(grads, state, params, **extra_args):
-        return jitted(treedef, kernel, hyper, params, state, grads, extra_args)
+        use = kernel
+        if use is not None:
+            leaves, tree = jax.tree_util.tree_flatten((params, grads))
+            key = (tree, tuple((getattr(x, "shape", None), getattr(x, "dtype", type(x)))
+                               for x in leaves))
+            if key not in verdicts:
+                size = sum(getattr(x, "size", 1) for x in leaves) // 2
+                verdicts[key] = size >= _fused.MIN_ELEMENTS and _fused.verified(
+                    use, optimizer, params, grads)
+            if extra_args or not verdicts[key]:
+                use = None
+        return jitted(treedef, use, hyper, params, state, grads, extra_args)
 
     step.__doc__ = f"One {'donating ' if donate else ''}step of {optimizer!r}."
     return step
