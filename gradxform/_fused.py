@@ -229,6 +229,10 @@ def _empty(tree):
 # Below this many parameters a kernel call costs more than the passes it saves (measured: AdamW
 # on 4096 params 25 µs fused, 20 µs by XLA; on 16384 even; on 65536, 60 µs against 215 µs).
 MIN_ELEMENTS = 1 << 14
+# Above this many leaves the step's time goes to passing leaves in and out, not to the passes
+# over memory, and the check (which compiles the step twice) costs more than the kernel saves:
+# pack the params (gradxform.pack) instead.
+MAX_LEAVES = 256
 
 # XLA's compile time grows faster than linearly with the aliased operands of one custom call:
 # AdamW on 300 leaves compiles in 12 s as one call, in 0.5-0.8 s as calls of 16-64 leaves.

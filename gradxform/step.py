@@ -114,8 +114,9 @@ def make_step(optimizer, *, donate: bool = True, fused: bool = True
                                for x in leaves))
             if key not in verdicts:
                 size = sum(getattr(x, "size", 1) for x in leaves) // 2
-                verdicts[key] = size >= _fused.MIN_ELEMENTS and _fused.verified(
-                    use, optimizer, params, grads)
+                verdicts[key] = (size >= _fused.MIN_ELEMENTS
+                                 and len(leaves) // 2 <= _fused.MAX_LEAVES
+                                 and _fused.verified(use, optimizer, params, grads))
             if extra_args or not verdicts[key]:
                 use = None
         return jitted(treedef, use, hyper, params, state, grads, extra_args)
