@@ -207,16 +207,18 @@ def optax_step(opt, donate: bool):
     return lambda grads, state, params: jitted(params, state, grads)
 
 
-def measure(runners: list[Runner], reps: int, min_seconds: float, roof: Runner) -> None:
+def measure(runners: list[Runner], reps: int, min_seconds: float, roof: Runner | None) -> None:
     """Warm-up, then interleaved repetitions (one step of each runner in turn, and three of the
-    roofline) until both `reps` rounds and `min_seconds` have passed; medians are taken later."""
-    for r in runners + [roof]:
+    roofline) until both `reps` rounds and `min_seconds` have passed; medians are taken later.
+    The roofline is sampled with each group, so that it sees the conditions they see."""
+    rooflines = [] if roof is None else [roof, roof, roof]
+    for r in runners + rooflines[:1]:
         for _ in range(2):
             r.call()
     start = time.perf_counter()
     n = 0
     while n < reps or (time.perf_counter() - start < min_seconds and n < 50 * reps):
-        for r in runners + [roof, roof, roof]:
+        for r in runners + rooflines:
             t0 = time.perf_counter()
             r.call()
             r.times.append(time.perf_counter() - t0)
@@ -279,10 +281,18 @@ def run_case(tree_name, case: OptimizerCase, donate: bool, smoke: bool, reps: in
         tp = [torch.from_numpy(np.array(x)) for x in jax.tree_util.tree_leaves(params_np)]
         tg = [torch.from_numpy(np.array(x)) for x in jax.tree_util.tree_leaves(grads_np)]
         step, kind = case.torch(tp, tg)
-        runners.append(Runner("torch", step, note=kind))
+        torch_runner = Runner("torch", step, note=kind)
+    else:
+        torch_runner = None
 
     roof = roofline_runner(n_params)
     measure(runners, reps, min_seconds, roof)
+    if torch_runner is not None:
+        # Apart from the JAX steps: torch's OpenMP threads spin for a while after each step and
+        # take a core from whatever runs next (measured: 2-4x on the small tree's JAX steps).
+        measure([torch_runner], reps, min_seconds, None)
+        runners.append(torch_runner)
+        time.sleep(0.05)  # let them go to sleep before the next case
     roof_gbps = 8 * n_params / statistics.median(roof.times) / 1e9
 
     bytes_per_step = case.bytes_per_param * n_params
