@@ -46,6 +46,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import gradxform as gx  # noqa: E402
 from gradxform import _fused  # noqa: E402
+from gradxform import step as gx_step  # noqa: E402
 from gradxform.flatten import flatten, pack  # noqa: E402
 from gradxform.step import make_step  # noqa: E402
 
@@ -182,6 +183,10 @@ def _block(tree):
 
 def jax_runner(impl: str, step_fn, params, state, grads, note="") -> Runner:
     """Runs `params, state = step_fn(grads, state, params)`, feeding results back."""
+    # make_step's compiled steps are shared by every step it makes: start each implementation
+    # from an empty cache so that its first call pays its own compilation.
+    gx_step._donating_step.clear_cache()
+    gx_step._plain_step.clear_cache()
     box = {"params": params, "state": state}
 
     def call():
