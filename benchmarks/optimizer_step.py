@@ -185,8 +185,7 @@ def jax_runner(impl: str, step_fn, params, state, grads, note="") -> Runner:
     """Runs `params, state = step_fn(grads, state, params)`, feeding results back."""
     # make_step's compiled steps are shared by every step it makes: start each implementation
     # from an empty cache so that its first call pays its own compilation.
-    gx_step._donating_step.clear_cache()
-    gx_step._plain_step.clear_cache()
+    gx_step._compiled.cache_clear()
     box = {"params": params, "state": state}
 
     def call():

@@ -370,15 +370,43 @@ def _same_bits(a, b) -> bool:
 
 
 _verdicts: dict = {}
+_examples: dict = {}  # (recipe, optimizer structure) -> concrete hyperparameters to check with
+
+
+def remember(recipe_name: str, treedef, hyper) -> None:
+    """Keeps concrete hyperparameter values of a recipe, for `suits` to check the kernel with.
+
+    The compiled step receives its hyperparameters as traced arguments; the check runs the step
+    on numbers, so it takes the values of the first optimizer of that structure (any valid
+    values do: they are arguments of both programs, which are checked to round alike)."""
+    if not any(isinstance(x, jax.core.Tracer) for x in hyper):
+        _examples.setdefault((recipe_name, treedef), hyper)
+
+
+def suits(recipe_name: str, treedef, params, grads) -> bool:
+    """Whether the kernel is used for a step of these params (they may be tracers: it is
+    decided when the step is traced, so a compiled step carries no check at run time).
+
+    Used where the tree is large enough for the kernel to pay (`MIN_ELEMENTS`), has few
+    enough leaves (`MAX_LEAVES`), and the kernel gives the XLA program's bits (`verified`)."""
+    leaves = jax.tree.leaves(params)
+    if sum(int(np.prod(np.shape(x), dtype=np.int64)) for x in leaves) < MIN_ELEMENTS \
+            or len(leaves) > MAX_LEAVES:
+        return False
+    hyper = _examples.get((recipe_name, treedef))
+    if hyper is None:
+        return False
+    return verified(recipe_name, jax.tree.unflatten(treedef, hyper), params, grads)
 
 
 def verified(recipe_name: str, optimizer, params, grads) -> bool:
     """Whether the kernel step gives bit for bit what the XLA program gives for this step.
 
-    Checked once for each recipe and each structure and shapes of params and gradients: both
-    programs are compiled for them and run two steps on random numbers. XLA:CPU rounds with
-    fused multiply-adds whose choice depends on the program (and on the XLA version); the kernel
-    follows the choices seen, and is not used where they differ.
+    Checked once for each recipe and each structure and shapes of params and gradients (which
+    may be tracers: only their shapes are used): both programs are compiled for them and run
+    two steps on random numbers. XLA:CPU rounds with fused multiply-adds whose choice depends on
+    the program (and on the XLA version); the kernel follows the choices seen, and is not used
+    where they differ.
     """
     leaves = jax.tree.leaves((params, grads))
     key = (recipe_name, jax.tree.structure(optimizer), jax.tree.structure((params, grads)),
@@ -396,18 +424,37 @@ def verified(recipe_name: str, optimizer, params, grads) -> bool:
     return _verdicts[key]
 
 
-def _agrees(recipe_name: str, optimizer, params, grads) -> bool:
-    from gradxform import step as step_module  # the programs make_step runs
+def _xla_step(treedef, hyper, params, state, grads):
+    optimizer = jax.tree.unflatten(treedef, hyper)
+    updates, state = optimizer.update(grads, state, params)
+    return apply_updates(params, updates), state
 
+
+def _kernel_step(treedef, recipe_name, hyper, params, state, grads):
+    optimizer = jax.tree.unflatten(treedef, hyper)
+    stepped = update_and_apply(recipe_name, optimizer, grads, state, params)
+    return stepped if stepped is not None else _xla_step(treedef, hyper, params, state, grads)
+
+
+# The two programs the check compares: make_step's step without and with the kernel (without
+# its check, which would otherwise run again while the step it checks is traced).
+_xla_program = jax.jit(_xla_step, static_argnums=0, donate_argnums=(2, 3))
+_kernel_program = jax.jit(_kernel_step, static_argnums=(0, 1), donate_argnums=(3, 4))
+
+
+def _agrees(recipe_name: str, optimizer, params, grads) -> bool:
     leaves, treedef = jax.tree.flatten(optimizer)
-    hyper = [jnp.asarray(x) for x in leaves]
-    p = _random_like(params, 0)
-    xla = (p, optimizer.init(p))
-    fused = (jax.tree.map(jnp.copy, p), optimizer.init(p))
-    for i in range(2):  # from the initial state, then from a state of random-looking moments
-        g = _random_like(grads, i + 1)
-        xla = step_module._donating_step(treedef, None, hyper, *xla, g, {})
-        fused = step_module._donating_step(treedef, recipe_name, hyper, *fused, g, {})
-        if not _same_bits(xla, fused):
-            return False
+    # Run on numbers even when called while a step is traced (params and grads are tracers
+    # there; only their shapes are used).
+    with jax.ensure_compile_time_eval():
+        hyper = [jnp.asarray(x) for x in leaves]
+        p = _random_like(params, 0)
+        xla = (p, optimizer.init(p))
+        fused = (jax.tree.map(jnp.copy, p), optimizer.init(p))
+        for i in range(2):  # from the initial state, then from a state of random-looking moments
+            g = _random_like(grads, i + 1)
+            xla = _xla_program(treedef, hyper, *xla, g)
+            fused = _kernel_program(treedef, recipe_name, hyper, *fused, g)
+            if not _same_bits(xla, fused):
+                return False
     return True

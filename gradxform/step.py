@@ -12,6 +12,7 @@ page-faulting fresh output buffers on every step (4-5x on CPU for large trees).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -44,23 +45,27 @@ def update_and_apply(optimizer, grads, state, params, **extra_args):
 
 def _step(treedef, kernel, hyper, params, state, grads, extra_args):
     optimizer = jax.tree_util.tree_unflatten(treedef, hyper)
-    if kernel is not None and not extra_args:
+    # Decided while tracing, once per structure and shapes of params: no check runs per call.
+    if kernel is not None and not extra_args and _fused.suits(kernel, treedef, params, grads):
         stepped = _fused.update_and_apply(kernel, optimizer, grads, state, params)
         if stepped is not None:
             return stepped
     return update_and_apply(optimizer, grads, state, params, **extra_args)
 
 
-# Module-level jitted functions: every `make_step` shares their compilation cache. The
-# optimizer's structure (its recipe) is the static key and its numeric hyperparameters are
-# arguments, so a step made for the same recipe with other hyperparameter values reuses the
-# compiled step.
-# Params and state come first because they are returned in that order: jax pairs donated
-# inputs with outputs of the same shape in order, and with (grads, state, params) it would
-# give the params' output the first moment's buffer, and XLA would add a copy of every moment
-# and every param to each step (measured: 9x slower for Adam on 16.8 M params).
-_donating_step = jax.jit(_step, static_argnums=(0, 1), donate_argnums=(3, 4))
-_plain_step = jax.jit(_step, static_argnums=(0, 1))
+@functools.cache
+def _compiled(treedef, kernel: str | None, donate: bool):
+    """The jitted step of a recipe: every `make_step` of the same recipe (the optimizer's
+    structure) shares it and its compilations, and its numeric hyperparameters are arguments,
+    so other values reuse the compiled step. Recipe and kernel are bound here, not passed as
+    static arguments, so that a call does not hash the recipe again.
+
+    Params and state come first because they are returned in that order: jax pairs donated
+    inputs with outputs of the same shape in order, and with (grads, state, params) it would
+    give the params' output the first moment's buffer, and XLA would add a copy of every moment
+    and every param to each step (measured: 9x slower for Adam on 16.8 M params)."""
+    return jax.jit(functools.partial(_step, treedef, kernel),
+                   donate_argnums=(1, 2) if donate else ())
 
 
 def make_step(optimizer, *, donate: bool = True, fused: bool = True
@@ -79,8 +84,13 @@ def make_step(optimizer, *, donate: bool = True, fused: bool = True
     same chains) on float32 params run as one pass over memory through a small C kernel (XLA:CPU
     compiles them into two or three passes), also after `clip_by_global_norm`. For each new
     structure or shape of params, the kernel is first checked to give bit for bit the numbers of
-    the XLA program (a second compilation, once), and is not used otherwise: results are the same
-    with `fused=True` or `False`. See `gradxform._fused` for how the kernel is built.
+    the XLA program (a second compilation, once, when the step is compiled: also inside your own
+    jit), and is not used otherwise: results are the same with `fused=True` or `False`. See
+    `gradxform._fused` for how the kernel is built.
+
+    Bit-identical means: to `update` and `apply_updates` jitted with the optimizer passed as an
+    argument, as here. A jitted function that closes over the optimizer lets XLA fold its numbers
+    as constants, which can round the last bit differently.
 
     Args:
       optimizer: a transformation.
@@ -95,7 +105,6 @@ def make_step(optimizer, *, donate: bool = True, fused: bool = True
             f"make_step: optimizer must be a transformation (an object with init and update), "
             f"got {optimizer!r}"
         )
-    jitted = _donating_step if donate else _plain_step
     # Without donation the kernel would first copy every input into a fresh output (it works in
     # place): the XLA program, which writes fresh outputs anyway, is then as fast.
     kernel = _fused.recipe(optimizer) if fused and donate else None
@@ -104,22 +113,12 @@ def make_step(optimizer, *, donate: bool = True, fused: bool = True
     leaves, treedef = jax.tree_util.tree_flatten(optimizer)
     hyper = [jnp.asarray(x) for x in leaves]
 
-    verdicts: dict = {}  # per structure and shapes of (params, grads): may the kernel be used?
+    if kernel is not None:
+        _fused.remember(kernel, treedef, hyper)
+    jitted = _compiled(treedef, kernel, donate)
 
     def step(grads, state, params, **extra_args):
-        use = kernel
-        if use is not None:
-            leaves, tree = jax.tree_util.tree_flatten((params, grads))
-            key = (tree, tuple((getattr(x, "shape", None), getattr(x, "dtype", type(x)))
-                               for x in leaves))
-            if key not in verdicts:
-                size = sum(getattr(x, "size", 1) for x in leaves) // 2
-                verdicts[key] = (size >= _fused.MIN_ELEMENTS
-                                 and len(leaves) // 2 <= _fused.MAX_LEAVES
-                                 and _fused.verified(use, optimizer, params, grads))
-            if extra_args or not verdicts[key]:
-                use = None
-        return jitted(treedef, use, hyper, params, state, grads, extra_args)
+        return jitted(hyper, params, state, grads, extra_args)
 
     step.__doc__ = f"One {'donating ' if donate else ''}step of {optimizer!r}."
     return step

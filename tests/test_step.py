@@ -113,8 +113,8 @@ def test_donated_step_updates_in_place_without_copies(name):
     opt = OPTIMIZERS[name]()
     params = {"w": jnp.ones((64, 32)), "b": jnp.ones((32,))}
     leaves, treedef = jax.tree.flatten(opt)
-    hlo = step_module._donating_step.lower(
-        treedef, None, leaves, params, opt.init(params), params, {}
+    hlo = step_module._compiled(treedef, None, True).lower(
+        leaves, params, opt.init(params), params, {}
     ).compile().as_text()
     array_copies = re.findall(r"= \w+\[\d[^\]]*\]\S* copy\(", hlo)  # scalar copies are free
     assert not array_copies
@@ -127,15 +127,14 @@ def test_new_hyperparameter_values_reuse_the_compiled_step():
 
     params = {"w": jnp.ones((5, 3))}
     grads = {"w": jnp.full((5, 3), 0.1)}
-    results = []
-    before = None
+    results, sizes = [], []
     for lr in (1e-2, 3e-2, 1e-1):
         opt = gx.adamw(lr, weight_decay=1e-3)
         new_params, _ = make_step(opt, donate=False)(grads, opt.init(params), params)
         results.append(float(new_params["w"][0, 0]))
-        if before is None:
-            before = step_module._plain_step._cache_size()
-    assert step_module._plain_step._cache_size() == before
+        compiled = step_module._compiled(jax.tree.structure(opt), None, False)
+        sizes.append((step_module._compiled.cache_info().currsize, compiled._cache_size()))
+    assert sizes[0] == sizes[1] == sizes[2]  # one recipe, one compilation
     assert len(set(results)) == 3  # each learning rate was used
 
 
@@ -237,10 +236,11 @@ def test_fused_kernel_is_used_where_it_was_built(name):
     kind = _fused.recipe(opt)
     assert kind is not None
     params = _f32_params()
-    used = kind if _fused.verified(kind, opt, params, params) else None  # as make_step decides
+    make_step(opt)  # keeps the optimizer's values for the check
     leaves, treedef = jax.tree.flatten(opt)
-    hlo = step_module._donating_step.lower(
-        treedef, used, leaves, params, opt.init(params), params, {}
+    used = kind if _fused.suits(kind, treedef, params, params) else None  # as the step decides
+    hlo = step_module._compiled(treedef, kind, True).lower(
+        leaves, params, opt.init(params), params, {}
     ).compile().as_text()
     if _kernels_built() and jax.default_backend() == "cpu":
         target = kind.removeprefix("clipped ")
@@ -254,6 +254,25 @@ def test_fused_kernel_is_used_where_it_was_built(name):
     else:
         assert used is None and "custom_call" not in hlo
         assert _fused.status()["build"]  # says why
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_make_step_inside_a_jitted_training_step(fused):
+    # The kernel's check runs while the step is traced, on numbers of the params' shapes, so a
+    # step called from the user's own jit (params are tracers there) is checked and fused too.
+    opt = gx.adamw(1e-2, weight_decay=1e-2)
+    step = make_step(opt, fused=fused)
+    train_step = jax.jit(lambda grads, state, params: step(grads, state, params))
+    p_ref, s_ref = _f32_params(), opt.init(_f32_params())
+    p, s = _f32_params(), opt.init(_f32_params())
+    for i in range(3):
+        p_ref, s_ref = _reference_step(opt, _f32_grads(i), s_ref, p_ref)
+        p, s = train_step(_f32_grads(i), s, p)
+    _assert_identical(p, p_ref)
+    _assert_identical(s, s_ref)
+    hlo = train_step.lower(_f32_grads(0), s, p).compile().as_text()
+    calls = hlo.count('custom_call_target="gradxform_adamw"')
+    assert calls == (1 if fused and _kernels_built() and jax.default_backend() == "cpu" else 0)
 
 
 def test_fused_kernel_check_rejects_a_kernel_that_computes_something_else():
