@@ -156,6 +156,27 @@ def coef(h, x):
     return h.astype(dt)
 
 
+def update_precision(g, m):
+    """The dtype in which a moment `m` of updates `g` is updated: the wider of their precisions.
+
+    A bfloat16 moment of float32 gradients is updated in float32, used in float32 by the step,
+    and rounded once, when stored (as optax does: the moment's dtype is a storage format); the
+    float32 moment of 16-bit gradients widens them.
+    """
+    m_dt = jnp.dtype(jnp.result_type(m))
+    g_real = jnp.finfo(jnp.result_type(g)).dtype  # complex gradients: their real precision
+    if jnp.finfo(g_real).bits <= jnp.finfo(m_dt).bits:
+        return m_dt
+    if jnp.issubdtype(m_dt, jnp.complexfloating):
+        return jnp.dtype(jnp.complex128 if g_real == jnp.float64 else jnp.complex64)
+    return g_real
+
+
+def in_update_precision(m, g):
+    """The stored moment `m` in `update_precision(g, m)`."""
+    return m.astype(update_precision(g, m))
+
+
 def widen(g, m):
     """`g` in the precision of moment `m` (complex stays complex when `m` holds a real |g|²)."""
     dt = jnp.result_type(m)

@@ -33,12 +33,15 @@ _unit = in_interval(0, 1, "[)")
 
 
 def _first_moment(g, m, b1):
-    """m_t = β1 m_{t-1} + (1 - β1) g_t, in the moment's precision."""
+    """m_t = β1 m_{t-1} + (1 - β1) g_t, in the wider precision of g and m (see
+    `_tree.update_precision`; the state stores it back in m's dtype)."""
+    m = _tree.in_update_precision(m, g)
     return (1 - _tree.coef(b1, m)) * _tree.widen(g, m) + _tree.coef(b1, m) * m
 
 
 def _second_moment(g, v, b2):
-    """v_t = β2 v_{t-1} + (1 - β2) |g_t|², in the moment's precision."""
+    """v_t = β2 v_{t-1} + (1 - β2) |g_t|², in the wider precision of g and v."""
+    v = _tree.in_update_precision(v, g)
     return (1 - _tree.coef(b2, v)) * abs_sq(_tree.widen(g, v)) + _tree.coef(b2, v) * v
 
 
@@ -91,8 +94,9 @@ class scale_by_adam(Transformation):
       eps: ε ≥ 0, added outside the root (as in the paper and torch).
       eps_root: ε_root ≥ 0, added inside the root (keeps the gradient of the update finite
         when differentiating through it, e.g. in meta-learning).
-      mu_dtype, nu_dtype: dtypes of m and v (default: the params' dtype, float32 for 16-bit
-        params). bf16 moments halve the optimizer's memory.
+      mu_dtype, nu_dtype: dtypes in which m and v are stored (default: the params' dtype,
+        float32 for 16-bit params). bf16 moments halve the optimizer's memory; each step still
+        updates them in the gradients' precision and rounds once, when storing.
       nesterov: use NAdam's look-ahead first moment.
 
     References:
@@ -123,7 +127,9 @@ class scale_by_adam(Transformation):
             m_hat = bias_correction(m, h.b1, t)
         v_hat = bias_correction(v, h.b2, t)
         updates = _adam_direction(m_hat, v_hat, h.eps, h.eps_root, updates)
-        return updates, ScaleByAdamState(count=t, mu=m, nu=v)
+        return updates, ScaleByAdamState(
+            count=t, mu=_tree.cast_like(m, state.mu), nu=_tree.cast_like(v, state.nu)
+        )
 
 
 class ScaleByAmsgradState(NamedTuple):
@@ -174,7 +180,10 @@ class scale_by_amsgrad(Transformation):
             v_max = jax.tree.map(jnp.maximum, state.nu_max, v)
             v_hat = bias_correction(v_max, h.b2, t)
         updates = _adam_direction(m_hat, v_hat, h.eps, h.eps_root, updates)
-        return updates, ScaleByAmsgradState(count=t, mu=m, nu=v, nu_max=v_max)
+        return updates, ScaleByAmsgradState(
+            count=t, mu=_tree.cast_like(m, state.mu), nu=_tree.cast_like(v, state.nu),
+            nu_max=_tree.cast_like(v_max, state.nu_max),
+        )
 
 
 @pytree_dataclass

@@ -53,14 +53,18 @@ class scale_by_lion(Transformation):
 
     def update(self, updates, state, params=None, **extra_args):
         h = self.at(state.count)
+        # In the wider precision of g and m; m is stored back in its own dtype.
+        mu = jax.tree.map(_tree.in_update_precision, state.mu, updates)
         direction = jax.tree.map(
             lambda g, m: jnp.sign(
                 (1 - _tree.coef(h.b1, m)) * _tree.widen(g, m) + _tree.coef(h.b1, m) * m
             ).astype(g.dtype),
-            updates, state.mu,
+            updates, mu,
         )
         m = jax.tree.map(
             lambda g, m: (1 - _tree.coef(h.b2, m)) * _tree.widen(g, m) + _tree.coef(h.b2, m) * m,
-            updates, state.mu,
+            updates, mu,
         )
-        return direction, ScaleByLionState(count=safe_increment(state.count), mu=m)
+        return direction, ScaleByLionState(
+            count=safe_increment(state.count), mu=_tree.cast_like(m, state.mu)
+        )

@@ -116,11 +116,13 @@ class ema(Transformation):
         v = jax.tree.map(
             lambda g, v: (1 - _tree.coef(beta, v)) * _tree.widen(g, v) + _tree.coef(beta, v) * v,
             updates,
-            state.ema,
+            jax.tree.map(_tree.in_update_precision, state.ema, updates),
         )
         count = safe_increment(state.count)
         out = bias_correction(v, beta, count) if self.debias else v
-        return _tree.cast_like(out, updates), EmaState(count=count, ema=v)
+        return _tree.cast_like(out, updates), EmaState(
+            count=count, ema=_tree.cast_like(v, state.ema)
+        )
 
 
 class TraceState(NamedTuple):
@@ -171,7 +173,8 @@ class trace(Transformation):
             mu, d, g = _tree.coef(h.decay, v), _tree.coef(h.dampening, v), _tree.widen(g, v)
             return jnp.where(first, g, mu * v + (1 - d) * g)
 
-        v = jax.tree.map(velocity, updates, state.trace)
+        v = jax.tree.map(velocity, updates,
+                         jax.tree.map(_tree.in_update_precision, state.trace, updates))
         if self.nesterov:
             updates = jax.tree.map(
                 lambda g, v: (_tree.widen(g, v) + _tree.coef(h.decay, v) * v).astype(g.dtype),
@@ -180,7 +183,9 @@ class trace(Transformation):
             )
         else:
             updates = _tree.cast_like(v, updates)
-        return updates, TraceState(count=safe_increment(state.count), trace=v)
+        return updates, TraceState(
+            count=safe_increment(state.count), trace=_tree.cast_like(v, state.trace)
+        )
 
 
 def nesterov_lookahead_params(params, velocity, *, learning_rate, decay):

@@ -58,7 +58,8 @@ from gradxform.scaling import add_decayed_weights, scale_by_learning_rate
 
 
 def _ema(g, m, beta):
-    """(1 - β) g + β m, in the precision of m."""
+    """(1 - β) g + β m, in the wider precision of g and m."""
+    m = _tree.in_update_precision(m, g)
     return (1 - _tree.coef(beta, m)) * _tree.widen(g, m) + _tree.coef(beta, m) * m
 
 
@@ -152,7 +153,7 @@ class scale_by_muon(Transformation):
             return o
 
         out = _map_matrices(direction, m_tilde, self.weight_dimension_numbers, "scale_by_muon")
-        return _tree.cast_like(out, updates), MuonState(count=t, mu=m)
+        return _tree.cast_like(out, updates), MuonState(count=t, mu=_tree.cast_like(m, state.mu))
 
 
 @pytree_dataclass

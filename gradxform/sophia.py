@@ -210,7 +210,7 @@ class scale_by_sophia(Transformation):
         h = self.at(state.count)
         m = jax.tree.map(
             lambda g, m: (1 - _tree.coef(h.b1, m)) * _tree.widen(g, m) + _tree.coef(h.b1, m) * m,
-            updates, state.mu,
+            updates, jax.tree.map(_tree.in_update_precision, state.mu, updates),
         )
         t = safe_increment(state.count)
         m_hat = bias_correction(m, h.b1, t) if self.debias else m
@@ -232,7 +232,7 @@ class scale_by_sophia(Transformation):
             return z.astype(g.dtype)
 
         updates = jax.tree.map(step, m_hat, curvature, updates)
-        return updates, SophiaState(count=t, mu=m, hessian=curvature)
+        return updates, SophiaState(count=t, mu=_tree.cast_like(m, state.mu), hessian=curvature)
 
 
 def sophia(learning_rate, *, b1=0.965, b2=0.99, eps=1e-8, weight_decay=1e-4,

@@ -98,8 +98,8 @@ def _trajectory(opt, apply, params):
     return ps
 
 
-def _trajectories(name, dtype, library):
-    make_gx, make_optax = PAIRS[name]
+def _trajectories(name, dtype, library, pairs=PAIRS):
+    make_gx, make_optax = pairs[name]
     if name not in PRESETS:  # a direction alone: take small descent steps along it
         make_gx = (lambda f: lambda: gx.chain(f(), gx.scale(-0.01)))(make_gx)
         make_optax = (lambda f: lambda: optax.chain(f(), optax.scale(-0.01)))(make_optax)
@@ -152,6 +152,97 @@ def test_same_numbers_as_optax(name):
         assert _max_rel_err(ours32, theirs64) < _max_rel_err(theirs32, theirs64)
     else:
         _assert_close(ours32, theirs32, 2e-5, 2e-6, f"{name} (float32 vs optax float32)")
+
+
+bf16 = jnp.bfloat16
+# Moments stored in bfloat16, a storage format: gradxform updates a moment in the wider precision
+# of the gradient and the moment, steps with that moment and rounds it once, when storing it.
+# optax forms β·m in bfloat16 (a Python float times a bfloat16 array stays bfloat16) before
+# adding the float32 (1 - β)·g, so it rounds twice per step; its trajectory is further from the
+# one with float32 moments. The numpy re-derivations below pin gradxform's rule exactly.
+LOW_PRECISION_PAIRS = {
+    "adam": (lambda: gx.adam(0.01, mu_dtype=bf16), lambda: optax.adam(0.01, mu_dtype=bf16)),
+    "adamw": (lambda: gx.adamw(0.01, weight_decay=0.05, mu_dtype=bf16),
+              lambda: optax.adamw(0.01, weight_decay=0.05, mu_dtype=bf16)),
+    "nadam": (lambda: gx.nadam(0.01, mu_dtype=bf16), lambda: optax.nadam(0.01, mu_dtype=bf16)),
+    "amsgrad": (lambda: gx.amsgrad(0.01, mu_dtype=bf16),
+                lambda: optax.amsgrad(0.01, mu_dtype=bf16)),
+    "lion": (lambda: gx.lion(1e-3, mu_dtype=bf16), lambda: optax.lion(1e-3, mu_dtype=bf16)),
+    "sgd_momentum": (lambda: gx.sgd(0.05, 0.9, accumulator_dtype=bf16),
+                     lambda: optax.sgd(0.05, 0.9, accumulator_dtype=bf16)),
+    "sgd_nesterov": (lambda: gx.sgd(0.05, 0.9, nesterov=True, accumulator_dtype=bf16),
+                     lambda: optax.sgd(0.05, 0.9, nesterov=True, accumulator_dtype=bf16)),
+    "ema": (lambda: gx.ema(0.9, accumulator_dtype=bf16),
+            lambda: optax.ema(0.9, accumulator_dtype=bf16)),
+}
+
+
+def _rms_err(a, b):
+    """‖a - b‖ / ‖b‖ over whole trajectories (every step and leaf)."""
+    a = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(a)])
+    b = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(b)])
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("name", sorted(LOW_PRECISION_PAIRS))
+def test_bfloat16_moments_are_closer_to_float32_moments_than_optax(name):
+    make_gx, _ = LOW_PRECISION_PAIRS[name]
+    state = make_gx().init(_params(jnp.float32))
+    stored = [x for x in jax.tree.leaves(state) if jnp.ndim(x) > 0][0]
+    assert stored.dtype == bf16
+    ours = _trajectories(name, jnp.float32, "gradxform", LOW_PRECISION_PAIRS)
+    theirs = _trajectories(name, jnp.float32, "optax", LOW_PRECISION_PAIRS)
+    with jax.enable_x64(True):
+        wide = _trajectories(name, jnp.float64, "gradxform")  # the same optimizer, f64 moments
+    assert _rms_err(ours, wide) < _rms_err(theirs, wide)
+    assert _rms_err(ours, wide) > 1e-5  # the bfloat16 state does change the numbers
+
+
+def _numpy_trajectory(step, params):
+    """`step(t, p, g, state) -> p, state` in numpy float64, gradients of `_loss` from jax."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items() if v is not None}
+    grad = jax.jit(jax.grad(_loss))
+    state, out = None, []
+    for t in range(1, STEPS + 1):
+        out.append(p)
+        g = {k: np.asarray(v, np.float64) for k, v in grad(p).items()}
+        p, state = step(t, p, g, state)
+    return {k: np.stack([q[k] for q in out]) for k in p}
+
+
+def _bf16(x):
+    return np.asarray(x, np.float64).astype(jnp.bfloat16).astype(np.float64)
+
+
+def _adam_bf16_mu(t, p, g, m, lr=0.01, b1=0.9, b2=0.999, eps=1e-8):
+    m, v = m or ({k: 0 * x for k, x in p.items()}, {k: 0 * x for k, x in p.items()})
+    mt = {k: b1 * m[k] + (1 - b1) * g[k] for k in p}  # from the stored bf16 m, in float64
+    vt = {k: b2 * v[k] + (1 - b2) * g[k] ** 2 for k in p}
+    p = {k: p[k] - lr * (mt[k] / (1 - b1**t)) / (np.sqrt(vt[k] / (1 - b2**t)) + eps) for k in p}
+    return p, ({k: _bf16(x) for k, x in mt.items()}, vt)  # m stored once rounded
+
+
+def _sgd_bf16_trace(t, p, g, v, lr=0.05, mu=0.9):
+    v = v or {k: 0 * x for k, x in p.items()}
+    vt = {k: mu * v[k] + g[k] for k in p}
+    return {k: p[k] - lr * vt[k] for k in p}, {k: _bf16(x) for k, x in vt.items()}
+
+
+def _lion_bf16_mu(t, p, g, m, lr=1e-3, b1=0.9, b2=0.99, wd=1e-3):
+    m = m or {k: 0 * x for k, x in p.items()}
+    u = {k: np.sign(b1 * m[k] + (1 - b1) * g[k]) + wd * p[k] for k in p}
+    return ({k: p[k] - lr * u[k] for k in p},
+            {k: _bf16(b2 * m[k] + (1 - b2) * g[k]) for k in p})
+
+
+@pytest.mark.parametrize("name, numpy_step", [("adam", _adam_bf16_mu),
+                                              ("sgd_momentum", _sgd_bf16_trace),
+                                              ("lion", _lion_bf16_mu)])
+def test_bfloat16_moments_are_rounded_once_when_stored(name, numpy_step):
+    with jax.enable_x64(True):
+        ours = _trajectories(name, jnp.float64, "gradxform", LOW_PRECISION_PAIRS)
+        ref = _numpy_trajectory(numpy_step, _params(jnp.float64))
+        _assert_close(ours, ref, 1e-12, 1e-13, name)
 
 
 FOUNDATION_MODULES = {f"gradxform.{m}" for m in
