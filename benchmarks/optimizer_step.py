@@ -151,6 +151,11 @@ def optimizer_cases() -> dict[str, OptimizerCase]:
             lambda: gx.chain(gx.clip_by_global_norm(1.0), gx.adam(lr)),
             lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr)), torch_clip,
         ),
+        "adam_bf16_mu": OptimizerCase(
+            "adam_bf16_mu", 24, "read p g v (4 B) m (2 B), write p v (4 B) m (2 B)",
+            lambda: gx.adam(lr, mu_dtype=jnp.bfloat16),
+            lambda: optax.adam(lr, mu_dtype=jnp.bfloat16), None,
+        ),
         "adam_bf16_moments": OptimizerCase(
             "adam_bf16_moments", 20, "read p g (4 B) m v (2 B), write p (4 B) m v (2 B)",
             lambda: gx.chain(
@@ -417,7 +422,7 @@ def main(argv=None) -> int:
     rows = []
     for tree_name in trees:
         for name in names:
-            if name == "adam_bf16_moments" and tree_name != "big":
+            if name.startswith("adam_bf16") and tree_name != "big":
                 continue
             # optax compiles the many-leaf tree for ~15 s per optimizer, and its flatten for
             # ~30 s: --quick runs it for AdamW only, without variants; the full run without

@@ -44,7 +44,8 @@ from gradxform.update import apply_updates
 
 _SOURCE = Path(__file__).with_name("_fused_cpu.c")
 _FLAGS = ("-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC")
-_KINDS = ("adam", "adamw", "lion", "lion_decayed", "sgd", "sgd_decayed")
+_KINDS = ("adam", "adamw", "lion", "lion_decayed", "sgd", "sgd_decayed", "adam_bf16",
+          "adamw_bf16")
 
 _lock = threading.Lock()
 _status: dict[str, str] = {}
@@ -148,7 +149,8 @@ def recipe(optimizer) -> str | None:
     """The kernel that computes `optimizer`'s step, if there is one.
 
     Chains (nested or not) of these, with their default options (no Nesterov, moments in the
-    params' dtype, no mask, descent), optionally after clip_by_global_norm:
+    params' dtype, or Adam's m in bfloat16, no mask, descent), optionally after
+    clip_by_global_norm:
       scale_by_adam(), [add_decayed_weights()], scale_by_learning_rate()   Adam, AdamW
       scale_by_lion(), [add_decayed_weights()], scale_by_learning_rate()   Lion
       [add_decayed_weights()], trace(), scale_by_learning_rate()           SGD with momentum
@@ -172,8 +174,11 @@ def recipe(optimizer) -> str | None:
     core, suffix = cores[0], "_decayed" if decays else ""
     kind = None
     if type(core) is scale_by_adam and body[0] is core and not core.nesterov \
-            and core.mu_dtype is None and core.nu_dtype is None:
+            and (core.mu_dtype is None or jnp.dtype(core.mu_dtype) == jnp.bfloat16) \
+            and core.nu_dtype is None:
         kind = "adamw" if decays else "adam"  # decay after the moments: decoupled
+        if core.mu_dtype is not None:
+            kind += "_bf16"  # m stored in bfloat16
     elif type(core) is scale_by_lion and body[0] is core and core.mu_dtype is None:
         kind = "lion" + suffix
     elif type(core) is trace and body[-1] is core and not core.nesterov \
@@ -263,8 +268,10 @@ def update_and_apply(recipe_name: str, optimizer, grads, state, params):
     names = _moment_names(kind)
     core, holder = next((t, s) for t, s in pairs if type(t) in _CORES)
     moments = [jax.tree.leaves(getattr(holder, name)) for name in names]
-    if any(len(ms) != len(p_leaves) or any(jnp.result_type(m) != jnp.float32 for m in ms)
-           for ms in moments):
+    dtypes = [jnp.bfloat16 if kind.endswith("_bf16") and k == 0 else jnp.float32
+              for k in range(len(names))]
+    if any(len(ms) != len(p_leaves) or any(jnp.result_type(m) != dt for m in ms)
+           for ms, dt in zip(moments, dtypes, strict=True)):
         return None
 
     clip, rest, rest_state = None, optimizer, state
@@ -283,7 +290,7 @@ def update_and_apply(recipe_name: str, optimizer, grads, state, params):
     for lo in range(0, len(big), _LEAVES_PER_CALL):
         idx = big[lo:lo + _LEAVES_PER_CALL]
         arrays = [p_leaves[i] for i in idx] + [ms[i] for ms in moments for i in idx]
-        shapes = tuple(jax.ShapeDtypeStruct(jnp.shape(x), jnp.float32) for x in arrays)
+        shapes = tuple(jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) for x in arrays)
         res = jax.ffi.ffi_call(
             f"gradxform_{kind}", shapes, input_output_aliases={i: i for i in range(len(arrays))},
             vmap_method="sequential",

@@ -20,6 +20,9 @@
  *                  s, scaled
  *   Lion:          b1, 1-b1, b2, 1-b2, weight decay, -lr, s, scaled
  *   SGD momentum:  mu, 1-dampening, weight decay, -lr, first step (1 or 0), s, scaled
+ * The *_BF16 kinds of Adam keep m in bfloat16 (mu_dtype=bfloat16): m is widened to float32,
+ * updated and used in float32, and rounded to nearest even once when stored, as the
+ * transformation does.
  */
 #include <math.h>
 #include <sched.h>
@@ -31,7 +34,39 @@
 
 #include "xla/ffi/api/c_api.h"
 
-enum { ADAM, ADAMW, LION, LION_DECAYED, SGD, SGD_DECAYED };
+enum { ADAM, ADAMW, LION, LION_DECAYED, SGD, SGD_DECAYED, ADAM_BF16, ADAMW_BF16 };
+
+static inline float from_bf16(uint16_t b) {
+  const uint32_t u = (uint32_t)b << 16;
+  float x;
+  memcpy(&x, &u, sizeof x);
+  return x;
+}
+
+static inline uint16_t to_bf16(float x) { /* round to nearest even; NaNs stay (quiet) NaNs */
+  uint32_t u;
+  memcpy(&u, &x, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+static void adam_bf16(int kind, float *restrict p, uint16_t *restrict m, float *restrict v,
+                      const float *restrict g, const float *restrict h, int64_t n) {
+  const float b1 = h[0], one_minus_b1 = h[1], b2 = h[2], one_minus_b2 = h[3];
+  const float eps = h[4], eps_root = h[5], wd = h[6], neg_lr = h[7], r1 = h[8], r2 = h[9];
+  const int scaled = h[11] != 0.0f;
+  const float s = h[10];
+  for (int64_t i = 0; i < n; ++i) {
+    const float gi = scaled ? g[i] * s : g[i];
+    const float mi = fmaf(one_minus_b1, gi, b1 * from_bf16(m[i]));
+    const float vi = scaled ? fmaf(b2, v[i], one_minus_b2 * (gi * gi))
+                            : fmaf(one_minus_b2, gi * gi, b2 * v[i]);
+    const float d = (mi * r1) / (sqrtf(fmaf(vi, r2, eps_root)) + eps);
+    p[i] = kind == ADAMW_BF16 ? fmaf(neg_lr, fmaf(wd, p[i], d), p[i]) : fmaf(neg_lr, d, p[i]);
+    m[i] = to_bf16(mi);
+    v[i] = vi;
+  }
+}
 
 static void adam(int kind, float *restrict p, float *restrict m, float *restrict v,
                  const float *restrict g, const float *restrict h, int64_t n) {
@@ -110,9 +145,11 @@ typedef struct {
 
 static void run(const Step *s, int64_t l, int64_t lo, int64_t hi) {
   const int64_t n = hi - lo;
-  float *p = s->p[l] + lo, *m = s->m[l] + lo;
+  float *p = s->p[l] + lo, *m = s->kind >= ADAM_BF16 ? NULL : s->m[l] + lo;
   const float *g = s->g[l] + lo;
-  if (s->kind == ADAM || s->kind == ADAMW)
+  if (s->kind == ADAM_BF16 || s->kind == ADAMW_BF16)
+    adam_bf16(s->kind, p, (uint16_t *)s->m[l] + lo, s->v[l] + lo, g, s->h, n);
+  else if (s->kind == ADAM || s->kind == ADAMW)
     adam(s->kind, p, m, s->v[l] + lo, g, s->h, n);
   else if (s->kind == LION || s->kind == LION_DECAYED)
     lion(s->kind, p, m, g, s->h, n);
@@ -188,15 +225,19 @@ static XLA_FFI_Error *call(XLA_FFI_CallFrame *frame, int kind) {
     return metadata(frame);
   if (frame->stage != XLA_FFI_ExecutionStage_EXECUTE) return NULL;
 
-  const int64_t moments = (kind == ADAM || kind == ADAMW) ? 2 : 1;
+  const int bf16_m = kind == ADAM_BF16 || kind == ADAMW_BF16;
+  const int64_t moments = (kind == ADAM || kind == ADAMW || bf16_m) ? 2 : 1;
   const int64_t leaves = (frame->args.size - 1) / (moments + 2);
   if (leaves < 1 || frame->args.size != leaves * (moments + 2) + 1 ||
       frame->rets.size != leaves * (moments + 1))
     return error(api, "gradxform fused step: wrong number of arguments or results");
   for (int64_t i = 0; i < frame->args.size; ++i) {
     const XLA_FFI_Buffer *b = (const XLA_FFI_Buffer *)frame->args.args[i];
-    if (frame->args.types[i] != XLA_FFI_ArgType_BUFFER || b->dtype != XLA_FFI_DataType_F32)
-      return error(api, "gradxform fused step: arguments must be float32 arrays");
+    const int is_m = i >= leaves && i < 2 * leaves;
+    const XLA_FFI_DataType want = bf16_m && is_m ? XLA_FFI_DataType_BF16 : XLA_FFI_DataType_F32;
+    if (frame->args.types[i] != XLA_FFI_ArgType_BUFFER || b->dtype != want)
+      return error(api, "gradxform fused step: arguments must be float32 arrays "
+                        "(m bfloat16 for the _bf16 kinds)");
   }
   for (int64_t i = 0; i < frame->rets.size; ++i) {
     const XLA_FFI_Buffer *b = (const XLA_FFI_Buffer *)frame->rets.rets[i];
@@ -260,3 +301,5 @@ XLA_FFI_Error *gradxform_lion(XLA_FFI_CallFrame *f) { return call(f, LION); }
 XLA_FFI_Error *gradxform_lion_decayed(XLA_FFI_CallFrame *f) { return call(f, LION_DECAYED); }
 XLA_FFI_Error *gradxform_sgd(XLA_FFI_CallFrame *f) { return call(f, SGD); }
 XLA_FFI_Error *gradxform_sgd_decayed(XLA_FFI_CallFrame *f) { return call(f, SGD_DECAYED); }
+XLA_FFI_Error *gradxform_adam_bf16(XLA_FFI_CallFrame *f) { return call(f, ADAM_BF16); }
+XLA_FFI_Error *gradxform_adamw_bf16(XLA_FFI_CallFrame *f) { return call(f, ADAMW_BF16); }
