@@ -50,53 +50,41 @@ static inline uint16_t to_bf16(float x) { /* round to nearest even; NaNs stay (q
   return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-static void adam_bf16(int kind, float *restrict p, uint16_t *restrict m, float *restrict v,
-                      const float *restrict g, const float *restrict h, int64_t n) {
-  const float b1 = h[0], one_minus_b1 = h[1], b2 = h[2], one_minus_b2 = h[3];
-  const float eps = h[4], eps_root = h[5], wd = h[6], neg_lr = h[7], r1 = h[8], r2 = h[9];
-  const int scaled = h[11] != 0.0f;
-  const float s = h[10];
-  for (int64_t i = 0; i < n; ++i) {
-    const float gi = scaled ? g[i] * s : g[i];
-    const float mi = fmaf(one_minus_b1, gi, b1 * from_bf16(m[i]));
-    const float vi = scaled ? fmaf(b2, v[i], one_minus_b2 * (gi * gi))
-                            : fmaf(one_minus_b2, gi * gi, b2 * v[i]);
-    const float d = (mi * r1) / (sqrtf(fmaf(vi, r2, eps_root)) + eps);
-    p[i] = kind == ADAMW_BF16 ? fmaf(neg_lr, fmaf(wd, p[i], d), p[i]) : fmaf(neg_lr, d, p[i]);
-    m[i] = to_bf16(mi);
-    v[i] = vi;
-  }
+typedef struct {
+  float b1, one_minus_b1, b2, one_minus_b2, eps, eps_root, wd, neg_lr, r1, r2, s;
+  int scaled, decayed;
+} Adam;
+
+static Adam adam_scalars(int kind, const float *h) {
+  const Adam a = {h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10],
+                  h[11] != 0.0f, kind == ADAMW || kind == ADAMW_BF16};
+  return a;
+}
+
+/* One element of Adam's step: p and v updated in place, the new m returned (for its store). */
+static inline float adam_element(const Adam *a, float *p, float *v, float m, float g) {
+  const float gi = a->scaled ? g * a->s : g;
+  const float mi = fmaf(a->one_minus_b1, gi, a->b1 * m);                 /* m = (1-b1) g + b1 m */
+  const float vi = a->scaled ? fmaf(a->b2, *v, a->one_minus_b2 * (gi * gi))
+                             : fmaf(a->one_minus_b2, gi * gi, a->b2 * *v); /* v = (1-b2) g² + b2 v */
+  const float d = (mi * a->r1) / (sqrtf(fmaf(vi, a->r2, a->eps_root)) + a->eps); /* m̂/(√v̂ + ε) */
+  *p = a->decayed ? fmaf(a->neg_lr, fmaf(a->wd, *p, d), *p)            /* p - lr (d + λ p) */
+                  : fmaf(a->neg_lr, d, *p);                           /* p - lr d */
+  *v = vi;
+  return mi;
 }
 
 static void adam(int kind, float *restrict p, float *restrict m, float *restrict v,
                  const float *restrict g, const float *restrict h, int64_t n) {
-  const float b1 = h[0], one_minus_b1 = h[1], b2 = h[2], one_minus_b2 = h[3];
-  const float eps = h[4], eps_root = h[5], wd = h[6], neg_lr = h[7], r1 = h[8], r2 = h[9];
-  const int scaled = h[11] != 0.0f;
-  const float s = h[10];
-  if (kind == ADAMW) {
-    for (int64_t i = 0; i < n; ++i) {
-      const float gi = scaled ? g[i] * s : g[i];
-      const float mi = fmaf(one_minus_b1, gi, b1 * m[i]);      /* m = (1-b1) g + b1 m */
-      const float vi = scaled ? fmaf(b2, v[i], one_minus_b2 * (gi * gi))
-                              : fmaf(one_minus_b2, gi * gi, b2 * v[i]); /* v = (1-b2) g² + b2 v */
-      const float d = (mi * r1) / (sqrtf(fmaf(vi, r2, eps_root)) + eps); /* m̂ / (√v̂ + ε) */
-      p[i] = fmaf(neg_lr, fmaf(wd, p[i], d), p[i]);            /* p - lr (d + λ p) */
-      m[i] = mi;
-      v[i] = vi;
-    }
-  } else {
-    for (int64_t i = 0; i < n; ++i) {
-      const float gi = scaled ? g[i] * s : g[i];
-      const float mi = fmaf(one_minus_b1, gi, b1 * m[i]);
-      const float vi = scaled ? fmaf(b2, v[i], one_minus_b2 * (gi * gi))
-                              : fmaf(one_minus_b2, gi * gi, b2 * v[i]);
-      const float d = (mi * r1) / (sqrtf(fmaf(vi, r2, eps_root)) + eps);
-      p[i] = fmaf(neg_lr, d, p[i]);                            /* p - lr d */
-      m[i] = mi;
-      v[i] = vi;
-    }
-  }
+  const Adam a = adam_scalars(kind, h);
+  for (int64_t i = 0; i < n; ++i) m[i] = adam_element(&a, &p[i], &v[i], m[i], g[i]);
+}
+
+static void adam_bf16(int kind, float *restrict p, uint16_t *restrict m, float *restrict v,
+                      const float *restrict g, const float *restrict h, int64_t n) {
+  const Adam a = adam_scalars(kind, h);
+  for (int64_t i = 0; i < n; ++i)
+    m[i] = to_bf16(adam_element(&a, &p[i], &v[i], from_bf16(m[i]), g[i]));
 }
 
 static inline float sign(float x) { return x > 0.0f ? 1.0f : x < 0.0f ? -1.0f : x; }
