@@ -133,6 +133,7 @@ typedef struct {
 
 static void run(const Step *s, int64_t l, int64_t lo, int64_t hi) {
   const int64_t n = hi - lo;
+  /* m is float32 but for the _BF16 kinds, whose m is offset as uint16_t below */
   float *p = s->p[l] + lo, *m = s->kind >= ADAM_BF16 ? NULL : s->m[l] + lo;
   const float *g = s->g[l] + lo;
   if (s->kind == ADAM_BF16 || s->kind == ADAMW_BF16)

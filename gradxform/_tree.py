@@ -160,8 +160,9 @@ def update_precision(g, m):
     """The dtype in which a moment `m` of updates `g` is updated: the wider of their precisions.
 
     A bfloat16 moment of float32 gradients is updated in float32, used in float32 by the step,
-    and rounded once, when stored (as optax does: the moment's dtype is a storage format); the
-    float32 moment of 16-bit gradients widens them.
+    and rounded once, when stored: the moment's dtype is a storage format (optax too stores the
+    moment in its dtype, but forms β·m in it first, rounding twice). The float32 moment of
+    16-bit gradients widens them.
     """
     m_dt = jnp.dtype(jnp.result_type(m))
     g_real = jnp.finfo(jnp.result_type(g)).dtype  # complex gradients: their real precision

@@ -27,16 +27,15 @@ from gradxform._base import (
     zero_count,
 )
 from gradxform.adaptive import abs_sq
-from gradxform.momentum import bias_correction
+from gradxform.momentum import bias_correction, ema_step
 
 _unit = in_interval(0, 1, "[)")
 
 
 def _first_moment(g, m, b1):
-    """m_t = β1 m_{t-1} + (1 - β1) g_t, in the wider precision of g and m (see
-    `_tree.update_precision`; the state stores it back in m's dtype)."""
-    m = _tree.in_update_precision(m, g)
-    return (1 - _tree.coef(b1, m)) * _tree.widen(g, m) + _tree.coef(b1, m) * m
+    """m_t = β1 m_{t-1} + (1 - β1) g_t, in the wider precision of g and m (the state stores it
+    back in m's dtype)."""
+    return ema_step(g, m, b1)
 
 
 def _second_moment(g, v, b2):

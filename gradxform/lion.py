@@ -17,6 +17,7 @@ from gradxform._base import (
     static,
     zero_count,
 )
+from gradxform.momentum import ema_step
 
 
 class ScaleByLionState(NamedTuple):
@@ -53,18 +54,12 @@ class scale_by_lion(Transformation):
 
     def update(self, updates, state, params=None, **extra_args):
         h = self.at(state.count)
-        # In the wider precision of g and m; m is stored back in its own dtype.
-        mu = jax.tree.map(_tree.in_update_precision, state.mu, updates)
+        # Both are interpolations β m + (1 - β) g (ema_step), in the wider precision of g and m;
+        # m is stored back in its own dtype.
         direction = jax.tree.map(
-            lambda g, m: jnp.sign(
-                (1 - _tree.coef(h.b1, m)) * _tree.widen(g, m) + _tree.coef(h.b1, m) * m
-            ).astype(g.dtype),
-            updates, mu,
+            lambda g, m: jnp.sign(ema_step(g, m, h.b1)).astype(g.dtype), updates, state.mu
         )
-        m = jax.tree.map(
-            lambda g, m: (1 - _tree.coef(h.b2, m)) * _tree.widen(g, m) + _tree.coef(h.b2, m) * m,
-            updates, mu,
-        )
+        m = jax.tree.map(lambda g, m: ema_step(g, m, h.b2), updates, state.mu)
         return direction, ScaleByLionState(
             count=safe_increment(state.count), mu=_tree.cast_like(m, state.mu)
         )

@@ -29,6 +29,17 @@ from gradxform._base import (
 )
 
 
+def ema_step(g, m, decay):
+    """One EMA step of a leaf, v_t = β v_{t-1} + (1 - β) g_t, in the wider precision of g and v.
+
+    A moment stored in a narrower dtype (`mu_dtype=bfloat16`) is widened first; the caller uses
+    the result as it is and stores it back in the moment's dtype (`_tree.cast_like`), so it is
+    rounded once per step.
+    """
+    m = _tree.in_update_precision(m, g)
+    return (1 - _tree.coef(decay, m)) * _tree.widen(g, m) + _tree.coef(decay, m) * m
+
+
 def bias_correction(moment, decay, count):
     """m̂_t = m_t / (1 - β^t): undoes the pull of a zero-initialised EMA toward zero.
 
@@ -113,11 +124,7 @@ class ema(Transformation):
 
     def update(self, updates, state, params=None, **extra_args):
         beta = self.at(state.count).decay
-        v = jax.tree.map(
-            lambda g, v: (1 - _tree.coef(beta, v)) * _tree.widen(g, v) + _tree.coef(beta, v) * v,
-            updates,
-            jax.tree.map(_tree.in_update_precision, state.ema, updates),
-        )
+        v = jax.tree.map(lambda g, v: ema_step(g, v, beta), updates, state.ema)
         count = safe_increment(state.count)
         out = bias_correction(v, beta, count) if self.debias else v
         return _tree.cast_like(out, updates), EmaState(

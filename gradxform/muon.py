@@ -40,7 +40,7 @@ from gradxform.adam import _nesterov_mu_hat
 from gradxform.alias import adamw
 from gradxform.combinators import partition
 from gradxform.combine import chain
-from gradxform.momentum import bias_correction
+from gradxform.momentum import bias_correction, ema_step
 from gradxform.newton_schulz import (
     DEFAULT_NS_COEFFS,
     _check_coeffs,
@@ -55,12 +55,6 @@ from gradxform.newton_schulz import (
 from gradxform.scaling import add_decayed_weights, scale_by_learning_rate
 
 # -- the transformations --------------------------------------------------------------------------
-
-
-def _ema(g, m, beta):
-    """(1 - β) g + β m, in the wider precision of g and m."""
-    m = _tree.in_update_precision(m, g)
-    return (1 - _tree.coef(beta, m)) * _tree.widen(g, m) + _tree.coef(beta, m) * m
 
 
 class MuonState(NamedTuple):
@@ -136,12 +130,12 @@ class scale_by_muon(Transformation):
 
     def update(self, updates, state, params=None, **extra_args):
         h = self.at(state.count)
-        m = jax.tree.map(lambda g, m: _ema(g, m, h.beta), updates, state.mu)
+        m = jax.tree.map(lambda g, m: ema_step(g, m, h.beta), updates, state.mu)
         t = safe_increment(state.count)
         if self.nesterov and self.debias:
             m_tilde = _nesterov_mu_hat(m, updates, h.beta, t)
         elif self.nesterov:  # β m_t + (1 - β) g_t: one more EMA step with the same gradient
-            m_tilde = jax.tree.map(lambda g, m: _ema(g, m, h.beta), updates, m)
+            m_tilde = jax.tree.map(lambda g, m: ema_step(g, m, h.beta), updates, m)
         else:
             m_tilde = bias_correction(m, h.beta, t) if self.debias else m
 

@@ -44,7 +44,7 @@ from gradxform._base import (
     zero_count,
 )
 from gradxform.combine import chain
-from gradxform.momentum import bias_correction
+from gradxform.momentum import bias_correction, ema_step
 from gradxform.scaling import add_decayed_weights, scale_by_learning_rate
 
 # -- estimators of the Hessian's diagonal --------------------------------------------------------
@@ -208,10 +208,7 @@ class scale_by_sophia(Transformation):
 
     def update(self, updates, state, params=None, *, hessian=None, **extra_args):
         h = self.at(state.count)
-        m = jax.tree.map(
-            lambda g, m: (1 - _tree.coef(h.b1, m)) * _tree.widen(g, m) + _tree.coef(h.b1, m) * m,
-            updates, jax.tree.map(_tree.in_update_precision, state.mu, updates),
-        )
+        m = jax.tree.map(lambda g, m: ema_step(g, m, h.b1), updates, state.mu)
         t = safe_increment(state.count)
         m_hat = bias_correction(m, h.b1, t) if self.debias else m
         curvature = state.hessian
