@@ -45,7 +45,7 @@ from gradxform.update import apply_updates
 _SOURCE = Path(__file__).with_name("_fused_cpu.c")
 _FLAGS = ("-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC")
 _KINDS = ("adam", "adamw", "lion", "lion_decayed", "sgd", "sgd_decayed", "adam_bf16",
-          "adamw_bf16")
+          "adamw_bf16", "adam_bf16_mv", "adamw_bf16_mv")
 
 _lock = threading.Lock()
 _status: dict[str, str] = {}
@@ -149,7 +149,7 @@ def recipe(optimizer) -> str | None:
     """The kernel that computes `optimizer`'s step, if there is one.
 
     Chains (nested or not) of these, with their default options (no Nesterov, moments in the
-    params' dtype, or Adam's m in bfloat16, no mask, descent), optionally after
+    params' dtype, or Adam's m, or m and v, in bfloat16, no mask, descent), optionally after
     clip_by_global_norm:
       scale_by_adam(), [add_decayed_weights()], scale_by_learning_rate()   Adam, AdamW
       scale_by_lion(), [add_decayed_weights()], scale_by_learning_rate()   Lion
@@ -173,18 +173,24 @@ def recipe(optimizer) -> str | None:
         return None
     core, suffix = cores[0], "_decayed" if decays else ""
     kind = None
-    if type(core) is scale_by_adam and body[0] is core and not core.nesterov \
-            and (core.mu_dtype is None or jnp.dtype(core.mu_dtype) == jnp.bfloat16) \
-            and core.nu_dtype is None:
-        kind = "adamw" if decays else "adam"  # decay after the moments: decoupled
-        if core.mu_dtype is not None:
-            kind += "_bf16"  # m stored in bfloat16
+    if type(core) is scale_by_adam and body[0] is core and not core.nesterov:
+        stored = (_bf16_or_none(core.mu_dtype), _bf16_or_none(core.nu_dtype))
+        suffixes = {("", ""): "", ("bf16", ""): "_bf16", ("bf16", "bf16"): "_bf16_mv"}
+        if stored in suffixes:  # decay after the moments: decoupled
+            kind = ("adamw" if decays else "adam") + suffixes[stored]
     elif type(core) is scale_by_lion and body[0] is core and core.mu_dtype is None:
         kind = "lion" + suffix
     elif type(core) is trace and body[-1] is core and not core.nesterov \
             and core.accumulator_dtype is None:
         kind = "sgd" + suffix  # decay before the momentum: coupled, as torch's SGD
     return None if kind is None else prefix + kind
+
+
+def _bf16_or_none(dtype) -> str | None:
+    """"" for the params' dtype, "bf16" for bfloat16, None for any other moment dtype."""
+    if dtype is None:
+        return ""
+    return "bf16" if jnp.dtype(dtype) == jnp.bfloat16 else None
 
 
 def _moment_names(kind: str) -> tuple[str, ...]:
@@ -268,8 +274,9 @@ def update_and_apply(recipe_name: str, optimizer, grads, state, params):
     names = _moment_names(kind)
     core, holder = next((t, s) for t, s in pairs if type(t) in _CORES)
     moments = [jax.tree.leaves(getattr(holder, name)) for name in names]
-    dtypes = [jnp.bfloat16 if kind.endswith("_bf16") and k == 0 else jnp.float32
-              for k in range(len(names))]
+    # Adam's m (first) is bfloat16 in the _bf16 kinds, and v too in the _bf16_mv ones.
+    dtypes = [jnp.bfloat16 if "_bf16" in kind and (k == 0 or kind.endswith("_mv"))
+              else jnp.float32 for k in range(len(names))]
     if any(len(ms) != len(p_leaves) or any(jnp.result_type(m) != dt for m in ms)
            for ms, dt in zip(moments, dtypes, strict=True)):
         return None

@@ -20,9 +20,9 @@
  *                  s, scaled
  *   Lion:          b1, 1-b1, b2, 1-b2, weight decay, -lr, s, scaled
  *   SGD momentum:  mu, 1-dampening, weight decay, -lr, first step (1 or 0), s, scaled
- * The *_BF16 kinds of Adam keep m in bfloat16 (mu_dtype=bfloat16): m is widened to float32,
- * updated and used in float32, and rounded to nearest even once when stored, as the
- * transformation does.
+ * The *_BF16 kinds of Adam keep m in bfloat16 (mu_dtype=bfloat16), the *_BF16_MV kinds m and v
+ * (nu_dtype=bfloat16 too): a bfloat16 moment is widened to float32, updated and used in
+ * float32, and rounded to nearest even once when stored, as the transformation does.
  */
 #include <math.h>
 #include <sched.h>
@@ -34,7 +34,8 @@
 
 #include "xla/ffi/api/c_api.h"
 
-enum { ADAM, ADAMW, LION, LION_DECAYED, SGD, SGD_DECAYED, ADAM_BF16, ADAMW_BF16 };
+enum { ADAM, ADAMW, LION, LION_DECAYED, SGD, SGD_DECAYED, ADAM_BF16, ADAMW_BF16, ADAM_BF16_MV,
+       ADAMW_BF16_MV };
 
 static inline float from_bf16(uint16_t b) {
   const uint32_t u = (uint32_t)b << 16;
@@ -57,34 +58,48 @@ typedef struct {
 
 static Adam adam_scalars(int kind, const float *h) {
   const Adam a = {h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10],
-                  h[11] != 0.0f, kind == ADAMW || kind == ADAMW_BF16};
+                  h[11] != 0.0f, kind == ADAMW || kind == ADAMW_BF16 || kind == ADAMW_BF16_MV};
   return a;
 }
 
-/* One element of Adam's step: p and v updated in place, the new m returned (for its store). */
-static inline float adam_element(const Adam *a, float *p, float *v, float m, float g) {
+/* One element of Adam's step: p, m and v updated in place (m and v as float32 values). */
+static inline void adam_element(const Adam *a, float *p, float *m, float *v, float g) {
   const float gi = a->scaled ? g * a->s : g;
-  const float mi = fmaf(a->one_minus_b1, gi, a->b1 * m);                 /* m = (1-b1) g + b1 m */
+  const float mi = fmaf(a->one_minus_b1, gi, a->b1 * *m);                /* m = (1-b1) g + b1 m */
   const float vi = a->scaled ? fmaf(a->b2, *v, a->one_minus_b2 * (gi * gi))
                              : fmaf(a->one_minus_b2, gi * gi, a->b2 * *v); /* v = (1-b2) g² + b2 v */
   const float d = (mi * a->r1) / (sqrtf(fmaf(vi, a->r2, a->eps_root)) + a->eps); /* m̂/(√v̂ + ε) */
   *p = a->decayed ? fmaf(a->neg_lr, fmaf(a->wd, *p, d), *p)            /* p - lr (d + λ p) */
                   : fmaf(a->neg_lr, d, *p);                           /* p - lr d */
+  *m = mi;
   *v = vi;
-  return mi;
 }
 
 static void adam(int kind, float *restrict p, float *restrict m, float *restrict v,
                  const float *restrict g, const float *restrict h, int64_t n) {
   const Adam a = adam_scalars(kind, h);
-  for (int64_t i = 0; i < n; ++i) m[i] = adam_element(&a, &p[i], &v[i], m[i], g[i]);
+  for (int64_t i = 0; i < n; ++i) adam_element(&a, &p[i], &m[i], &v[i], g[i]);
 }
 
 static void adam_bf16(int kind, float *restrict p, uint16_t *restrict m, float *restrict v,
                       const float *restrict g, const float *restrict h, int64_t n) {
   const Adam a = adam_scalars(kind, h);
-  for (int64_t i = 0; i < n; ++i)
-    m[i] = to_bf16(adam_element(&a, &p[i], &v[i], from_bf16(m[i]), g[i]));
+  for (int64_t i = 0; i < n; ++i) {
+    float mi = from_bf16(m[i]);
+    adam_element(&a, &p[i], &mi, &v[i], g[i]);
+    m[i] = to_bf16(mi);
+  }
+}
+
+static void adam_bf16_mv(int kind, float *restrict p, uint16_t *restrict m, uint16_t *restrict v,
+                         const float *restrict g, const float *restrict h, int64_t n) {
+  const Adam a = adam_scalars(kind, h);
+  for (int64_t i = 0; i < n; ++i) {
+    float mi = from_bf16(m[i]), vi = from_bf16(v[i]);
+    adam_element(&a, &p[i], &mi, &vi, g[i]);
+    m[i] = to_bf16(mi);
+    v[i] = to_bf16(vi);
+  }
 }
 
 static inline float sign(float x) { return x > 0.0f ? 1.0f : x < 0.0f ? -1.0f : x; }
@@ -133,17 +148,19 @@ typedef struct {
 
 static void run(const Step *s, int64_t l, int64_t lo, int64_t hi) {
   const int64_t n = hi - lo;
-  /* m is float32 but for the _BF16 kinds, whose m is offset as uint16_t below */
-  float *p = s->p[l] + lo, *m = s->kind >= ADAM_BF16 ? NULL : s->m[l] + lo;
+  float *p = s->p[l] + lo;
   const float *g = s->g[l] + lo;
-  if (s->kind == ADAM_BF16 || s->kind == ADAMW_BF16)
-    adam_bf16(s->kind, p, (uint16_t *)s->m[l] + lo, s->v[l] + lo, g, s->h, n);
+  void *m = s->m[l], *v = s->v[l]; /* float32, or bfloat16 for the _BF16 kinds */
+  if (s->kind == ADAM_BF16_MV || s->kind == ADAMW_BF16_MV)
+    adam_bf16_mv(s->kind, p, (uint16_t *)m + lo, (uint16_t *)v + lo, g, s->h, n);
+  else if (s->kind == ADAM_BF16 || s->kind == ADAMW_BF16)
+    adam_bf16(s->kind, p, (uint16_t *)m + lo, (float *)v + lo, g, s->h, n);
   else if (s->kind == ADAM || s->kind == ADAMW)
-    adam(s->kind, p, m, s->v[l] + lo, g, s->h, n);
+    adam(s->kind, p, (float *)m + lo, (float *)v + lo, g, s->h, n);
   else if (s->kind == LION || s->kind == LION_DECAYED)
-    lion(s->kind, p, m, g, s->h, n);
+    lion(s->kind, p, (float *)m + lo, g, s->h, n);
   else
-    sgd(s->kind, p, m, g, s->h, n);
+    sgd(s->kind, p, (float *)m + lo, g, s->h, n);
 }
 
 static void work(Step *s) {
@@ -214,7 +231,8 @@ static XLA_FFI_Error *call(XLA_FFI_CallFrame *frame, int kind) {
     return metadata(frame);
   if (frame->stage != XLA_FFI_ExecutionStage_EXECUTE) return NULL;
 
-  const int bf16_m = kind == ADAM_BF16 || kind == ADAMW_BF16;
+  const int bf16_v = kind == ADAM_BF16_MV || kind == ADAMW_BF16_MV;
+  const int bf16_m = bf16_v || kind == ADAM_BF16 || kind == ADAMW_BF16;
   const int64_t moments = (kind == ADAM || kind == ADAMW || bf16_m) ? 2 : 1;
   const int64_t leaves = (frame->args.size - 1) / (moments + 2);
   if (leaves < 1 || frame->args.size != leaves * (moments + 2) + 1 ||
@@ -222,8 +240,9 @@ static XLA_FFI_Error *call(XLA_FFI_CallFrame *frame, int kind) {
     return error(api, "gradxform fused step: wrong number of arguments or results");
   for (int64_t i = 0; i < frame->args.size; ++i) {
     const XLA_FFI_Buffer *b = (const XLA_FFI_Buffer *)frame->args.args[i];
-    const int is_m = i >= leaves && i < 2 * leaves;
-    const XLA_FFI_DataType want = bf16_m && is_m ? XLA_FFI_DataType_BF16 : XLA_FFI_DataType_F32;
+    const int bf16 = (bf16_m && i >= leaves && i < 2 * leaves) ||      /* m */
+                     (bf16_v && i >= 2 * leaves && i < 3 * leaves); /* v */
+    const XLA_FFI_DataType want = bf16 ? XLA_FFI_DataType_BF16 : XLA_FFI_DataType_F32;
     if (frame->args.types[i] != XLA_FFI_ArgType_BUFFER || b->dtype != want)
       return error(api, "gradxform fused step: arguments must be float32 arrays "
                         "(m bfloat16 for the _bf16 kinds)");
@@ -292,3 +311,5 @@ XLA_FFI_Error *gradxform_sgd(XLA_FFI_CallFrame *f) { return call(f, SGD); }
 XLA_FFI_Error *gradxform_sgd_decayed(XLA_FFI_CallFrame *f) { return call(f, SGD_DECAYED); }
 XLA_FFI_Error *gradxform_adam_bf16(XLA_FFI_CallFrame *f) { return call(f, ADAM_BF16); }
 XLA_FFI_Error *gradxform_adamw_bf16(XLA_FFI_CallFrame *f) { return call(f, ADAMW_BF16); }
+XLA_FFI_Error *gradxform_adam_bf16_mv(XLA_FFI_CallFrame *f) { return call(f, ADAM_BF16_MV); }
+XLA_FFI_Error *gradxform_adamw_bf16_mv(XLA_FFI_CallFrame *f) { return call(f, ADAMW_BF16_MV); }

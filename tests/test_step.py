@@ -168,6 +168,9 @@ KERNEL_OPTIMIZERS = {
     "adamw": lambda: gx.adamw(gx.cosine_decay_schedule(1e-2, 10), weight_decay=1e-2),
     "adam_bf16_mu": lambda: gx.adam(1e-2, mu_dtype=jnp.bfloat16),
     "adamw_bf16_mu": lambda: gx.adamw(1e-2, weight_decay=1e-2, mu_dtype="bfloat16"),
+    "adamw_bf16_mu_nu": lambda: gx.chain(
+        gx.scale_by_adam(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16),
+        gx.add_decayed_weights(1e-2), gx.scale_by_learning_rate(1e-2)),
     "lion": lambda: gx.lion(1e-3, weight_decay=0.0),
     "lion_no_decay": lambda: gx.chain(gx.scale_by_lion(b2=0.98), gx.scale_by_learning_rate(1e-3)),
     "sgd": lambda: gx.sgd(1e-2, 0.9),
@@ -213,8 +216,8 @@ def test_fused_step_is_bit_identical_to_update_then_apply(name):
         _assert_identical(p2, p_ref)
 
 
-@pytest.mark.parametrize("name", ["adam_bf16_mu", "adamw_bf16_mu"])
-def test_fused_step_with_bfloat16_first_moment(name):
+@pytest.mark.parametrize("name", ["adam_bf16_mu", "adamw_bf16_mu", "adamw_bf16_mu_nu"])
+def test_fused_step_with_bfloat16_moments(name):
     from gradxform import step as step_module
 
     opt = KERNEL_OPTIMIZERS[name]()
@@ -230,6 +233,7 @@ def test_fused_step_with_bfloat16_first_moment(name):
     _assert_identical(p, p_ref)
     _assert_identical(s, s_ref)
     assert s[0].mu["w"].dtype == jnp.bfloat16
+    assert s[0].nu["w"].dtype == (jnp.bfloat16 if name.endswith("nu") else jnp.float32)
     if _kernels_built() and jax.default_backend() == "cpu":
         leaves, treedef = jax.tree.flatten(opt)
         hlo = step_module._compiled(treedef, _fused_recipe(opt), True).lower(
@@ -328,6 +332,8 @@ def test_only_the_plain_recipes_have_a_kernel():
     assert _fused.recipe(gx.adamw(1e-3, mu_dtype=jnp.float16)) is None
     assert _fused.recipe(gx.chain(gx.scale_by_adam(nu_dtype=jnp.bfloat16),
                                   gx.scale_by_learning_rate(1e-3))) is None
+    assert _fused.recipe(gx.chain(gx.scale_by_adam(mu_dtype="bfloat16", nu_dtype="bfloat16"),
+                                  gx.scale_by_learning_rate(1e-3))) == "adam_bf16_mv"
     assert _fused.recipe(gx.adamw(1e-3, mask=lambda p: jax.tree.map(lambda _: True, p))) is None
     assert _fused.recipe(gx.chain(gx.clip_by_global_norm(1.0), gx.adam(1e-3))) == "clipped adam"
     assert _fused.recipe(gx.chain(gx.adam(1e-3), gx.clip_by_global_norm(1.0))) is None
