@@ -103,6 +103,8 @@ from gradxform.clipping import (
     clip_by_block_rms,
     clip_by_global_norm,
     global_norm,
+    per_example_global_norm_clip,
+    per_example_layer_norm_clip,
     unitwise_norm,
     zero_nans,
 )

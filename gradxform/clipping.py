@@ -12,10 +12,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gradxform import _tree
 from gradxform._base import (
     Transformation,
+    _concrete_values,
     hyperparameter,
     non_negative,
     positive,
@@ -158,6 +160,102 @@ class clip_by_global_norm(Transformation):
         factor = c / jnp.maximum(norm, c)
         updates = jax.tree.map(lambda g: g * _tree.coef(factor, g), updates)
         return updates, ClipByGlobalNormState(count=safe_increment(state.count), global_norm=norm)
+
+
+def _batch_size(grads, owner: str) -> int:
+    """The common size of axis 0 of every leaf (the examples), with an error naming the leaf
+    that has none or another."""
+    leaves = jax.tree_util.tree_leaves_with_path(grads)
+    if not leaves:
+        raise ValueError(f"{owner}: grads is an empty tree; pass per-example gradients")
+    sizes = {}
+    for path, g in leaves:
+        if jnp.ndim(g) == 0:
+            raise ValueError(
+                f"{owner}: leaf '{_tree.path_str(path)}' is a scalar; every leaf needs the "
+                f"examples on axis 0 (e.g. from jax.vmap(jax.grad(loss), in_axes=(None, 0)))"
+            )
+        sizes.setdefault(jnp.shape(g)[0], _tree.path_str(path))
+    if len(sizes) > 1:
+        found = ", ".join(f"{n} at '{where}'" for n, where in sizes.items())
+        raise ValueError(f"{owner}: leaves have different numbers of examples on axis 0 ({found})")
+    return next(iter(sizes))
+
+
+def _check_clip_norm(owner: str, name: str, value) -> None:
+    """A concrete clip norm must be >= 0 (NaN is not); a traced one is not checked."""
+    values = _concrete_values(value)
+    if values is not None and any(non_negative(v) is not None for v in values):
+        raise ValueError(f"{owner}: {name} must be >= 0, got {value!r}")
+
+
+def _clip_examples(grads, clip_norm):
+    """Σ_i c_i g_i with c_i = min(1, C / ‖g_i‖) (1 where ‖g_i‖ = 0), and how many c_i < 1."""
+    norms = jax.vmap(global_norm)(grads)
+    c = _tree.coef(clip_norm, norms)
+    factors = jnp.where(norms > c, c / jnp.where(norms > c, norms, 1), 1)
+    clipped = jax.tree.map(
+        lambda g: jnp.tensordot(factors.astype(g.dtype), g, axes=1), grads
+    )
+    return clipped, jnp.sum(factors < 1).astype(jnp.int32)
+
+
+def per_example_global_norm_clip(grads, l2_norm_clip):
+    """Clips each example's gradient to global norm C, then sums over the examples (DP-SGD).
+
+        Σ_i g_i · min(1, C / ‖g_i‖),    ‖g_i‖ = √(Σ_leaves Σ_j g_i,j²)
+
+    Args:
+      grads: a tree whose every leaf has the examples on axis 0 (e.g. the result of
+        `jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, batch)`).
+      l2_norm_clip: C ≥ 0.
+
+    Returns:
+      `(summed, num_clipped)`: the tree of clipped gradients summed over the examples (axis 0
+      removed), and how many examples had a norm above C (int32).
+
+    References:
+      Abadi et al., "Deep Learning with Differential Privacy", CCS 2016, Algorithm 1; optax's
+      `per_example_global_norm_clip`, whose arguments and results this keeps.
+    """
+    owner = "per_example_global_norm_clip"
+    _batch_size(grads, owner)
+    _check_clip_norm(owner, "l2_norm_clip", l2_norm_clip)
+    return _clip_examples(grads, l2_norm_clip)
+
+
+def per_example_layer_norm_clip(grads, global_l2_norm_clip, uniform: bool = True):
+    """Clips each example's gradient leaf by leaf ("per layer"), then sums over the examples.
+
+        Σ_i g_i,k · min(1, C_k / ‖g_i,k‖)     for each leaf k of K, with
+        C_k = C / √K                (uniform=True)
+        C_k = C √(D_k / D)          (uniform=False; D_k parameters in leaf k, D in all)
+
+    Either way Σ_k C_k² = C², so each clipped example has global norm at most C.
+
+    Args:
+      grads: a tree whose every leaf has the examples on axis 0.
+      global_l2_norm_clip: C ≥ 0.
+      uniform: split C equally over the leaves, or by their sizes.
+
+    Returns:
+      `(summed, num_clipped)`: trees like `grads` (axis 0 removed), and for each leaf the
+      number of examples clipped there (int32).
+
+    References:
+      McMahan et al., "Learning Differentially Private Recurrent Language Models", ICLR 2018;
+      optax's `per_example_layer_norm_clip`, whose arguments and results this keeps.
+    """
+    owner = "per_example_layer_norm_clip"
+    _batch_size(grads, owner)
+    _check_clip_norm(owner, "global_l2_norm_clip", global_l2_norm_clip)
+    leaves, treedef = jax.tree.flatten(grads)
+    sizes = [int(np.prod(jnp.shape(g)[1:], dtype=np.int64)) for g in leaves]
+    shares = [1 / len(leaves)] * len(leaves) if uniform else [n / sum(sizes) for n in sizes]
+    results = [_clip_examples(g, global_l2_norm_clip * share**0.5)
+               for g, share in zip(leaves, shares, strict=True)]
+    return (jax.tree.unflatten(treedef, [r[0] for r in results]),
+            jax.tree.unflatten(treedef, [r[1] for r in results]))
 
 
 def unitwise_norm(x, axis=None):

@@ -148,3 +148,73 @@ def test_bad_hyperparameters_and_missing_params_are_reported():
     agc = gx.adaptive_grad_clip(0.1)
     with pytest.raises(ValueError, match=r"adaptive_grad_clip.update: params are required"):
         agc.update(params, agc.init(params))
+
+
+# -- per-example clipping (DP-SGD) ----------------------------------------------------------------
+
+
+def _per_example_grads(dtype=jnp.float32, n=16):
+    rng = np.random.default_rng(7)
+    scales = np.where(np.arange(n) % 3 == 0, 10.0, 0.3)  # some examples above any clip below
+    return {
+        "dense": {"w": jnp.asarray(rng.normal(size=(n, 4, 3)) * scales[:, None, None], dtype),
+                  "b": jnp.asarray(rng.normal(size=(n, 3)) * scales[:, None], dtype)},
+        "head": jnp.asarray(rng.normal(size=(n, 5)), dtype),
+    }
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("clip_norm", [0.0, 0.5, 2.0, 1e6, float("inf")])
+def test_per_example_clipping_matches_optax(dtype, clip_norm):
+    with jax.enable_x64(dtype == jnp.float64):
+        grads = _per_example_grads(dtype)
+        tol = dict(rtol=1e-6, atol=1e-6) if dtype == jnp.float32 else dict(rtol=1e-13, atol=1e-13)
+        ours = jax.jit(gx.per_example_global_norm_clip)(grads, clip_norm)
+        theirs = optax.per_example_global_norm_clip(grads, clip_norm)
+        assert_trees_close(ours[0], theirs[0], tol)
+        assert int(ours[1]) == int(theirs[1])
+        for uniform in (True, False):
+            ours = gx.per_example_layer_norm_clip(grads, clip_norm, uniform=uniform)
+            theirs = optax.per_example_layer_norm_clip(grads, clip_norm, uniform=uniform)
+            assert_trees_close(ours[0], theirs[0], tol)
+            assert jax.tree.map(int, ours[1]) == jax.tree.map(int, theirs[1])
+
+
+def test_per_example_global_norm_clip_is_the_dp_sgd_sum():
+    # numpy: each example's whole gradient scaled by min(1, C/‖g_i‖), then summed.
+    grads = _per_example_grads(jnp.float32)
+    leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(grads)]
+    norms = np.sqrt(sum(np.sum(x.reshape(len(x), -1) ** 2, axis=1) for x in leaves))
+    factors = np.minimum(1.0, 1.5 / norms)
+    summed, clipped = gx.per_example_global_norm_clip(grads, 1.5)
+    for ours, x in zip(jax.tree.leaves(summed), leaves):
+        np.testing.assert_allclose(ours, np.tensordot(factors, x, axes=1), rtol=1e-5, atol=1e-6)
+    assert int(clipped) == int(np.sum(norms > 1.5)) > 0
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_per_example_layer_norm_clip_bounds_each_example_by_the_global_clip(uniform):
+    # Σ_k C_k² = C²: one example, clipped leaf by leaf, has global norm at most C.
+    grads = _per_example_grads(jnp.float32, n=1)
+    summed, clipped = gx.per_example_layer_norm_clip(grads, 0.7, uniform=uniform)
+    assert float(gx.global_norm(summed)) <= 0.7 * (1 + 1e-6)
+    assert sum(jax.tree.leaves(jax.tree.map(int, clipped))) > 0
+
+
+@pytest.mark.parametrize("grads, message", [
+    ({"w": jnp.ones((4, 3)), "s": jnp.ones(())}, "leaf 's' is a scalar"),
+    ({"w": jnp.ones((4, 3)), "b": jnp.ones((5,))}, r"different numbers of examples.*4 at 'w'"),
+    ({}, "empty tree"),
+])
+def test_per_example_clipping_names_the_bad_leaf(grads, message):
+    for fn in (gx.per_example_global_norm_clip, gx.per_example_layer_norm_clip):
+        with pytest.raises(ValueError, match=message):
+            fn(grads, 1.0)
+
+
+def test_per_example_clipping_refuses_a_negative_or_nan_clip():
+    grads = _per_example_grads()
+    with pytest.raises(ValueError, match="l2_norm_clip must be >= 0, got -1.0"):
+        gx.per_example_global_norm_clip(grads, -1.0)
+    with pytest.raises(ValueError, match="global_l2_norm_clip must be >= 0, got nan"):
+        gx.per_example_layer_norm_clip(grads, float("nan"))
