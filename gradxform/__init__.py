@@ -127,6 +127,7 @@ from gradxform.combinators import (
     masked,
     named_chain,
     partition,
+    selective_transform,
 )
 from gradxform.wrappers import (
     ApplyIfFiniteState,

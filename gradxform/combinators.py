@@ -135,6 +135,33 @@ def freeze(mask) -> masked:
     return masked(set_to_zero(), mask)
 
 
+def selective_transform(optimizer, *, freeze_mask) -> partition:
+    """Runs `optimizer` on the leaves not frozen by `freeze_mask`; frozen leaves get u = 0 and
+    no optimizer state (unlike `freeze`, whose inner chain still keeps theirs).
+
+    Args:
+      optimizer: the transformation for the trained leaves.
+      freeze_mask: True (freeze everything), False (nothing), or a tree of bools like the
+        params (or a prefix of it): True freezes the leaf. Static: fixed for the run.
+
+    Returns:
+      `partition({"train": optimizer, "freeze": set_to_zero()}, labels)`.
+
+    References:
+      optax.transforms.selective_transform, whose arguments this keeps.
+    """
+    def label(m):
+        if not isinstance(m, bool | np.bool_):
+            raise TypeError(
+                f"selective_transform: freeze_mask leaves must be Python or NumPy bools "
+                f"(True freezes the leaf), got {m!r}"
+            )
+        return "freeze" if m else "train"
+
+    return partition({"train": optimizer, "freeze": set_to_zero()},
+                     jax.tree.map(label, freeze_mask))
+
+
 # -- partition ------------------------------------------------------------------------------------
 
 

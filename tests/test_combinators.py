@@ -65,6 +65,9 @@ def optax_cases():
                                   matrices_a)),
         "freeze": (gx.chain(gx.freeze(MASK), gx.sgd(0.1, 0.9)),
                    optax.chain(optax.freeze(MASK), optax.sgd(0.1, 0.9))),
+        "selective_transform": (
+            gx.selective_transform(decayed_sgd(gx, 0.05), freeze_mask=MASK),
+            optax.transforms.selective_transform(decayed_sgd(optax, 0.05), freeze_mask=MASK)),
         "named_chain": (
             gx.named_chain(("clip", gx.clip_by_global_norm(1.0)), ("sgd", gx.sgd(0.1, 0.9))),
             optax.named_chain(("clip", optax.clip_by_global_norm(1.0)),
@@ -117,6 +120,19 @@ def finetune_params(dtype):
     params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), dtype), shapes,
                           is_leaf=lambda x: isinstance(x, tuple))
     return {**params, "buffers": None}
+
+
+def test_selective_transform_keeps_no_state_for_frozen_leaves():
+    params = make_params("float32")
+    opt = gx.selective_transform(gx.adam(1e-2), freeze_mask=MASK)
+    mu = gx.get_state(opt, opt.init(params), "train/scale_by_adam").mu
+    assert mu["dense"]["w"] is None and mu["head"]["w"] is None
+    assert mu["dense"]["b"].shape == (3,)
+    everything = gx.selective_transform(gx.adam(1e-2), freeze_mask=True)
+    updates, _ = everything.update(params, everything.init(params), params)
+    assert all(float(jnp.max(jnp.abs(u))) == 0 for u in jax.tree.leaves(updates))
+    with pytest.raises(TypeError, match="freeze_mask leaves must be Python or NumPy bools"):
+        gx.selective_transform(gx.adam(1e-2), freeze_mask={"dense": 1})
 
 
 def test_fine_tuning_param_groups():
