@@ -45,10 +45,10 @@ import optax
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import gradxform as gx  # noqa: E402
-from gradxform import _fused  # noqa: E402
-from gradxform import step as gx_step  # noqa: E402
-from gradxform.flatten import flatten, pack  # noqa: E402
-from gradxform.step import make_step  # noqa: E402
+from gradxform._src.fast import kernel
+from gradxform._src.fast import step as gx_step
+from gradxform._src.fast.packing import flatten, pack
+from gradxform._src.fast.step import make_step
 
 try:
     import torch
@@ -264,7 +264,7 @@ def run_case(tree_name, case: OptimizerCase, donate: bool, smoke: bool, reps: in
     params = fresh(params_np)
     runners.append(jax_runner("gradxform", make_step(opt, donate=donate), params,
                               opt.init(params), fresh(grads_np)))
-    if variants and donate and _fused.recipe(opt) is not None:
+    if variants and donate and kernel.recipe(opt) is not None:
         params = fresh(params_np)
         runners.append(jax_runner("gradxform-xla", make_step(opt, donate=donate, fused=False),
                                   params, opt.init(params), fresh(grads_np)))
@@ -360,7 +360,7 @@ def machine() -> dict:
         "torch": None if torch is None else torch.__version__,
         "gradxform": gx.__version__,
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "fused_kernels": _fused.status().get("build", "not needed"),
+        "fused_kernels": kernel.status().get("build", "not needed"),
     }
 
 

@@ -4,17 +4,15 @@ Every idea of an optimizer is one transformation with `init(params) -> state` an
 `update(updates, state, params=None) -> (updates, state)`; optimizers are short chains of them.
 """
 
-from gradxform._base import (
-    EmptyState,
-    Schedule,
-    Transformation,
-    hyperparameter,
-    pytree_dataclass,
-    resolve,
-    safe_increment,
-    static,
-)
-from gradxform.adam import (
+# -- The protocol: transformations, schedules and their fields (gradxform/_src/protocol/) --
+from gradxform._src.protocol.dataclass import pytree_dataclass
+from gradxform._src.protocol.fields import hyperparameter, static
+from gradxform._src.protocol.schedule import Schedule, resolve
+from gradxform._src.protocol.transformation import EmptyState, Transformation, safe_increment
+from gradxform._src.protocol.updates import apply_updates
+
+# -- Primitives: one idea of an optimizer each (gradxform/_src/primitives/) --
+from gradxform._src.primitives.adam_family import (
     ScaleByAdamState,
     ScaleByAmsgradState,
     ScaleByNadamState,
@@ -24,7 +22,7 @@ from gradxform.adam import (
     scale_by_nadam,
     scale_by_radam,
 )
-from gradxform.adaptive import (
+from gradxform._src.primitives.adaptive import (
     ScaleByRmsState,
     ScaleByRssState,
     ScaleByStddevState,
@@ -32,70 +30,7 @@ from gradxform.adaptive import (
     scale_by_rss,
     scale_by_stddev,
 )
-from gradxform.alias import (
-    adagrad,
-    adam,
-    adamax,
-    adamw,
-    amsgrad,
-    lion,
-    nadam,
-    radam,
-    rmsprop,
-    sgd,
-)
-from gradxform.combine import chain, hyperparams
-from gradxform.lion import ScaleByLionState, scale_by_lion
-from gradxform.momentum import (
-    EmaState,
-    TraceState,
-    bias_correction,
-    decay_from_half_life,
-    effective_window,
-    ema,
-    half_life_from_decay,
-    nesterov_lookahead_params,
-    trace,
-)
-from gradxform.scaling import (
-    CountState,
-    add_decayed_weights,
-    identity,
-    scale,
-    scale_by_learning_rate,
-    scale_by_sign,
-    set_to_zero,
-)
-from gradxform.update import apply_updates
-
-# -- schedules (gradxform.schedules) --
-from gradxform.schedules import (
-    constant_schedule,
-    cosine_annealing_warm_restarts_schedule,
-    cosine_decay_schedule,
-    cosine_onecycle_schedule,
-    cyclic_lr_schedule,
-    exponential_decay,
-    function_schedule,
-    join_schedules,
-    linear_onecycle_schedule,
-    linear_schedule,
-    multistep_lr_schedule,
-    piecewise_constant_schedule,
-    piecewise_interpolate_schedule,
-    polynomial_schedule,
-    sgdr_schedule,
-    step_lr_schedule,
-    transformer_schedule,
-    warmup_constant_schedule,
-    warmup_cosine_decay_schedule,
-    warmup_exponential_decay_schedule,
-    warmup_stable_decay_schedule,
-)
-
-# isort: split
-# -- clipping and gradient hygiene (gradxform.clipping) --
-from gradxform.clipping import (
+from gradxform._src.primitives.clipping import (
     ClipByGlobalNormState,
     ZeroNansState,
     adaptive_grad_clip,
@@ -108,10 +43,46 @@ from gradxform.clipping import (
     unitwise_norm,
     zero_nans,
 )
+from gradxform._src.primitives.curvature import (
+    SophiaState,
+    gauss_newton_bartlett_diagonal,
+    hutchinson_diagonal,
+    scale_by_sophia,
+)
+from gradxform._src.primitives.factored import (
+    FactoredState,
+    scale_by_factored_rms,
+    scale_by_param_block_rms,
+)
+from gradxform._src.primitives.moments import (
+    EmaState,
+    TraceState,
+    bias_correction,
+    decay_from_half_life,
+    effective_window,
+    ema,
+    half_life_from_decay,
+    nesterov_lookahead_params,
+    trace,
+)
+from gradxform._src.primitives.newton_schulz import (
+    MuonDimensionNumbers,
+    orthogonalize_via_newton_schulz,
+)
+from gradxform._src.primitives.orthogonal import MuonState, scale_by_muon, scale_by_shape
+from gradxform._src.primitives.scaling import (
+    CountState,
+    add_decayed_weights,
+    identity,
+    scale,
+    scale_by_learning_rate,
+    scale_by_sign,
+    set_to_zero,
+)
+from gradxform._src.primitives.sign_momentum import ScaleByLionState, scale_by_lion
 
-# isort: split
-# -- combinators (gradxform.combinators, gradxform.wrappers) --
-from gradxform.averaging import (
+# -- Composition: chains, masks, partitions and wrappers (gradxform/_src/composition/) --
+from gradxform._src.composition.averaging import (
     EmaParamsState,
     LookaheadState,
     averaged_params,
@@ -119,7 +90,8 @@ from gradxform.averaging import (
     lookahead,
     slow_params,
 )
-from gradxform.combinators import (
+from gradxform._src.composition.chain import chain, hyperparams
+from gradxform._src.composition.partition import (
     MaskedState,
     PartitionState,
     freeze,
@@ -129,7 +101,19 @@ from gradxform.combinators import (
     partition,
     selective_transform,
 )
-from gradxform.wrappers import (
+from gradxform._src.composition.quantization import (
+    QuantizedArray,
+    QuantizedState,
+    dynamic_map,
+    quantize_blockwise,
+    quantize_state,
+)
+from gradxform._src.composition.schedule_free_wrapper import (
+    ScheduleFreeState,
+    schedule_free,
+    schedule_free_eval_params,
+)
+from gradxform._src.composition.wrappers import (
     ApplyIfFiniteState,
     MultiSteps,
     MultiStepsState,
@@ -138,52 +122,200 @@ from gradxform.wrappers import (
     skip_not_finite,
 )
 
-# -- training-step helpers (gradxform.step) --
-from gradxform.flatten import PackedTree, flatten, pack, unpack
-from gradxform.step import make_step, update_and_apply
-# -- interop (gradxform.interop) --
-from gradxform.interop import from_optax, to_optax
-
-# -- beyond AdamW (gradxform.sophia, muon, schedule_free, adafactor, quantized) --
-from gradxform.adafactor import (
-    FactoredState,
+# -- Optimizers: short chains of the primitives (gradxform/_src/presets/) --
+from gradxform._src.presets.alias import (
     adafactor,
-    scale_by_factored_rms,
-    scale_by_param_block_rms,
+    adagrad,
+    adam,
+    adamax,
+    adamw,
+    amsgrad,
+    lion,
+    nadam,
+    radam,
+    rmsprop,
+    sgd,
 )
-from gradxform.muon import (
-    MuonDimensionNumbers,
-    MuonState,
-    muon,
-    orthogonalize_via_newton_schulz,
-    scale_by_muon,
-    scale_by_shape,
+from gradxform._src.presets.contrib import muon, schedule_free_adamw, schedule_free_sgd, sophia
+
+# -- Schedules (gradxform/_src/schedules/) --
+from gradxform._src.schedules.common import function_schedule
+from gradxform._src.schedules.cosine import (
+    cosine_annealing_warm_restarts_schedule,
+    cosine_decay_schedule,
+    sgdr_schedule,
+    warmup_cosine_decay_schedule,
 )
-from gradxform.quantized import (
-    QuantizedArray,
-    QuantizedState,
-    dynamic_map,
-    quantize_blockwise,
-    quantize_state,
+from gradxform._src.schedules.cyclic import (
+    cosine_onecycle_schedule,
+    cyclic_lr_schedule,
+    linear_onecycle_schedule,
 )
-from gradxform.schedule_free import (
-    ScheduleFreeState,
-    schedule_free,
-    schedule_free_adamw,
-    schedule_free_eval_params,
-    schedule_free_sgd,
+from gradxform._src.schedules.exponential import (
+    exponential_decay,
+    multistep_lr_schedule,
+    step_lr_schedule,
+    warmup_exponential_decay_schedule,
 )
-from gradxform.sophia import (
-    SophiaState,
-    gauss_newton_bartlett_diagonal,
-    hutchinson_diagonal,
-    scale_by_sophia,
-    sophia,
+from gradxform._src.schedules.piecewise import (
+    join_schedules,
+    piecewise_constant_schedule,
+    piecewise_interpolate_schedule,
 )
+from gradxform._src.schedules.polynomial import (
+    constant_schedule,
+    linear_schedule,
+    polynomial_schedule,
+    warmup_constant_schedule,
+)
+from gradxform._src.schedules.warmup import transformer_schedule, warmup_stable_decay_schedule
+
+# -- Fast training steps and packed trees (gradxform/_src/fast/) --
+from gradxform._src.fast.packing import PackedTree, flatten, pack, unpack
+from gradxform._src.fast.step import make_step, update_and_apply
+
+# -- Interoperability (gradxform/_src/interop/) --
+from gradxform._src.interop.optax_interop import from_optax, to_optax
 
 __version__ = "0.1.0"
 
-__all__ = sorted(
-    name for name, value in list(globals().items())
-    if not name.startswith("_") and getattr(value, "__module__", "").startswith("gradxform")
-)
+__all__ = [
+    "ApplyIfFiniteState",
+    "ClipByGlobalNormState",
+    "CountState",
+    "EmaParamsState",
+    "EmaState",
+    "EmptyState",
+    "FactoredState",
+    "LookaheadState",
+    "MaskedState",
+    "MultiSteps",
+    "MultiStepsState",
+    "MuonDimensionNumbers",
+    "MuonState",
+    "PackedTree",
+    "PartitionState",
+    "QuantizedArray",
+    "QuantizedState",
+    "ScaleByAdamState",
+    "ScaleByAmsgradState",
+    "ScaleByLionState",
+    "ScaleByNadamState",
+    "ScaleByRmsState",
+    "ScaleByRssState",
+    "ScaleByStddevState",
+    "Schedule",
+    "ScheduleFreeState",
+    "SophiaState",
+    "TraceState",
+    "Transformation",
+    "ZeroNansState",
+    "adafactor",
+    "adagrad",
+    "adam",
+    "adamax",
+    "adamw",
+    "adaptive_grad_clip",
+    "add_decayed_weights",
+    "amsgrad",
+    "apply_if_finite",
+    "apply_updates",
+    "averaged_params",
+    "bias_correction",
+    "chain",
+    "clip",
+    "clip_by_block_rms",
+    "clip_by_global_norm",
+    "constant_schedule",
+    "cosine_annealing_warm_restarts_schedule",
+    "cosine_decay_schedule",
+    "cosine_onecycle_schedule",
+    "cyclic_lr_schedule",
+    "decay_from_half_life",
+    "dynamic_map",
+    "effective_window",
+    "ema",
+    "ema_params",
+    "exponential_decay",
+    "flatten",
+    "freeze",
+    "from_optax",
+    "function_schedule",
+    "gauss_newton_bartlett_diagonal",
+    "get_state",
+    "global_norm",
+    "half_life_from_decay",
+    "hutchinson_diagonal",
+    "hyperparameter",
+    "hyperparams",
+    "identity",
+    "join_schedules",
+    "linear_onecycle_schedule",
+    "linear_schedule",
+    "lion",
+    "lookahead",
+    "make_step",
+    "masked",
+    "multistep_lr_schedule",
+    "muon",
+    "nadam",
+    "named_chain",
+    "nesterov_lookahead_params",
+    "orthogonalize_via_newton_schulz",
+    "pack",
+    "partition",
+    "per_example_global_norm_clip",
+    "per_example_layer_norm_clip",
+    "piecewise_constant_schedule",
+    "piecewise_interpolate_schedule",
+    "polynomial_schedule",
+    "pytree_dataclass",
+    "quantize_blockwise",
+    "quantize_state",
+    "radam",
+    "resolve",
+    "rmsprop",
+    "safe_increment",
+    "scale",
+    "scale_by_adam",
+    "scale_by_adamax",
+    "scale_by_amsgrad",
+    "scale_by_factored_rms",
+    "scale_by_learning_rate",
+    "scale_by_lion",
+    "scale_by_muon",
+    "scale_by_nadam",
+    "scale_by_param_block_rms",
+    "scale_by_radam",
+    "scale_by_rms",
+    "scale_by_rss",
+    "scale_by_shape",
+    "scale_by_sign",
+    "scale_by_sophia",
+    "scale_by_stddev",
+    "schedule_free",
+    "schedule_free_adamw",
+    "schedule_free_eval_params",
+    "schedule_free_sgd",
+    "selective_transform",
+    "set_to_zero",
+    "sgd",
+    "sgdr_schedule",
+    "skip_large_updates",
+    "skip_not_finite",
+    "slow_params",
+    "sophia",
+    "static",
+    "step_lr_schedule",
+    "to_optax",
+    "trace",
+    "transformer_schedule",
+    "unitwise_norm",
+    "unpack",
+    "update_and_apply",
+    "warmup_constant_schedule",
+    "warmup_cosine_decay_schedule",
+    "warmup_exponential_decay_schedule",
+    "warmup_stable_decay_schedule",
+    "zero_nans",
+]

@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # The experiments are small: the CPU answers faster than starting an accelerator.
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from gradxform import demo
+    from gradxform.demo import cli
 
-    demo.run(demo.DEFAULT_OUT if args.out is None else args.out, quick=args.quick,
+    cli.run(cli.DEFAULT_OUT if args.out is None else args.out, quick=args.quick,
              plots=not args.no_plots)
     return 0
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gradxform as gx
-from gradxform import checkpoint
+from gradxform._src.interop import checkpoint
 
 STEPS = 8
 

@@ -6,7 +6,7 @@ import optax
 import pytest
 
 import gradxform as gx
-from gradxform import alias
+from gradxform._src import presets
 from gradxform.testing import check_transformation
 
 # The matrices of gradxform.testing.default_params (Muon orthogonalizes matrices only).
@@ -83,6 +83,10 @@ CASES = {
     "schedule_free": lambda: gx.schedule_free_adamw(1e-2, warmup_steps=2, weight_decay=1e-3),
     "scale_by_factored_rms": lambda: gx.scale_by_factored_rms(min_dim_size_to_factor=2),
     "scale_by_param_block_rms": lambda: gx.scale_by_param_block_rms(),
+    "adafactor": lambda: gx.adafactor(1e-2, min_dim_size_to_factor=2, momentum=0.9),
+    "sophia": lambda: gx.sophia(1e-2),
+    "schedule_free_sgd": lambda: gx.schedule_free_sgd(0.1, warmup_steps=2, weight_decay=1e-3),
+    "schedule_free_adamw": lambda: gx.schedule_free_adamw(1e-2),
     "quantize_state": lambda: gx.quantize_state(gx.adamw(1e-3), block_size=4, min_size=2),
 }
 
@@ -94,8 +98,8 @@ def _public_transformations():
         if inspect.isclass(value) and issubclass(value, gx.Transformation) \
                 and value is not gx.Transformation:
             names.add(name)
-        elif inspect.isfunction(value) and value.__module__ == alias.__name__:
-            names.add(name)
+        elif inspect.isfunction(value) and value.__module__.startswith(presets.__name__ + "."):
+            names.add(name)  # every preset, wherever in gradxform/_src/presets it is assembled
     return names
 
 

@@ -13,9 +13,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import numpy as np
 import pytest
 
-from gradxform import demo
 from gradxform.__main__ import main
-from gradxform.experiments import run_rosenbrock, seed_optimizers
+from gradxform.demo import cli
+from gradxform.demo.experiments.rosenbrock import run_rosenbrock, seed_optimizers
 
 STEPS = 500
 
@@ -200,7 +200,7 @@ def test_unknown_command_is_an_error(capsys):
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     stdout, stderr = io.StringIO(), io.StringIO()
-    sections = demo.run(out, quick=True, stdout=stdout, stderr=stderr)
+    sections = cli.run(out, quick=True, stdout=stdout, stderr=stderr)
     return out, stdout.getvalue(), stderr.getvalue(), sections
 
 
@@ -268,7 +268,7 @@ def test_cli_demo_without_plots(tmp_path, capsys):
 def test_demo_without_matplotlib_prints_tables_and_says_plots_were_skipped(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
     stdout = io.StringIO()
-    demo.run(tmp_path, quick=True, stdout=stdout, stderr=io.StringIO())
+    cli.run(tmp_path, quick=True, stdout=stdout, stderr=io.StringIO())
     text = stdout.getvalue()
     assert "matplotlib is not installed" in text and "figures skipped" in text
     assert "Adam + L2" in text  # the tables are all there
@@ -277,7 +277,7 @@ def test_demo_without_matplotlib_prints_tables_and_says_plots_were_skipped(tmp_p
 
 def test_experiments_print_nothing(capsys):
     """Only the command line prints: the experiment functions return their results silently."""
-    from gradxform.experiments import train_xor, xor_optimizers
+    from gradxform.demo.experiments.xor import train_xor, xor_optimizers
 
     run_rosenbrock(seed_optimizers()["Adam"], steps=10)
     train_xor(xor_optimizers()["Adam"], epochs=1)

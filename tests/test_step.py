@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gradxform as gx
-from gradxform.step import make_step, update_and_apply
+from gradxform._src.fast.step import make_step, update_and_apply
 
 OPTIMIZERS = {
     "sgd_momentum": lambda: gx.sgd(1e-2, 0.9),
@@ -108,7 +108,7 @@ def test_donated_step_updates_in_place_without_copies(name):
     # Each donated buffer must be paired with the output it becomes; a wrong pairing makes
     # XLA copy every param and moment on every step. (Lion's XLA program copies its moment:
     # two fusions read the old one and one overwrites it; its kernel does not, see below.)
-    from gradxform import step as step_module
+    from gradxform._src.fast import step as step_module
 
     opt = OPTIMIZERS[name]()
     params = {"w": jnp.ones((64, 32)), "b": jnp.ones((32,))}
@@ -123,7 +123,7 @@ def test_donated_step_updates_in_place_without_copies(name):
 
 
 def test_new_hyperparameter_values_reuse_the_compiled_step():
-    from gradxform import step as step_module
+    from gradxform._src.fast import step as step_module
 
     params = {"w": jnp.ones((5, 3))}
     grads = {"w": jnp.full((5, 3), 0.1)}
@@ -195,9 +195,9 @@ def _f32_grads(step):
 
 
 def _kernels_built():
-    from gradxform import _fused
+    from gradxform._src.fast import kernel
 
-    return _fused._library() is not None
+    return kernel._library() is not None
 
 
 @pytest.mark.parametrize("name", sorted(KERNEL_OPTIMIZERS))
@@ -218,7 +218,7 @@ def test_fused_step_is_bit_identical_to_update_then_apply(name):
 
 @pytest.mark.parametrize("name", ["adam_bf16_mu", "adamw_bf16_mu", "adamw_bf16_mu_nu"])
 def test_fused_step_with_bfloat16_moments(name):
-    from gradxform import step as step_module
+    from gradxform._src.fast import step as step_module
 
     opt = KERNEL_OPTIMIZERS[name]()
     k1, k2 = jax.random.split(jax.random.key(5))
@@ -242,9 +242,9 @@ def test_fused_step_with_bfloat16_moments(name):
 
 
 def _fused_recipe(opt):
-    from gradxform import _fused
+    from gradxform._src.fast import kernel
 
-    return _fused.recipe(opt)
+    return kernel.recipe(opt)
 
 
 def test_fused_step_on_many_leaves_is_bit_identical():
@@ -265,16 +265,16 @@ def test_fused_step_on_many_leaves_is_bit_identical():
 
 @pytest.mark.parametrize("name", sorted(KERNEL_OPTIMIZERS))
 def test_fused_kernel_is_used_where_it_was_built(name):
-    from gradxform import _fused
-    from gradxform import step as step_module
+    from gradxform._src.fast import kernel
+    from gradxform._src.fast import step as step_module
 
     opt = KERNEL_OPTIMIZERS[name]()
-    kind = _fused.recipe(opt)
+    kind = kernel.recipe(opt)
     assert kind is not None
     params = _f32_params()
     make_step(opt)  # keeps the optimizer's values for the check
     leaves, treedef = jax.tree.flatten(opt)
-    used = kind if _fused.suits(kind, treedef, params, params) else None  # as the step decides
+    used = kind if kernel.suits(kind, treedef, params, params) else None  # as the step decides
     hlo = step_module._compiled(treedef, kind, True).lower(
         leaves, params, opt.init(params), params, {}
     ).compile().as_text()
@@ -291,7 +291,7 @@ def test_fused_kernel_is_used_where_it_was_built(name):
             assert not re.findall(r"= \w+\[\d[^\]]*\]\S* copy\(", hlo)
     else:
         assert used is None and "custom_call" not in hlo
-        assert _fused.status()["build"]  # says why
+        assert kernel.status()["build"]  # says why
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -314,35 +314,35 @@ def test_make_step_inside_a_jitted_training_step(fused):
 
 
 def test_fused_kernel_check_rejects_a_kernel_that_computes_something_else():
-    from gradxform import _fused
+    from gradxform._src.fast import kernel
 
     # The Adam kernel ignores weight decay: it must fail the check against AdamW's program.
     params = _f32_params()
-    assert not _fused.verified("adam", gx.adamw(1e-3, weight_decay=0.1), params, params)
+    assert not kernel.verified("adam", gx.adamw(1e-3, weight_decay=0.1), params, params)
 
 
 def test_only_the_plain_recipes_have_a_kernel():
-    from gradxform import _fused
+    from gradxform._src.fast import kernel
 
-    assert _fused.recipe(gx.adamw(1e-3)) == "adamw"
-    assert _fused.recipe(gx.adam(1e-3)) == "adam"
-    assert _fused.recipe(gx.lion(1e-3)) == "lion_decayed"
-    assert _fused.recipe(gx.adam(1e-3, nesterov=True)) is None
-    assert _fused.recipe(gx.adam(1e-3, mu_dtype=jnp.bfloat16)) == "adam_bf16"
-    assert _fused.recipe(gx.adamw(1e-3, mu_dtype=jnp.float16)) is None
-    assert _fused.recipe(gx.chain(gx.scale_by_adam(nu_dtype=jnp.bfloat16),
+    assert kernel.recipe(gx.adamw(1e-3)) == "adamw"
+    assert kernel.recipe(gx.adam(1e-3)) == "adam"
+    assert kernel.recipe(gx.lion(1e-3)) == "lion_decayed"
+    assert kernel.recipe(gx.adam(1e-3, nesterov=True)) is None
+    assert kernel.recipe(gx.adam(1e-3, mu_dtype=jnp.bfloat16)) == "adam_bf16"
+    assert kernel.recipe(gx.adamw(1e-3, mu_dtype=jnp.float16)) is None
+    assert kernel.recipe(gx.chain(gx.scale_by_adam(nu_dtype=jnp.bfloat16),
                                   gx.scale_by_learning_rate(1e-3))) is None
-    assert _fused.recipe(gx.chain(gx.scale_by_adam(mu_dtype="bfloat16", nu_dtype="bfloat16"),
+    assert kernel.recipe(gx.chain(gx.scale_by_adam(mu_dtype="bfloat16", nu_dtype="bfloat16"),
                                   gx.scale_by_learning_rate(1e-3))) == "adam_bf16_mv"
-    assert _fused.recipe(gx.adamw(1e-3, mask=lambda p: jax.tree.map(lambda _: True, p))) is None
-    assert _fused.recipe(gx.chain(gx.clip_by_global_norm(1.0), gx.adam(1e-3))) == "clipped adam"
-    assert _fused.recipe(gx.chain(gx.adam(1e-3), gx.clip_by_global_norm(1.0))) is None
-    assert _fused.recipe(gx.sgd(1e-2, 0.9)) == "sgd"
-    assert _fused.recipe(gx.sgd(1e-2, 0.9, weight_decay=1e-3)) == "sgd_decayed"
-    assert _fused.recipe(gx.sgd(1e-2, 0.9, nesterov=True)) is None
-    assert _fused.recipe(gx.sgd(1e-2)) is None  # no momentum: nothing to fuse
-    assert _fused.recipe(gx.adam(1e-3, weight_decay=1e-2)) is None  # coupled L2 before Adam
-    assert _fused.recipe(gx.scale_by_adam()) is None
+    assert kernel.recipe(gx.adamw(1e-3, mask=lambda p: jax.tree.map(lambda _: True, p))) is None
+    assert kernel.recipe(gx.chain(gx.clip_by_global_norm(1.0), gx.adam(1e-3))) == "clipped adam"
+    assert kernel.recipe(gx.chain(gx.adam(1e-3), gx.clip_by_global_norm(1.0))) is None
+    assert kernel.recipe(gx.sgd(1e-2, 0.9)) == "sgd"
+    assert kernel.recipe(gx.sgd(1e-2, 0.9, weight_decay=1e-3)) == "sgd_decayed"
+    assert kernel.recipe(gx.sgd(1e-2, 0.9, nesterov=True)) is None
+    assert kernel.recipe(gx.sgd(1e-2)) is None  # no momentum: nothing to fuse
+    assert kernel.recipe(gx.adam(1e-3, weight_decay=1e-2)) is None  # coupled L2 before Adam
+    assert kernel.recipe(gx.scale_by_adam()) is None
 
 
 def test_fused_step_falls_back_for_16_bit_params():

@@ -1,4 +1,4 @@
-"""Records torch.optim.Muon trajectories that tests/test_muon.py replays with gradxform.
+"""Records torch.optim.Muon trajectories that tests/test_orthogonal.py replays with gradxform.
 
 Run `python tests/reference/make_torch_muon_fixtures.py` (needs torch >= 2.9, e.g.
 `pip install -e ".[reference]"`) to rewrite `torch_muon_fixtures.npz` and

@@ -1,0 +1,489 @@
+"""Combinators: transformations applied to part of the params, per-group optimizers, named chains.
+
+A combinator shows an inner transformation only its own leaves: the others are None in the
+updates, params and state it sees (None is an empty subtree, so `jax.tree.map` skips it). That
+is why masks nest: an inner mask may be finer than an outer one, and where the outer one has
+already hidden a subtree the inner mask's entries for it are ignored.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from gradxform._src.composition.chain import chain
+from gradxform._src.primitives.scaling import set_to_zero
+from gradxform._src.protocol import tree_utils
+from gradxform._src.protocol.dataclass import pytree_dataclass
+from gradxform._src.protocol.fields import child, static
+from gradxform._src.protocol.masks import StaticMask, broadcast_mask, path_segments, prefix_values
+from gradxform._src.protocol.transformation import Transformation
+
+_is_none = tree_utils.is_none
+
+
+def _flatten(tree):
+    """Leaves of `tree` with None leaves kept in place, and the structure to rebuild it."""
+    return jax.tree_util.tree_flatten(tree, is_leaf=_is_none)
+
+
+def _select(leaves, keep, treedef):
+    """The tree with the leaves where `keep` is true and None elsewhere."""
+    return jax.tree_util.tree_unflatten(
+        treedef, [x if k else None for x, k in zip(leaves, keep, strict=True)]
+    )
+
+
+def require_transformation(where: str, what: str, t) -> None:
+    if not (hasattr(t, "init") and hasattr(t, "update")):
+        raise TypeError(f"{where}: {what} is {t!r}, not a transformation (an object with init "
+                        f"and update)")
+
+
+# -- masked ---------------------------------------------------------------------------------------
+
+
+def _mask_values(mask: StaticMask, tree, where: str) -> list:
+    """The mask as one Python bool per leaf of `tree` (None for None leaves)."""
+    value = mask.value(tree) if callable(mask.value) else mask.value
+    for path, m in jax.tree_util.tree_leaves_with_path(value):
+        if not isinstance(m, bool | np.bool_):
+            raise TypeError(
+                f"{where}: the mask has {m!r} at '{tree_utils.path_str(path)}'; mask leaves "
+                f"must be "
+                f"Python bools known when the step is traced (decide from names, shapes or "
+                f"dtypes, not from values)"
+            )
+    full = broadcast_mask(value, tree, where)
+    return [None if m is None else bool(m) for m in _flatten(full)[0]]
+
+
+class MaskedState(NamedTuple):
+    """The inner transformation's state, with None for the leaves the mask leaves out."""
+
+    inner_state: Any
+
+
+@pytree_dataclass(positional=2)
+class masked(Transformation):
+    """Applies `inner` to the leaves selected by a mask; the other updates pass through unchanged.
+
+        u_i = inner(g)_i   where mask_i,      u_i = g_i   elsewhere
+
+    The inner transformation sees (and keeps state for) only the selected leaves; the others
+    are None in its updates, params and state. Masks nest: `masked(masked(t, inner_mask),
+    outer_mask)` applies t where both are true, and `inner_mask` may be finer than `outer_mask`.
+
+    Args:
+      inner: the transformation to apply.
+      mask: a tree of Python bools with the structure of params or a prefix of it (a bool for
+        a whole subtree), or a function of the params (or updates) that returns one. True: the
+        leaf goes through `inner`.
+
+    Returns:
+      A transformation with state `MaskedState(inner_state)`.
+    """
+
+    inner: Transformation = child()
+    mask: Any = static()
+
+    def __post_init__(self):
+        require_transformation("masked", "inner", self.inner)
+        if self.mask is None:
+            raise ValueError("masked: mask is None; give a tree of bools or a function of params")
+        if not isinstance(self.mask, StaticMask):
+            object.__setattr__(self, "mask", StaticMask(self.mask))
+        super().__post_init__()
+
+    def init(self, params):
+        leaves, treedef = _flatten(params)
+        keep = _mask_values(self.mask, params, "masked")
+        return MaskedState(inner_state=self.inner.init(_select(leaves, keep, treedef)))
+
+    def update(self, updates, state, params=None, **extra_args):
+        leaves, treedef = _flatten(updates)
+        keep = _mask_values(self.mask, updates, "masked")
+        inner_params = None if params is None else _select(_flatten(params)[0], keep, treedef)
+        out, inner_state = self.inner.update(
+            _select(leaves, keep, treedef), state.inner_state, inner_params, **extra_args
+        )
+        out = [o if k else g for o, g, k in zip(_flatten(out)[0], leaves, keep, strict=True)]
+        return jax.tree_util.tree_unflatten(treedef, out), MaskedState(inner_state=inner_state)
+
+    def hyperparams(self, state) -> dict:
+        return self.inner.hyperparams(state.inner_state)
+
+    def _substates(self, state):
+        return [(type(self.inner).__name__, self.inner, state.inner_state)]
+
+
+def freeze(mask) -> masked:
+    """Zeroes the updates of the leaves selected by `mask`: u_i = 0 where mask_i, else g_i.
+
+    `chain(freeze(mask), adamw(...))` keeps Adam's moments and the weight decay for the frozen
+    leaves (weight decay still moves them). To leave params untouched and keep no optimizer
+    state for them, give them their own group: `partition({"train": adamw(...), "frozen":
+    set_to_zero()}, labels)`.
+
+    Args:
+      mask: as in `masked`; True freezes the leaf.
+
+    Returns:
+      `masked(set_to_zero(), mask)`.
+    """
+    return masked(set_to_zero(), mask)
+
+
+def selective_transform(optimizer, *, freeze_mask) -> partition:
+    """Runs `optimizer` on the leaves not frozen by `freeze_mask`; frozen leaves get u = 0 and
+    no optimizer state (unlike `freeze`, whose inner chain still keeps theirs).
+
+    Args:
+      optimizer: the transformation for the trained leaves.
+      freeze_mask: True (freeze everything), False (nothing), or a tree of bools like the
+        params (or a prefix of it): True freezes the leaf. Static: fixed for the run.
+
+    Returns:
+      `partition({"train": optimizer, "freeze": set_to_zero()}, labels)`.
+
+    References:
+      optax.transforms.selective_transform, whose arguments this keeps.
+    """
+    def label(m):
+        if not isinstance(m, bool | np.bool_):
+            raise TypeError(
+                f"selective_transform: freeze_mask leaves must be Python or NumPy bools "
+                f"(True freezes the leaf), got {m!r}"
+            )
+        return "freeze" if m else "train"
+
+    return partition({"train": optimizer, "freeze": set_to_zero()},
+                     jax.tree.map(label, freeze_mask))
+
+
+# -- partition ------------------------------------------------------------------------------------
+
+
+def _is_patterns(value) -> bool:
+    """A dict of path patterns (`{"encoder/**": "frozen"}`) rather than a tree of labels."""
+    return (
+        type(value) is dict and bool(value)
+        and all(isinstance(k, str) for k in value)
+        and not any(isinstance(v, dict | list | tuple) for v in value.values())
+        and any(c in k for k in value for c in "/*?[")
+    )
+
+
+def _match_prefix(pattern: tuple[str, ...], segs: tuple[str, ...]) -> bool:
+    """Whether `pattern` matches `segs` or a prefix of it ('*' in a segment, '**' for any)."""
+    if not pattern:
+        return True
+    if pattern[0] == "**":
+        return any(_match_prefix(pattern[1:], segs[i:]) for i in range(len(segs) + 1))
+    return bool(segs) and fnmatch.fnmatchcase(segs[0], pattern[0]) and _match_prefix(
+        pattern[1:], segs[1:]
+    )
+
+
+def _pattern_labels(patterns: dict, tree, where: str) -> list:
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]
+    compiled = [(p, tuple(p.strip("/").split("/")), label) for p, label in patterns.items()]
+    used, labels = set(), []
+    for path, leaf in leaves:
+        segs = path_segments(path)
+        hits = [(p, label) for p, pat, label in compiled if _match_prefix(pat, segs)]
+        used.update(p for p, _ in hits)
+        if leaf is None:
+            labels.append(None)
+        elif hits:
+            labels.append(hits[0][1])
+        else:
+            raise ValueError(
+                f"{where}: param '{'/'.join(segs)}' matches none of the patterns "
+                f"{list(patterns)}; add a pattern for it (a last '**' catches everything else)"
+            )
+    unused = [p for p in patterns if p not in used]
+    if unused:
+        example = "/".join(path_segments(leaves[0][0])) if leaves else "<no params>"
+        raise ValueError(
+            f"{where}: pattern '{unused[0]}' matches no param (param paths look like "
+            f"'{example}'; '*' matches within one level, '**' any number of levels)"
+        )
+    return labels
+
+
+class _StaticLabels:
+    """Labels held as static (hashable) data: a tree of labels, path patterns or a callable."""
+
+    __slots__ = ("value", "_key")
+
+    def __init__(self, value):
+        self.value = value
+        if callable(value):
+            self._key = ("callable", value)
+        elif _is_patterns(value):
+            self._key = ("patterns", tuple(value.items()))
+        else:
+            leaves, treedef = jax.tree_util.tree_flatten(value)
+            self._key = ("tree", treedef, tuple(leaves))
+        hash(self._key)
+
+    def __eq__(self, other):
+        return isinstance(other, _StaticLabels) and self._key == other._key
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __repr__(self):
+        return getattr(self.value, "__name__", None) or repr(self.value)
+
+    def resolve(self, tree, where: str) -> list:
+        """One label per leaf of `tree` (None for None leaves)."""
+        value = self.value(tree) if callable(self.value) else self.value
+        if _is_patterns(value):
+            return _pattern_labels(value, tree, where)
+        return prefix_values(value, tree, where, "labels")
+
+
+class PartitionState(NamedTuple):
+    """One inner state per label; each holds None for the leaves of the other groups."""
+
+    inner_states: Any
+
+
+@pytree_dataclass(positional=2)
+class partition(Transformation):
+    """Applies a different transformation to each group of params (torch's param groups).
+
+        u_i = transforms[label_i](g restricted to the leaves labelled label_i)_i
+
+    Each transformation sees, and keeps state for, only the leaves of its group (the others are
+    None). Fine-tuning with a low learning rate for a pretrained body, a higher one for a new
+    head and frozen embeddings reads:
+
+        partition(
+            {"body": adamw(1e-5), "head": adamw(1e-3), "frozen": set_to_zero()},
+            {"embed/**": "frozen", "encoder/**": "body", "head/**": "head"},
+        )
+
+    Args:
+      transforms: a mapping from label to transformation.
+      param_labels: the label of every leaf, as one of
+        - a tree of labels with the structure of params or a prefix of it;
+        - a dict of path patterns to labels, e.g. `{"encoder/**": "body", "head/*": "head"}`.
+          Paths read like `layer1/w`; '*' matches within one level, '**' across levels, and a
+          pattern that matches a path also labels everything under it. The first matching
+          pattern wins, so put specific patterns before general ones and '**' last;
+        - a function of the params (or updates) returning either of the above.
+
+    Returns:
+      A transformation with state `PartitionState(inner_states={label: state})`.
+
+    References:
+      optax.partition (formerly optax.multi_transform).
+    """
+
+    transforms: Any = child()
+    param_labels: Any = static()
+
+    def __post_init__(self):
+        if not isinstance(self.transforms, Mapping) or not self.transforms:
+            raise TypeError(
+                f"partition: transforms must be a non-empty mapping from label to "
+                f"transformation, got {self.transforms!r}"
+            )
+        for label, t in self.transforms.items():
+            require_transformation("partition", f"transforms[{label!r}]", t)
+        object.__setattr__(self, "transforms", dict(self.transforms))
+        if not isinstance(self.param_labels, _StaticLabels):
+            object.__setattr__(self, "param_labels", _StaticLabels(self.param_labels))
+        super().__post_init__()
+
+    def _labels(self, tree) -> list:
+        labels = self.param_labels.resolve(tree, "partition")
+        paths = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]
+        for label, (path, leaf) in zip(labels, paths, strict=True):
+            if leaf is not None and label not in self.transforms:
+                raise ValueError(
+                    f"partition: label {label!r} (of param '{tree_utils.path_str(path)}') has no "
+                    f"transformation; transforms has labels {list(self.transforms)}. Add "
+                    f"{label!r} to transforms or change the label."
+                )
+        return labels
+
+    def init(self, params):
+        leaves, treedef = _flatten(params)
+        labels = self._labels(params)
+        return PartitionState(inner_states={
+            group: t.init(_select(leaves, [lab == group for lab in labels], treedef))
+            for group, t in self.transforms.items()
+        })
+
+    def update(self, updates, state, params=None, **extra_args):
+        leaves, treedef = _flatten(updates)
+        p_leaves = None if params is None else _flatten(params)[0]
+        labels = self._labels(updates)
+        out, new_states = list(leaves), {}
+        for group, t in self.transforms.items():
+            keep = [lab == group for lab in labels]
+            group_params = None if p_leaves is None else _select(p_leaves, keep, treedef)
+            group_out, new_states[group] = t.update(
+                _select(leaves, keep, treedef), state.inner_states[group], group_params,
+                **extra_args,
+            )
+            for i, o in enumerate(_flatten(group_out)[0]):
+                if keep[i]:
+                    out[i] = o
+        return jax.tree_util.tree_unflatten(treedef, out), PartitionState(inner_states=new_states)
+
+    def hyperparams(self, state) -> dict:
+        return {
+            group: t.hyperparams(state.inner_states[group]) for group, t in self.transforms.items()
+        }
+
+    def _substates(self, state):
+        return [(str(group), t, state.inner_states[group]) for group, t in self.transforms.items()]
+
+
+
+# -- named_chain and state lookup ----------------------------------------------------------------
+
+
+@pytree_dataclass
+class named_chain(Transformation):
+    """`chain` whose inner states are a dict keyed by name: `state["adam"].mu`.
+
+        named_chain(("clip", clip_by_global_norm(1.0)), ("adam", scale_by_adam()), ...)
+
+    applies the transformations in order, like `chain`.
+
+    Args:
+      *named_transforms: (name, transformation) pairs with distinct string names.
+
+    Returns:
+      A transformation whose state is `{name: state}`.
+    """
+
+    transforms: tuple = child()
+    names: tuple = static()
+
+    def __init__(self, *named_transforms: tuple[str, Transformation]):
+        names = []
+        for i, pair in enumerate(named_transforms):
+            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)):
+                raise TypeError(
+                    f"named_chain: argument {i} is {pair!r}; pass (name, transformation) pairs"
+                )
+            require_transformation("named_chain", f"the transformation named {pair[0]!r}", pair[1])
+            names.append(pair[0])
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"named_chain: names must be distinct; {duplicates} repeat")
+        object.__setattr__(self, "transforms", tuple(t for _, t in named_transforms))
+        object.__setattr__(self, "names", tuple(names))
+        self.__post_init__()
+
+    def init(self, params):
+        return {name: t.init(params) for name, t in zip(self.names, self.transforms)}
+
+    def update(self, updates, state, params=None, **extra_args):
+        new_state = {}
+        for name, t in zip(self.names, self.transforms):
+            updates, new_state[name] = t.update(updates, state[name], params, **extra_args)
+        return updates, new_state
+
+    def hyperparams(self, state) -> dict:
+        return {name: t.hyperparams(state[name]) for name, t in zip(self.names, self.transforms)}
+
+    def _substates(self, state):
+        return [(name, t, state[name]) for name, t in zip(self.names, self.transforms)]
+
+    def __repr__(self) -> str:
+        pairs = ", ".join(f"({n!r}, {t!r})" for n, t in zip(self.names, self.transforms))
+        return f"named_chain({pairs})"
+
+
+def _children(transformation, state) -> list:
+    """(key, transformation, state) for each transformation directly inside `transformation`."""
+    substates = getattr(transformation, "_substates", None)
+    if substates is not None:
+        return list(substates(state))
+    if isinstance(transformation, chain):
+        keys = []
+        for t in transformation.transforms:
+            name, key, k = type(t).__name__, type(t).__name__, 1
+            while key in keys:
+                key, k = f"{name}_{k}", k + 1
+            keys.append(key)
+        return list(zip(keys, transformation.transforms, state, strict=True))
+    return []
+
+
+def _walk(transformation, state, prefix=()):
+    for key, t, s in _children(transformation, state):
+        yield prefix + (key,), t, s
+        yield from _walk(t, s, prefix + (key,))
+
+
+def _is_subsequence(short, long) -> bool:
+    it = iter(long)
+    return all(any(x == y for y in it) for x in short)
+
+
+def get_state(transformation: Transformation, state, name: str):
+    """The state of the transformation called `name` inside `transformation`.
+
+    Inner transformations are named by their type (`scale_by_adam`; repeats in a chain become
+    `scale_by_adam_1`, ...), by their name in a `named_chain`, by their label in a `partition`.
+    `name` may be a path through them, `"head/scale_by_adam"`; a path whose levels appear in
+    order (not necessarily adjacent) in exactly one place is enough. Works for plain `chain`
+    states too:
+
+        get_state(adamw(1e-3), state, "scale_by_adam").mu       # instead of state[0].mu
+
+    A combinator exposes its inner transformations with `_substates(state)`, a list of
+    (key, transformation, state).
+
+    Args:
+      transformation: the optimizer that made `state`.
+      state: its state.
+      name: a type name, a name, a label, or a path of them joined by '/'.
+
+    Returns:
+      The inner state (a NamedTuple such as `ScaleByAdamState`).
+    """
+    nodes = list(_walk(transformation, state))
+    query = tuple(str(name).strip("/").split("/"))
+    for path, _, s in nodes:
+        if path == query:
+            return s
+    hits = [(path, s) for path, _, s in nodes
+            if path[-1] == query[-1] and _is_subsequence(query[:-1], path[:-1])]
+    if len(hits) == 1:
+        return hits[0][1]
+    available = ", ".join(repr("/".join(p)) for p, _, _ in nodes) or "none"
+    if not hits:
+        raise LookupError(
+            f"get_state: no inner transformation '{name}' in {type(transformation).__name__}; "
+            f"the inner states are: {available}"
+        )
+    raise LookupError(
+        f"get_state: '{name}' matches {len(hits)} inner states "
+        f"({', '.join(repr('/'.join(p)) for p, _ in hits)}); pass one of these paths"
+    )
+
+
+def find_states(state, state_type, where: str):
+    """The one instance of `state_type` inside `state` (any nesting), or a helpful error."""
+    found = [x for x in jax.tree_util.tree_leaves(state, is_leaf=lambda x: isinstance(
+        x, state_type)) if isinstance(x, state_type)]
+    if len(found) != 1:
+        raise LookupError(
+            f"{where}: the state holds {len(found)} {state_type.__name__}; expected exactly one. "
+            f"With several, pick one with get_state(optimizer, state, name)."
+        )
+    return found[0]

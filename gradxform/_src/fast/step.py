@@ -1,0 +1,124 @@
+"""One-call optimizer steps: update and apply in one function, params and state donated.
+
+    step = make_step(opt)
+    params, state = step(grads, state, params)
+
+is `updates, state = opt.update(grads, state, params); params = apply_updates(params, updates)`
+compiled as one XLA computation, so the update never exists as a separate array: XLA fuses
+the last transformations of the chain into the addition to the params. The params and the
+state are donated (their buffers are reused for the results), which avoids allocating and
+page-faulting fresh output buffers on every step (4-5x on CPU for large trees).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from gradxform._src.fast import kernel as fused_kernel
+from gradxform._src.protocol.updates import apply_updates
+
+
+def update_and_apply(optimizer, grads, state, params, **extra_args):
+    """θ_t = θ_{t-1} + u_t with (u_t, state_t) = optimizer.update(g_t, state_{t-1}, θ_{t-1}).
+
+    Exactly `update` followed by `apply_updates`; call it inside your own jitted training step
+    so XLA fuses the two (or use `make_step`, which jits and donates for you).
+
+    Args:
+      optimizer: a transformation.
+      grads: the gradients g_t, a tree like params.
+      state: the optimizer state.
+      params: the params θ_{t-1}.
+      **extra_args: passed to `optimizer.update`.
+
+    Returns:
+      `(params, state)` after the step.
+    """
+    updates, state = optimizer.update(grads, state, params, **extra_args)
+    return apply_updates(params, updates), state
+
+
+def _step(treedef, kernel, hyper, params, state, grads, extra_args):
+    optimizer = jax.tree_util.tree_unflatten(treedef, hyper)
+    # Decided while tracing, once per structure and shapes of params: no check runs per call.
+    if kernel is not None and not extra_args and fused_kernel.suits(kernel, treedef, params, grads):
+        stepped = fused_kernel.update_and_apply(kernel, optimizer, grads, state, params)
+        if stepped is not None:
+            return stepped
+    return update_and_apply(optimizer, grads, state, params, **extra_args)
+
+
+@functools.cache
+def _compiled(treedef, kernel: str | None, donate: bool):
+    """The jitted step of a recipe: every `make_step` of the same recipe (the optimizer's
+    structure) shares it and its compilations, and its numeric hyperparameters are arguments,
+    so other values reuse the compiled step. Recipe and kernel are bound here, not passed as
+    static arguments, so that a call does not hash the recipe again.
+
+    Params and state come first because they are returned in that order: jax pairs donated
+    inputs with outputs of the same shape in order, and with (grads, state, params) it would
+    give the params' output the first moment's buffer, and XLA would add a copy of every moment
+    and every param to each step (measured: 9x slower for Adam on 16.8 M params)."""
+    return jax.jit(functools.partial(_step, treedef, kernel),
+                   donate_argnums=(1, 2) if donate else ())
+
+
+def make_step(optimizer, *, donate: bool = True, fused: bool = True
+              ) -> Callable[..., tuple[Any, Any]]:
+    """A jitted `step(grads, state, params, **extra_args) -> (params, state)` for `optimizer`.
+
+    The step is `update_and_apply` compiled as one computation. With `donate=True` (default)
+    the buffers of `params` and `state` are given to XLA for the results: do not use the arrays
+    you passed in after the call (jax raises if you do). Donation makes the step markedly
+    faster on CPU; pass `donate=False` to keep the inputs alive.
+
+    The optimizer is passed to the compiled function as data, so steps made for optimizers with
+    the same recipe and different hyperparameter values share one compilation.
+
+    On XLA:CPU, donating steps of Adam, AdamW, Lion and SGD with momentum (the presets, or the
+    same chains) on float32 params run as one pass over memory through a small C kernel (XLA:CPU
+    compiles them into two or three passes), also after `clip_by_global_norm`. For each new
+    structure or shape of params, the kernel is first checked to give bit for bit the numbers of
+    the XLA program (a second compilation, once, when the step is compiled: also inside your own
+    jit), and is not used otherwise: results are the same with `fused=True` or `False`. See
+    `gradxform._fused` for how the kernel is built.
+
+    Bit-identical means: to `update` and `apply_updates` jitted with the optimizer passed as an
+    argument, as here. A jitted function that closes over the optimizer lets XLA fold its numbers
+    as constants, which can round the last bit differently.
+
+    Args:
+      optimizer: a transformation.
+      donate: donate params and state to the step.
+      fused: use the one-pass kernel where there is one.
+
+    Returns:
+      `step(grads, state, params, **extra_args) -> (params, state)`.
+    """
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(
+            f"make_step: optimizer must be a transformation (an object with init and update), "
+            f"got {optimizer!r}"
+        )
+    # Without donation the kernel would first copy every input into a fresh output (it works in
+    # place): the XLA program, which writes fresh outputs anyway, is then as fast.
+    kernel = fused_kernel.recipe(optimizer) if fused and donate else None
+    # Flattened once here rather than on every call: a chain's Python-level flattening costs
+    # more than the whole step of a small model. Numbers become arrays once, for the same reason.
+    leaves, treedef = jax.tree_util.tree_flatten(optimizer)
+    hyper = [jnp.asarray(x) for x in leaves]
+
+    if kernel is not None:
+        fused_kernel.remember(kernel, treedef, hyper)
+    jitted = _compiled(treedef, kernel, donate)
+
+    def step(grads, state, params, **extra_args):
+        return jitted(hyper, params, state, grads, extra_args)
+
+    step.__doc__ = f"One {'donating ' if donate else ''}step of {optimizer!r}."
+    return step

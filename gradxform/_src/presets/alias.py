@@ -1,0 +1,218 @@
+"""The classic optimizers, each a short chain of the primitives.
+
+Each preset takes optax's name and arguments and gives optax's numbers. Where torch.optim
+computes something else, an option gives torch's form (see README, "Reproducing torch.optim").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+
+from gradxform._src.composition.chain import chain
+from gradxform._src.primitives.adam_family import (
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_amsgrad,
+    scale_by_nadam,
+    scale_by_radam,
+)
+from gradxform._src.primitives.adaptive import scale_by_rms, scale_by_rss, scale_by_stddev
+from gradxform._src.primitives.clipping import clip_by_block_rms
+from gradxform._src.primitives.factored import scale_by_factored_rms, scale_by_param_block_rms
+from gradxform._src.primitives.moments import ema, trace
+from gradxform._src.primitives.scaling import add_decayed_weights, scale, scale_by_learning_rate
+from gradxform._src.primitives.sign_momentum import scale_by_lion
+from gradxform._src.protocol.transformation import Transformation
+
+
+def _coupled_decay(weight_decay) -> tuple[Transformation, ...]:
+    """L2 regularisation added to the gradient first (torch's `weight_decay`), if asked for."""
+    return () if weight_decay is None else (add_decayed_weights(weight_decay),)
+
+
+def sgd(learning_rate, momentum=None, *, nesterov=False, dampening=0.0, weight_decay=None,
+        accumulator_dtype=None) -> chain:
+    """Stochastic gradient descent, with heavy-ball or Nesterov momentum.
+
+    chain([add_decayed_weights(weight_decay)], [trace(momentum, nesterov, dampening)],
+          scale_by_learning_rate(learning_rate))
+
+    `weight_decay` is coupled L2 as in torch.optim.SGD; torch's SGD is reproduced exactly by the
+    same arguments.
+    """
+    return chain(
+        *_coupled_decay(weight_decay),
+        *(() if momentum is None else (trace(momentum, nesterov=nesterov, dampening=dampening,
+                                             accumulator_dtype=accumulator_dtype),)),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adagrad(learning_rate, *, initial_accumulator_value=0.1, eps=1e-7, eps_in_sqrt=True,
+            weight_decay=None) -> chain:
+    """AdaGrad: chain(scale_by_rss(...), scale_by_learning_rate(learning_rate)).
+
+    torch.optim.Adagrad: `initial_accumulator_value=0.0, eps=1e-10, eps_in_sqrt=False`.
+    """
+    return chain(
+        *_coupled_decay(weight_decay),
+        scale_by_rss(initial_accumulator_value, eps=eps, eps_in_sqrt=eps_in_sqrt),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def rmsprop(learning_rate, *, decay=0.9, eps=1e-8, initial_scale=0.0, eps_in_sqrt=True,
+            centered=False, momentum=None, nesterov=False, bias_correction=False,
+            weight_decay=None) -> chain:
+    """RMSProp, optionally centered and with momentum.
+
+    chain(scale_by_rms | scale_by_stddev, scale_by_learning_rate, [trace(momentum)])
+
+    The learning rate comes before the momentum, as in optax. torch.optim.RMSprop:
+    `decay=alpha (0.99), eps_in_sqrt=False`.
+    """
+    scaler = scale_by_stddev if centered else scale_by_rms
+    return chain(
+        *_coupled_decay(weight_decay),
+        scaler(decay, eps=eps, initial_scale=initial_scale, eps_in_sqrt=eps_in_sqrt,
+               bias_correction=bias_correction),
+        scale_by_learning_rate(learning_rate),
+        *(() if momentum is None else (trace(momentum, nesterov=nesterov),)),
+    )
+
+
+def adam(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=None,
+         nesterov=False, weight_decay=None) -> chain:
+    """Adam: chain(scale_by_adam(b1, b2, eps, eps_root), scale_by_learning_rate(learning_rate)).
+
+    `weight_decay` adds coupled L2 before the moments, as torch.optim.Adam(weight_decay=...)
+    does; for decoupled decay use `adamw`.
+    """
+    return chain(
+        *_coupled_decay(weight_decay),
+        scale_by_adam(b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adamw(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=None,
+          weight_decay=1e-4, mask=None, nesterov=False) -> chain:
+    """Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
+
+    chain(scale_by_adam(b1, b2, eps, eps_root), add_decayed_weights(weight_decay, mask),
+          scale_by_learning_rate(learning_rate))
+
+    θ_t = θ_{t-1} - η (m̂_t / (√v̂_t + ε) + λ θ_{t-1}). torch.optim.AdamW is the same with its
+    default `weight_decay=1e-2`.
+    """
+    return chain(
+        scale_by_adam(b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov),
+        add_decayed_weights(weight_decay, mask=mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def nadam(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=None,
+          momentum_decay=None, weight_decay=None) -> chain:
+    """NAdam: Adam with Nesterov momentum (Dozat, 2016).
+
+    With `momentum_decay=None` (default) it is optax's nadam,
+    chain(scale_by_adam(nesterov=True), scale_by_learning_rate). With a `momentum_decay` ψ
+    (torch: 4e-3) it is torch.optim.NAdam, chain(scale_by_nadam(ψ), scale_by_learning_rate).
+    """
+    if momentum_decay is None:
+        direction = scale_by_adam(b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype,
+                                  nesterov=True)
+    else:
+        direction = scale_by_nadam(b1, b2=b2, eps=eps, momentum_decay=momentum_decay)
+    return chain(*_coupled_decay(weight_decay), direction, scale_by_learning_rate(learning_rate))
+
+
+def amsgrad(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=None,
+            max_of="debiased", weight_decay=None) -> chain:
+    """AMSGrad: chain(scale_by_amsgrad(...), scale_by_learning_rate(learning_rate)).
+
+    `max_of="raw"` reproduces torch.optim.Adam(amsgrad=True).
+    """
+    return chain(
+        *_coupled_decay(weight_decay),
+        scale_by_amsgrad(b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, max_of=max_of),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adamax(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, weight_decay=None) -> chain:
+    """AdaMax: chain(scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate))."""
+    return chain(
+        *_coupled_decay(weight_decay),
+        scale_by_adamax(b1, b2=b2, eps=eps),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def radam(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, threshold=5.0,
+          nesterov=False, weight_decay=None) -> chain:
+    """RAdam: chain(scale_by_radam(...), scale_by_learning_rate(learning_rate))."""
+    return chain(
+        *_coupled_decay(weight_decay),
+        scale_by_radam(b1, b2=b2, eps=eps, eps_root=eps_root, threshold=threshold,
+                       nesterov=nesterov),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def lion(learning_rate, *, b1=0.9, b2=0.99, mu_dtype=None, weight_decay=1e-3,
+         mask=None) -> chain:
+    """Lion (Chen et al., 2023) with decoupled weight decay.
+
+    chain(scale_by_lion(b1, b2), add_decayed_weights(weight_decay, mask),
+          scale_by_learning_rate(learning_rate))
+    """
+    return chain(
+        scale_by_lion(b1, b2=b2, mu_dtype=mu_dtype),
+        add_decayed_weights(weight_decay, mask=mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+Optimizer = Any
+
+
+def adafactor(learning_rate=None, *, min_dim_size_to_factor: int = 128, decay_rate=0.8,
+              decay_offset=0, multiply_by_parameter_scale: bool = True, clipping_threshold=1.0,
+              momentum=None, dtype_momentum=jnp.float32, weight_decay_rate=None, eps=1e-30,
+              factored: bool = True, weight_decay_mask=None) -> chain:
+    """Adafactor, with optax's arguments and numbers.
+
+    chain(scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor, eps),
+          [clip_by_block_rms(clipping_threshold)],
+          [scale_by_learning_rate(learning_rate, flip_sign=False)],
+          [scale_by_param_block_rms()],
+          [ema(momentum, debias=False, accumulator_dtype=dtype_momentum)],
+          [add_decayed_weights(weight_decay_rate, weight_decay_mask)],
+          scale(-1))
+
+    The paper's relative step size ρ_t = min(10⁻², 1/√t) is `learning_rate=` a schedule of it;
+    `learning_rate=None` leaves ρ = 1. Note that the weight decay is added after the learning
+    rate, so `weight_decay_rate` is not multiplied by it (as in optax).
+
+    References:
+      Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
+      ICML 2018.
+    """
+    parts = [scale_by_factored_rms(factored, decay_rate=decay_rate, step_offset=decay_offset,
+                                   min_dim_size_to_factor=min_dim_size_to_factor, epsilon=eps)]
+    if clipping_threshold is not None:
+        parts.append(clip_by_block_rms(clipping_threshold))
+    if learning_rate is not None:
+        parts.append(scale_by_learning_rate(learning_rate, flip_sign=False))
+    if multiply_by_parameter_scale:
+        parts.append(scale_by_param_block_rms())
+    if momentum is not None:
+        parts.append(ema(momentum, debias=False, accumulator_dtype=dtype_momentum))
+    if weight_decay_rate is not None:
+        parts.append(add_decayed_weights(weight_decay_rate, mask=weight_decay_mask))
+    parts.append(scale(-1))
+    return chain(*parts)

@@ -1,0 +1,158 @@
+"""Optimizers from recent papers, assembled from gradxform's primitives (optax.contrib's names).
+
+Muon, Sophia and Schedule-Free SGD/AdamW: each is a short chain (or wrapper) of primitives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gradxform._src.composition.chain import chain
+from gradxform._src.composition.partition import partition
+from gradxform._src.composition.schedule_free_wrapper import schedule_free
+from gradxform._src.presets.alias import adamw, sgd
+from gradxform._src.primitives.adaptive import scale_by_rms
+from gradxform._src.primitives.curvature import scale_by_sophia
+from gradxform._src.primitives.newton_schulz import DEFAULT_NS_COEFFS, StaticDims
+from gradxform._src.primitives.orthogonal import MuonLabels, scale_by_muon, scale_by_shape
+from gradxform._src.primitives.scaling import add_decayed_weights, scale_by_learning_rate
+from gradxform._src.schedules.polynomial import linear_schedule
+
+
+def muon(learning_rate, *, ns_coeffs=DEFAULT_NS_COEFFS, ns_steps: int = 5, beta=0.95, eps=1e-8,
+         weight_decay=0.0, weight_decay_mask=None, mu_dtype=None, nesterov: bool = True,
+         adaptive: bool = False, adam_b1=0.9, adam_b2=0.999, adam_eps_root=0.0,
+         adam_weight_decay=0.0, adam_learning_rate=None,
+         muon_weight_dimension_numbers: Any = None, consistent_rms=None,
+         debias: bool = True, ns_dtype=None) -> partition:
+    """Muon for the matrices, AdamW for everything else (optax's `contrib.muon`).
+
+        partition({
+            "muon": chain(scale_by_muon(...), scale_by_shape(...),
+                          add_decayed_weights(weight_decay, weight_decay_mask),
+                          scale_by_learning_rate(learning_rate)),
+            "adam": adamw(adam_learning_rate, b1=adam_b1, b2=adam_b2, eps=eps, ...),
+        }, labels)
+
+    θ ← θ - η (s · NS(m̃) + λ θ) for a matrix, s from `scale_by_shape`. By default the 2-D
+    leaves are Muon's and the rest go to AdamW (with Nesterov momentum when `nesterov`, as in
+    optax). `muon_weight_dimension_numbers` chooses otherwise: a tree (prefix of the params) of
+    `MuonDimensionNumbers` for Muon's leaves and None for AdamW's — this is how embeddings and
+    the output head, which are 2-D but not hidden layers, are sent to AdamW, and how stacked
+    layers and conv kernels become Muon's (see `MuonDimensionNumbers`).
+
+    torch.optim.Muon(lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps,
+    adjust_lr_fn) on (out, in) weights is `muon(lr, weight_decay=..., beta=momentum,
+    nesterov=..., ns_coeffs=..., eps=..., ns_steps=..., debias=False, ns_dtype=jnp.bfloat16,
+    muon_weight_dimension_numbers=MuonDimensionNumbers(reduction_axis=1, output_axis=0),
+    consistent_rms=None or 0.2)`.
+
+    Args:
+      learning_rate: η for Muon's matrices (and AdamW's, unless `adam_learning_rate`).
+      ns_coeffs, ns_steps, beta, eps, mu_dtype, nesterov, adaptive, debias, ns_dtype: as in
+        `scale_by_muon` (eps is also AdamW's ε).
+      weight_decay, weight_decay_mask: decoupled weight decay λ of the matrices, multiplied by
+        η as in torch and optax.
+      adam_b1, adam_b2, adam_eps_root, adam_weight_decay, adam_learning_rate: AdamW's.
+      muon_weight_dimension_numbers: which leaves are Muon's and how they are matrices.
+      consistent_rms: as in `scale_by_shape`.
+
+    Returns:
+      A `partition` with groups "muon" and "adam".
+
+    References:
+      Jordan et al., "Muon: An optimizer for hidden layers in neural networks", 2024.
+      Liu et al., "Muon is Scalable for LLM Training", 2025, arXiv:2502.16982.
+    """
+    dims = StaticDims(muon_weight_dimension_numbers)
+    return partition(
+        {
+            "muon": chain(
+                scale_by_muon(ns_coeffs=ns_coeffs, ns_steps=ns_steps, beta=beta, eps=eps,
+                              mu_dtype=mu_dtype, nesterov=nesterov, debias=debias,
+                              adaptive=adaptive, weight_dimension_numbers=dims,
+                              ns_dtype=ns_dtype),
+                scale_by_shape(weight_dimension_numbers=dims, consistent_rms=consistent_rms),
+                add_decayed_weights(weight_decay, mask=weight_decay_mask),
+                scale_by_learning_rate(learning_rate),
+            ),
+            "adam": adamw(
+                learning_rate if adam_learning_rate is None else adam_learning_rate,
+                b1=adam_b1, b2=adam_b2, eps=eps, eps_root=adam_eps_root,
+                weight_decay=adam_weight_decay, mu_dtype=mu_dtype, nesterov=nesterov,
+            ),
+        },
+        MuonLabels(dims),
+    )
+
+
+def sophia(learning_rate, *, b1=0.965, b2=0.99, eps=1e-8, weight_decay=1e-4,
+           weight_decay_mask=None, gamma=0.01, clip_threshold=1.0, mu_dtype=None,
+           debias: bool = True) -> chain:
+    """Sophia with decoupled weight decay (Liu et al. 2023).
+
+    chain(scale_by_sophia(b1, b2, eps, gamma, clip_threshold),
+          add_decayed_weights(weight_decay, weight_decay_mask),
+          scale_by_learning_rate(learning_rate))
+
+    θ_t = θ_{t-1} - η (clip(m̂_t / max(γ h_t, ε), ρ) + λ θ_{t-1}). Pass the Hessian estimate on
+    refresh steps: `update(grads, state, params, hessian=ĥ)` (see the module docstring).
+    optax's `contrib.sophia` takes the same arguments except `hessian_diagonal_fn` and
+    `update_interval`: here the training step computes the estimate and decides when.
+    """
+    return chain(
+        scale_by_sophia(b1, b2=b2, eps=eps, gamma=gamma, clip_threshold=clip_threshold,
+                        mu_dtype=mu_dtype, debias=debias),
+        add_decayed_weights(weight_decay, mask=weight_decay_mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def warmup_learning_rate(learning_rate, warmup_steps):
+    """γ_t = γ min(1, (t + 1)/W): the reference implementation's warmup (step 0 already moves)."""
+    if warmup_steps is None:
+        return learning_rate
+    if not (isinstance(warmup_steps, int) and warmup_steps >= 1):
+        raise ValueError(f"warmup_steps must be an integer >= 1 or None, got {warmup_steps!r}")
+    return linear_schedule(learning_rate / warmup_steps, learning_rate, warmup_steps - 1)
+
+
+def schedule_free_sgd(learning_rate=1.0, *, warmup_steps: int | None = None, b1=0.9,
+                      weight_decay=None, weight_lr_power=2.0, state_dtype=None) -> schedule_free:
+    """Schedule-Free SGD: schedule_free(sgd(γ, weight_decay=λ), γ, b1=β).
+
+    z_{t+1} = z_t - γ_t (∇f(y_t) + λ y_t). `warmup_steps` W gives γ_t = γ min(1, (t + 1)/W),
+    as the paper's reference implementation. optax's `contrib.schedule_free_sgd` takes the same
+    arguments and gives the same numbers without warmup (see `schedule_free` for the difference
+    with one).
+    """
+    lr = warmup_learning_rate(learning_rate, warmup_steps)
+    return schedule_free(sgd(lr, weight_decay=weight_decay), lr, b1=b1,
+                         weight_lr_power=weight_lr_power, state_dtype=state_dtype)
+
+
+def schedule_free_adamw(learning_rate=0.0025, *, warmup_steps: int | None = None, b1=0.9,
+                        b2=0.999, eps=1e-8, weight_decay=0.0, weight_lr_power=2.0,
+                        state_dtype=None) -> schedule_free:
+    """Schedule-Free AdamW: the base step is Adam without momentum, with decoupled decay at y.
+
+        v_t = β2 v_{t-1} + (1 - β2) g_t²,   z_{t+1} = z_t - γ_t (g_t / (√(v_t / (1 - β2^t)) + ε)
+                                                              + λ y_t)
+
+    schedule_free(chain(scale_by_rms(b2, eps, eps_in_sqrt=False, bias_correction=True),
+                        add_decayed_weights(weight_decay), scale_by_learning_rate(γ)), γ, b1=β)
+
+    Same arguments and numbers as optax's `contrib.schedule_free_adamw` (without warmup; see
+    `schedule_free`).
+
+    References:
+      Defazio et al., "The Road Less Scheduled", NeurIPS 2024, Algorithm 1 (Schedule-Free AdamW).
+    """
+    lr = warmup_learning_rate(learning_rate, warmup_steps)
+    base = chain(
+        scale_by_rms(b2, eps=eps, eps_in_sqrt=False, bias_correction=True),
+        add_decayed_weights(weight_decay),
+        scale_by_learning_rate(lr),
+    )
+    return schedule_free(base, lr, b1=b1, weight_lr_power=weight_lr_power,
+                         state_dtype=state_dtype)

@@ -1,0 +1,368 @@
+"""The Adam family: Adam, NAdam, AMSGrad, AdaMax, RAdam.
+
+Each keeps an EMA of gradients m (first moment) and of squared gradients v (second moment):
+    m_t = β1 m_{t-1} + (1 - β1) g_t,      v_t = β2 v_{t-1} + (1 - β2) g_t²
+and corrects their start-up bias, m̂_t = m_t / (1 - β1^t), v̂_t = v_t / (1 - β2^t).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradxform._src.primitives.adaptive import abs_sq
+from gradxform._src.primitives.moments import bias_correction, ema_step, one_minus_power
+from gradxform._src.protocol import tree_utils
+from gradxform._src.protocol.dataclass import pytree_dataclass
+from gradxform._src.protocol.elementwise import ElementwiseTransformation
+from gradxform._src.protocol.fields import (
+    hyperparameter,
+    in_interval,
+    non_negative,
+    positive,
+    static,
+)
+from gradxform._src.protocol.transformation import (
+    Transformation,
+    float_count,
+    safe_increment,
+    zero_count,
+)
+
+_unit = in_interval(0, 1, "[)")
+
+
+def _first_moment(g, m, b1):
+    """m_t = β1 m_{t-1} + (1 - β1) g_t, in the wider precision of g and m (the state stores it
+    back in m's dtype)."""
+    return ema_step(g, m, b1)
+
+
+def _second_moment(g, v, b2):
+    """v_t = β2 v_{t-1} + (1 - β2) |g_t|², in the wider precision of g and v."""
+    v = tree_utils.in_update_precision(v, g)
+    b2 = tree_utils.coef(b2, v)
+    return (1 - b2) * abs_sq(tree_utils.widen(g, v)) + b2 * v
+
+
+def _moments_init(params, mu_dtype, nu_dtype=None):
+    mu = tree_utils.zeros_like(params, mu_dtype)
+    nu = tree_utils.real_zeros_like(params, nu_dtype)
+    return mu, nu
+
+
+def nesterov_mu_hat(mu, updates, b1, count):
+    """NAdam's look-ahead first moment (Dozat 2016, as in optax):
+    m̂_t = β1 m_t / (1 - β1^{t+1}) + (1 - β1) g_t / (1 - β1^t)."""
+    ahead = bias_correction(mu, b1, safe_increment(count))
+    now = bias_correction(jax.tree.map(tree_utils.widen, updates, mu), b1, count)
+    return jax.tree.map(
+        lambda m, g: tree_utils.coef(b1, m) * m + (1 - tree_utils.coef(b1, m)) * g, ahead, now
+    )
+
+
+def _adam_direction(m_hat, v_hat, eps, eps_root, like):
+    """m̂ / (√(v̂ + ε_root) + ε), cast to the dtype of the incoming updates."""
+    return jax.tree.map(
+        lambda m, v, g: (
+            m / (jnp.sqrt(v + tree_utils.coef(eps_root, v)) + tree_utils.coef(eps, v))
+        ).astype(g.dtype),
+        m_hat, v_hat, like,
+    )
+
+
+class ScaleByAdamState(NamedTuple):
+    count: Any
+    mu: Any
+    nu: Any
+
+
+@pytree_dataclass
+class scale_by_adam(ElementwiseTransformation):
+    """Adam's direction: the bias-corrected first moment over the root of the second.
+
+        m_t = β1 m_{t-1} + (1 - β1) g_t
+        v_t = β2 v_{t-1} + (1 - β2) g_t²
+        u_t = m̂_t / (√(v̂_t + ε_root) + ε),   m̂_t = m_t / (1 - β1^t),  v̂_t = v_t / (1 - β2^t)
+
+    With `nesterov=True`, m̂_t is NAdam's look-ahead β1 m_t/(1 - β1^{t+1}) + (1 - β1) g_t/(1 - β1^t)
+    (Dozat 2016, optax's form; torch's NAdam with its momentum schedule is `scale_by_nadam`).
+
+    Args:
+      b1: β1 in [0, 1).
+      b2: β2 in [0, 1).
+      eps: ε ≥ 0, added outside the root (as in the paper and torch).
+      eps_root: ε_root ≥ 0, added inside the root (keeps the gradient of the update finite
+        when differentiating through it, e.g. in meta-learning).
+      mu_dtype, nu_dtype: dtypes in which m and v are stored (default: the params' dtype,
+        float32 for 16-bit params). bf16 moments halve the optimizer's memory; each step still
+        updates them in the gradients' precision and rounds once, when storing.
+      nesterov: use NAdam's look-ahead first moment.
+
+    References:
+      Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, Algorithm 1.
+      Dozat, "Incorporating Nesterov Momentum into Adam", ICLR workshop 2016.
+    """
+
+    b1: float = hyperparameter(0.9, check=_unit)
+    b2: float = hyperparameter(0.999, check=_unit)
+    eps: float = hyperparameter(1e-8, check=non_negative)
+    eps_root: float = hyperparameter(0.0, check=non_negative)
+    mu_dtype: Any = static(None)
+    nu_dtype: Any = static(None)
+    nesterov: bool = static(False)
+
+    state_type = ScaleByAdamState
+
+    def init_buffers(self, params):
+        return _moments_init(params, self.mu_dtype, self.nu_dtype)
+
+    def step_scalars(self, h, t):
+        scalars = dict(b1=h.b1, b2=h.b2, eps=h.eps, eps_root=h.eps_root,
+                       c1=1 / one_minus_power(h.b1, t), c2=1 / one_minus_power(h.b2, t))
+        if self.nesterov:
+            scalars["c1_next"] = 1 / one_minus_power(h.b1, safe_increment(t))
+        return scalars
+
+    def element(self, s, g, m, v):
+        m = (1 - s.b1) * g + s.b1 * m                    # m_t = β1 m_{t-1} + (1 - β1) g_t
+        v = (1 - s.b2) * abs_sq(g) + s.b2 * v            # v_t = β2 v_{t-1} + (1 - β2) g_t²
+        if self.nesterov:                                # β1 m̂_{t+1} + (1 - β1) ĝ_t
+            m_hat = s.b1 * (m * s.c1_next) + (1 - s.b1) * (g * s.c1)
+        else:
+            m_hat = m * s.c1                             # m̂_t = m_t / (1 - β1^t)
+        v_hat = v * s.c2                                 # v̂_t = v_t / (1 - β2^t)
+        return m_hat / (jnp.sqrt(v_hat + s.eps_root) + s.eps), (m, v)
+
+
+class ScaleByAmsgradState(NamedTuple):
+    count: Any
+    mu: Any
+    nu: Any
+    nu_max: Any
+
+
+@pytree_dataclass
+class scale_by_amsgrad(Transformation):
+    """AMSGrad: Adam whose denominator never shrinks.
+
+        v_max,t = max(v_max,t-1, v̂_t),           u_t = m̂_t / (√(v_max,t + ε_root) + ε)
+            (max_of="debiased": optax; the max is taken over bias-corrected v̂)
+        v_max,t = max(v_max,t-1, v_t),           u_t = m̂_t / (√(v_max,t / (1 - β2^t)) + ε)
+            (max_of="raw": torch.optim.Adam(amsgrad=True); the max is over raw v, then corrected)
+
+    Args: as `scale_by_adam`, plus `max_of`.
+
+    References:
+      Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018.
+    """
+
+    b1: float = hyperparameter(0.9, check=_unit)
+    b2: float = hyperparameter(0.999, check=_unit)
+    eps: float = hyperparameter(1e-8, check=non_negative)
+    eps_root: float = hyperparameter(0.0, check=non_negative)
+    mu_dtype: Any = static(None)
+    max_of: str = static(
+        "debiased", check=lambda x: None if x in ("debiased", "raw") else "'debiased' or 'raw'"
+    )
+
+    def init(self, params):
+        mu, nu = _moments_init(params, self.mu_dtype)
+        return ScaleByAmsgradState(count=zero_count(), mu=mu, nu=nu,
+                                   nu_max=tree_utils.zeros_like(nu))
+
+    def update(self, updates, state, params=None, **extra_args):
+        h = self.at(state.count)
+        m = jax.tree.map(lambda g, m: _first_moment(g, m, h.b1), updates, state.mu)
+        v = jax.tree.map(lambda g, v: _second_moment(g, v, h.b2), updates, state.nu)
+        t = safe_increment(state.count)
+        m_hat = bias_correction(m, h.b1, t)
+        if self.max_of == "debiased":
+            v_max = jax.tree.map(jnp.maximum, state.nu_max, bias_correction(v, h.b2, t))
+            v_hat = v_max
+        else:
+            v_max = jax.tree.map(jnp.maximum, state.nu_max, v)
+            v_hat = bias_correction(v_max, h.b2, t)
+        updates = _adam_direction(m_hat, v_hat, h.eps, h.eps_root, updates)
+        return updates, ScaleByAmsgradState(
+            count=t, mu=tree_utils.cast_like(m, state.mu), nu=tree_utils.cast_like(v, state.nu),
+            nu_max=tree_utils.cast_like(v_max, state.nu_max),
+        )
+
+
+@pytree_dataclass
+class scale_by_adamax(Transformation):
+    """AdaMax: Adam with the infinity norm in place of the second moment.
+
+        m_t = β1 m_{t-1} + (1 - β1) g_t,    u_t = m̂_t / u∞_t,    u∞_t = max(β2 u∞_{t-1}, |g_t| + ε)
+
+    (ε inside the max, as optax and torch do, keeps the division finite.)
+
+    References:
+      Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, §7.1.
+    """
+
+    b1: float = hyperparameter(0.9, check=_unit)
+    b2: float = hyperparameter(0.999, check=_unit)
+    eps: float = hyperparameter(1e-8, check=non_negative)
+
+    def init(self, params):
+        mu, nu = _moments_init(params, None)
+        return ScaleByAdamState(count=zero_count(), mu=mu, nu=nu)
+
+    def update(self, updates, state, params=None, **extra_args):
+        h = self.at(state.count)
+        m = jax.tree.map(lambda g, m: _first_moment(g, m, h.b1), updates, state.mu)
+        u_inf = jax.tree.map(
+            lambda g, u: jnp.maximum(
+                jnp.abs(tree_utils.widen(g, u)) + tree_utils.coef(h.eps, u),
+                tree_utils.coef(h.b2, u) * u
+            ),
+            updates, state.nu,
+        )
+        t = safe_increment(state.count)
+        m_hat = bias_correction(m, h.b1, t)
+        updates = jax.tree.map(lambda m, u, g: (m / u).astype(g.dtype), m_hat, u_inf, updates)
+        return updates, ScaleByAdamState(count=t, mu=m, nu=u_inf)
+
+
+def _radam_rho(b2, rho_inf, count):
+    """ρ_t = ρ_∞ - 2 t β2^t / (1 - β2^t), without subtracting two numbers near 2/(1 - β2).
+
+    Both terms are ≈ 2/(1 - β2) (2000 for β2 = 0.999) while ρ_t starts near 5: in float32 the
+    direct form leaves ρ_t wrong by ~0.03 and the rectifier r_t by ~1% at the first rectified
+    steps. With a = -ln β2, x = t a and h(y) = y/(1 - e^{-y}) - 1 - y/2, the same quantity is
+        ρ_t = t - (2/a) (h(x) - h(a)),
+    where h(y) = y²/12 - y⁴/720 + y⁶/30240 - … (Bernoulli numbers) has no cancellation; it is
+    used while x < 1/2, and the direct form, whose terms no longer nearly cancel, after.
+    """
+    t = float_count(count, b2)
+    if isinstance(b2, int | float):
+        a = -math.log(b2) if b2 > 0 else math.inf
+    else:
+        a = -jnp.log(b2)
+    x = t * a
+
+    def h(y):
+        y2 = y * y
+        c = (1 / 12, -1 / 720, 1 / 30240, -1 / 1209600, 1 / 47900160, -691 / 1307674368000.0,
+             1 / 74724249600.0)  # B_2k / (2k)!
+        return y2 * (c[0] + y2 * (c[1] + y2 * (c[2] + y2 * (c[3] + y2 * (c[4] + y2 * (
+            c[5] + y2 * c[6]))))))
+
+    small = x < 0.5
+    x_small = jnp.where(small, x, 0.0)
+    series = t - (2 / a) * (h(x_small) - h(a))
+    one_minus_b2t = -jnp.expm1(-x)
+    direct = rho_inf - 2 * t * (1 - one_minus_b2t) / one_minus_b2t
+    return jnp.where(small, series, direct)
+
+
+@pytree_dataclass
+class scale_by_radam(Transformation):
+    """RAdam: Adam with the variance of the adaptive learning rate rectified.
+
+        ρ_∞ = 2/(1 - β2) - 1,    ρ_t = ρ_∞ - 2 t β2^t / (1 - β2^t)
+        u_t = r_t m̂_t / (√(v̂_t + ε_root) + ε),  r_t = √((ρ_t-4)(ρ_t-2)ρ_∞ / ((ρ_∞-4)(ρ_∞-2)ρ_t))
+                                                   if ρ_t ≥ threshold
+        u_t = m̂_t                                  otherwise (momentum SGD while v is unreliable)
+
+    References:
+      Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", ICLR 2020.
+    """
+
+    b1: float = hyperparameter(0.9, check=_unit)
+    b2: float = hyperparameter(0.999, check=_unit)
+    eps: float = hyperparameter(1e-8, check=non_negative)
+    eps_root: float = hyperparameter(0.0, check=non_negative)
+    threshold: float = hyperparameter(5.0, check=positive)
+    nesterov: bool = static(False)
+
+    def init(self, params):
+        mu, nu = _moments_init(params, None)
+        return ScaleByAdamState(count=zero_count(), mu=mu, nu=nu)
+
+    def update(self, updates, state, params=None, **extra_args):
+        h = self.at(state.count)
+        m = jax.tree.map(lambda g, m: _first_moment(g, m, h.b1), updates, state.mu)
+        v = jax.tree.map(lambda g, v: _second_moment(g, v, h.b2), updates, state.nu)
+        t = safe_increment(state.count)
+        rho_inf = 2.0 / (1.0 - h.b2) - 1.0
+        rho = _radam_rho(h.b2, rho_inf, t)
+        r = jnp.sqrt(
+            (rho - 4.0) * (rho - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho)
+        )
+        if self.nesterov:
+            m_hat = nesterov_mu_hat(m, updates, h.b1, t)
+        else:
+            m_hat = bias_correction(m, h.b1, t)
+        v_hat = bias_correction(v, h.b2, t)
+        adaptive = _adam_direction(m_hat, v_hat, h.eps, h.eps_root, updates)
+        rectified = rho >= h.threshold
+        updates = jax.tree.map(
+            lambda a, m, g: jnp.where(rectified, tree_utils.coef(r, a) * a, m.astype(g.dtype)),
+            adaptive, m_hat, updates,
+        )
+        return updates, ScaleByAdamState(count=t, mu=m, nu=v)
+
+
+class ScaleByNadamState(NamedTuple):
+    count: Any
+    mu_product: Any
+    mu: Any
+    nu: Any
+
+
+@pytree_dataclass
+class scale_by_nadam(Transformation):
+    """NAdam with Dozat's momentum schedule, as torch.optim.NAdam computes it.
+
+        μ_t = β1 (1 - ½ · 0.96^(t ψ)),    Π_t = ∏_{i≤t} μ_i
+        m_t = β1 m_{t-1} + (1 - β1) g_t,  v_t = β2 v_{t-1} + (1 - β2) g_t²
+        u_t = [(1 - μ_t)/(1 - Π_t) g_t + μ_{t+1}/(1 - Π_{t+1}) m_t] / (√v̂_t + ε)
+
+    `scale_by_adam(nesterov=True)` is optax's NAdam (no momentum schedule).
+
+    Args:
+      b1, b2, eps: as Adam (torch: 0.9, 0.999, 1e-8).
+      momentum_decay: ψ ≥ 0 (torch 4e-3).
+
+    References:
+      Dozat, "Incorporating Nesterov Momentum into Adam", ICLR workshop 2016.
+    """
+
+    b1: float = hyperparameter(0.9, check=_unit)
+    b2: float = hyperparameter(0.999, check=_unit)
+    eps: float = hyperparameter(1e-8, check=non_negative)
+    momentum_decay: float = hyperparameter(4e-3, check=non_negative)
+
+    def init(self, params):
+        mu, nu = _moments_init(params, None)
+        return ScaleByNadamState(
+            count=zero_count(), mu_product=jnp.ones([], jnp.float32), mu=mu, nu=nu
+        )
+
+    def update(self, updates, state, params=None, **extra_args):
+        h = self.at(state.count)
+        t = safe_increment(state.count)
+        tf = float_count(t, h.momentum_decay)
+        mu_t = h.b1 * (1.0 - 0.5 * 0.96 ** (tf * h.momentum_decay))
+        mu_next = h.b1 * (1.0 - 0.5 * 0.96 ** ((tf + 1) * h.momentum_decay))
+        prod = (state.mu_product * mu_t).astype(state.mu_product.dtype)
+        prod_next = prod * mu_next
+        m = jax.tree.map(lambda g, m: _first_moment(g, m, h.b1), updates, state.mu)
+        v = jax.tree.map(lambda g, v: _second_moment(g, v, h.b2), updates, state.nu)
+        v_hat = bias_correction(v, h.b2, t)
+        c_g = (1.0 - mu_t) / (1.0 - prod)
+        c_m = mu_next / (1.0 - prod_next)
+        updates = jax.tree.map(
+            lambda g, m, v: (
+                (tree_utils.coef(c_g, m) * tree_utils.widen(g, m) + tree_utils.coef(c_m, m) * m)
+                / (jnp.sqrt(v) + tree_utils.coef(h.eps, v))
+            ).astype(g.dtype),
+            updates, m, v_hat,
+        )
+        return updates, ScaleByNadamState(count=t, mu_product=prod, mu=m, nu=v)

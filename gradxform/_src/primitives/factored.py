@@ -1,0 +1,208 @@
+"""Adafactor: second moments in factored form, with relative step sizes (Shazeer & Stern 2018).
+
+Adam stores, for an n×m weight matrix, an n×m second moment V. Adafactor stores its row sums R
+(n numbers) and column sums C (m numbers) and uses the rank-1 matrix
+
+    V̂ = R Cᵀ / (1ᵀ R)
+
+in its place: the best rank-1 approximation of V in the I-divergence, which keeps V̂'s row and
+column sums equal to V's. Optimizer memory for the matrix drops from n·m to n + m. The other
+ideas of the paper are separate transformations here: clipping the update's RMS
+(`clip_by_block_rms`), and steps proportional to the scale of the parameter
+(`scale_by_param_block_rms`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradxform._src.primitives.adaptive import abs_sq, real_moment_dtype
+from gradxform._src.protocol import tree_utils
+from gradxform._src.protocol.dataclass import pytree_dataclass
+from gradxform._src.protocol.fields import hyperparameter, non_negative, static
+from gradxform._src.protocol.transformation import (
+    EmptyState,
+    Transformation,
+    float_count,
+    require_params,
+    safe_increment,
+    zero_count,
+)
+
+
+def decay_rate_pow(count, exponent=0.8):
+    """Adafactor's increasing second-moment decay: β̂2_t = 1 - t^(-c), t = count + 1.
+
+    β̂2_1 = 0, so the first step uses g² alone (no bias correction is needed); later the
+    average lengthens to roughly the last t/c steps.
+    """
+    t = float_count(count, exponent) + 1
+    return 1.0 - t ** (-exponent)
+
+
+def _factored_dims(shape, factored: bool, min_dim_size_to_factor: int):
+    """The two largest axes (second largest, largest) if both are large enough, else None."""
+    if not factored or len(shape) < 2:
+        return None
+    order = np.argsort(shape)
+    if shape[order[-2]] < min_dim_size_to_factor:
+        return None
+    return int(order[-2]), int(order[-1])
+
+
+class FactoredState(NamedTuple):
+    count: Any
+    v_row: Any  # per leaf: the mean of g² over the largest axis (factored leaves), else [0]
+    v_col: Any  # per leaf: the mean of g² over the second largest axis, else [0]
+    v: Any  # per leaf: the full second moment (leaves that are not factored), else [0]
+
+
+class _Result:
+    """Per-leaf results, opaque to tree mapping (params may themselves hold tuples)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values):
+        self.values = values
+
+
+def _placeholder(dtype):
+    return jnp.zeros((1,), dtype)
+
+
+@pytree_dataclass
+class scale_by_factored_rms(Transformation):
+    """Adafactor's direction: the gradient over the root of a factored second moment.
+
+    For a leaf whose two largest axes (d1 second largest, d0 largest) both have at least
+    `min_dim_size_to_factor` entries:
+
+        r_t = β̂_t r_{t-1} + (1 - β̂_t) mean_{d0}(g_t² + ε)      (a row statistic)
+        c_t = β̂_t c_{t-1} + (1 - β̂_t) mean_{d1}(g_t² + ε)      (a column statistic)
+        u_t = g_t / √(r_t c_tᵀ / mean(r_t))                      (V̂ = R Cᵀ / 1ᵀR with means)
+
+    and for the other leaves (vectors, small matrices) the full second moment:
+
+        v_t = β̂_t v_{t-1} + (1 - β̂_t)(g_t² + ε),     u_t = g_t / √v_t
+
+    with β̂_t = `decay_rate_fn`(t - step_offset, decay_rate), by default 1 - (t + 1)^(-0.8).
+    Extra leading axes (stacked layers, conv kernels) are kept in the statistics: the
+    factoring is over the two largest axes only, as in optax.
+
+    Args:
+      factored: factor the second moment of large matrices (False: Adam-like full moments).
+      decay_rate: c, the exponent of the decay schedule (0.8).
+      step_offset: the step count at which the decay schedule restarts (fine-tuning).
+      min_dim_size_to_factor: factor only when the two largest axes have at least this size.
+      epsilon: ε1, added to g² (1e-30).
+      decay_rate_fn: `fn(step, decay_rate) -> β̂` (default `decay_rate_pow`).
+
+    References:
+      Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
+      ICML 2018, Algorithms 4 and 5.
+    """
+
+    factored: bool = static(True)
+    decay_rate: float = hyperparameter(0.8, check=non_negative)
+    step_offset: int = hyperparameter(0, check=non_negative)
+    min_dim_size_to_factor: int = static(128)
+    epsilon: float = hyperparameter(1e-30, check=non_negative)
+    decay_rate_fn: Callable = static(decay_rate_pow)
+
+    def _dims(self, x):
+        return _factored_dims(jnp.shape(x), self.factored, self.min_dim_size_to_factor)
+
+    def init(self, params):
+        def row(p):
+            dims = self._dims(p)
+            dt = real_moment_dtype(p)
+            if dims is None:
+                return _placeholder(dt)
+            return jnp.zeros(tuple(n for i, n in enumerate(p.shape) if i != dims[1]), dt)
+
+        def col(p):
+            dims = self._dims(p)
+            dt = real_moment_dtype(p)
+            if dims is None:
+                return _placeholder(dt)
+            return jnp.zeros(tuple(n for i, n in enumerate(p.shape) if i != dims[0]), dt)
+
+        def full(p):
+            dt = real_moment_dtype(p)
+            return jnp.zeros(jnp.shape(p), dt) if self._dims(p) is None else _placeholder(dt)
+
+        return FactoredState(
+            count=zero_count(),
+            v_row=jax.tree.map(row, params),
+            v_col=jax.tree.map(col, params),
+            v=jax.tree.map(full, params),
+        )
+
+    def update(self, updates, state, params=None, **extra_args):
+        h = self.at(state.count)
+        decay = self.decay_rate_fn(state.count - h.step_offset, h.decay_rate)
+
+        def one(g, v_row, v_col, v):
+            dt = v.dtype
+            beta = tree_utils.coef(decay, v)
+            g_w = tree_utils.widen(g, v)
+            g2 = abs_sq(g_w) + tree_utils.coef(h.epsilon, v)
+            dims = self._dims(g)
+            if dims is None:
+                v = beta * v + (1 - beta) * g2
+                return (g_w * v ** -0.5).astype(g.dtype), v_row, v_col, v
+            d1, d0 = dims
+            v_row = beta * v_row + (1 - beta) * jnp.mean(g2, axis=d0)
+            v_col = beta * v_col + (1 - beta) * jnp.mean(g2, axis=d1)
+            reduced_d1 = d1 - 1 if d1 > d0 else d1
+            row_factor = (v_row / jnp.mean(v_row, axis=reduced_d1, keepdims=True)) ** -0.5
+            col_factor = v_col ** -0.5
+            u = g_w * jnp.expand_dims(row_factor, d0) * jnp.expand_dims(col_factor, d1)
+            return u.astype(g.dtype), v_row, v_col, v.astype(dt)
+
+        out = jax.tree.map(lambda *a: _Result(one(*a)), updates, state.v_row, state.v_col,
+                           state.v)
+        is_out = lambda x: isinstance(x, _Result)  # noqa: E731
+        pick = lambda i: jax.tree.map(lambda o: o.values[i], out, is_leaf=is_out)  # noqa: E731
+        return pick(0), FactoredState(
+            count=safe_increment(state.count), v_row=pick(1), v_col=pick(2), v=pick(3)
+        )
+
+
+@pytree_dataclass
+class scale_by_param_block_rms(Transformation):
+    """Adafactor's relative step size: scale each leaf's update by the RMS of the parameter.
+
+        u = max(rms(θ), ε2) · g,    rms(θ) = √(mean_i θ_i²)   (per leaf)
+
+    A learning rate then means "change each weight block by this fraction of its size"; ε2
+    keeps zero-initialised blocks (biases) moving.
+
+    Args:
+      min_scale: ε2 ≥ 0 (1e-3).
+
+    References:
+      Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
+      ICML 2018, §8 (relative step size, α_t = max(ε2, RMS(X_{t-1})) ρ_t).
+    """
+
+    min_scale: float = hyperparameter(1e-3, check=non_negative)
+
+    def init(self, params):
+        return EmptyState()
+
+    def update(self, updates, state, params=None, **extra_args):
+        require_params(params, "scale_by_param_block_rms")
+        eps2 = self.min_scale
+
+        def rescale(g, p):
+            wide = p.astype(tree_utils.moment_dtype(p))  # float32 for 16-bit params
+            rms = jnp.sqrt(jnp.mean(abs_sq(wide)))
+            return (jnp.maximum(rms, tree_utils.coef(eps2, rms)).astype(g.dtype)) * g
+
+        return jax.tree.map(rescale, updates, params), state

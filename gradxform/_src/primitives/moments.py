@@ -1,0 +1,212 @@
+"""Momentum: exponential moving averages, the heavy-ball trace, Nesterov, bias correction.
+
+Two conventions for momentum exist and both are here:
+- EMA form (seed texts, Adam's first moment): v_t = β v_{t-1} + (1 - β) g_t  -> `ema`
+- torch / heavy-ball form:                     v_t = μ v_{t-1} + g_t         -> `trace`
+They differ by the factor (1 - β) on the gradient, i.e. by a rescaled learning rate: with a
+constant learning rate, `chain(ema(β, debias=False), scale(-η))` equals
+`chain(trace(β), scale(-(1 - β) η))`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradxform._src.protocol import tree_utils
+from gradxform._src.protocol.dataclass import pytree_dataclass
+from gradxform._src.protocol.fields import hyperparameter, in_interval, static
+from gradxform._src.protocol.transformation import (
+    Transformation,
+    float_count,
+    safe_increment,
+    zero_count,
+)
+
+
+def ema_step(g, m, decay):
+    """One EMA step of a leaf, v_t = β v_{t-1} + (1 - β) g_t, in the wider precision of g and v.
+
+    A moment stored in a narrower dtype (`mu_dtype=bfloat16`) is widened first; the caller uses
+    the result as it is and stores it back in the moment's dtype (`tree_utils.cast_like`), so it is
+    rounded once per step.
+    """
+    m = tree_utils.in_update_precision(m, g)
+    return (1 - tree_utils.coef(decay, m)) * tree_utils.widen(g, m) + tree_utils.coef(decay, m) * m
+
+
+def bias_correction(moment, decay, count):
+    """m̂_t = m_t / (1 - β^t): undoes the pull of a zero-initialised EMA toward zero.
+
+    `1 - β^t` is computed in the precision of the hyperparameter (in 16 bits β^t would round to 1)
+    and cast to each leaf's dtype.
+
+    Each leaf is multiplied by the one scalar 1/(1 - β^t) rather than divided by 1 - β^t: XLA
+    rewrites a division by a shared scalar in ways that depend on how many leaves share it (into
+    this product, or folded into the next division), so the quotient form gives a packed tree
+    (`gradxform.pack`) results that differ in the last bit from the unpacked one. The product
+    leaves XLA nothing to rewrite; it agrees with the quotient to float32 rounding.
+
+    References: Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, §3.
+    """
+    inverse = 1 / one_minus_power(decay, count)
+    return jax.tree.map(lambda m: m * tree_utils.coef(inverse, m), moment)
+
+
+def one_minus_power(decay, count):
+    """1 - β^t, written -expm1(t ln β) so that it keeps its digits when β is near 1.
+
+    In float32, `1 - β**t` loses up to 2e-5 of 1 - 0.999^t at small t: 0.999 is stored as
+    0.99900001 and the subtraction cancels. For a Python float β, ln β is taken in double
+    precision, so only t ln β and expm1 round (a few ulps, as torch, which computes it in
+    double).
+    """
+    t = float_count(count, decay)
+    if isinstance(decay, int | float):
+        log_decay = math.log(decay) if decay > 0 else -math.inf
+    else:
+        log_decay = jnp.log(decay)
+    return -jnp.expm1(t * log_decay)
+
+
+def decay_from_half_life(half_life: float) -> float:
+    """β such that a sample's weight halves after `half_life` steps: β = 0.5^(1/h)."""
+    if not half_life > 0:
+        raise ValueError(f"decay_from_half_life: half_life must be > 0, got {half_life!r}")
+    return 0.5 ** (1.0 / half_life)
+
+
+def half_life_from_decay(decay: float) -> float:
+    """Steps after which a sample's weight in an EMA with decay β halves: h = ln 0.5 / ln β."""
+    if not 0 < decay < 1:
+        raise ValueError(f"half_life_from_decay: decay must be in (0, 1), got {decay!r}")
+    return math.log(0.5) / math.log(decay)
+
+
+def effective_window(decay: float) -> float:
+    """The EMA's effective averaging window 1/(1 - β) (β = 0.9 averages about 10 steps)."""
+    if not 0 <= decay < 1:
+        raise ValueError(f"effective_window: decay must be in [0, 1), got {decay!r}")
+    return 1.0 / (1.0 - decay)
+
+
+class EmaState(NamedTuple):
+    count: Any
+    ema: Any
+
+
+@pytree_dataclass
+class ema(Transformation):
+    """Exponential moving average of the updates, the EMA form of momentum.
+
+        v_t = β v_{t-1} + (1 - β) g_t,     u_t = v_t / (1 - β^t)  (if debias)  else v_t
+
+    With `debias=False` this is the momentum of the seed texts (Ng's "gradient descent with
+    momentum"); `trace` gives torch's form v_t = μ v_{t-1} + g_t.
+
+    Args:
+      decay: β in [0, 1).
+      debias: divide by 1 - β^t so that early averages are not biased toward zero.
+      accumulator_dtype: dtype of v (default: the params' dtype, float32 for 16-bit params).
+    """
+
+    decay: float = hyperparameter(check=in_interval(0, 1, "[)"))
+    debias: bool = static(True)
+    accumulator_dtype: Any = static(None)
+
+    def init(self, params):
+        return EmaState(count=zero_count(),
+                        ema=tree_utils.zeros_like(params, self.accumulator_dtype))
+
+    def update(self, updates, state, params=None, **extra_args):
+        beta = self.at(state.count).decay
+        v = jax.tree.map(lambda g, v: ema_step(g, v, beta), updates, state.ema)
+        count = safe_increment(state.count)
+        out = bias_correction(v, beta, count) if self.debias else v
+        return tree_utils.cast_like(out, updates), EmaState(
+            count=count, ema=tree_utils.cast_like(v, state.ema)
+        )
+
+
+class TraceState(NamedTuple):
+    count: Any
+    trace: Any
+
+
+@pytree_dataclass
+class trace(Transformation):
+    """Heavy-ball momentum in torch's form, with optional dampening and Nesterov.
+
+        v_t = μ v_{t-1} + (1 - d) g_t      (v_1 = g_1, as torch initialises the buffer)
+        u_t = v_t                          (heavy ball, Polyak 1964)
+        u_t = g_t + μ v_t                  (nesterov=True: Sutskever et al. 2013, torch's form)
+
+    The Nesterov form here is the rearranged one torch uses: the gradient is taken at the
+    current params. It is the look-ahead method v_t = μ v_{t-1} + ∇L(θ_{t-1} - η μ v_{t-1})
+    written in the variable φ = θ - η μ v; `nesterov_lookahead_params` gives the look-ahead
+    point for users who want the original form.
+
+    Args:
+      decay: μ in [0, 1).
+      nesterov: use Nesterov momentum.
+      dampening: d in [0, 1), torch's dampening (0 in optax and by default).
+      accumulator_dtype: dtype of v (default: the params' dtype, float32 for 16-bit params).
+
+    References:
+      Polyak, "Some methods of speeding up the convergence of iteration methods", 1964.
+      Sutskever, Martens, Dahl & Hinton, "On the importance of initialization and momentum in
+      deep learning", ICML 2013.
+    """
+
+    decay: float = hyperparameter(check=in_interval(0, 1, "[)"))
+    nesterov: bool = static(False)
+    dampening: float = hyperparameter(0.0, check=in_interval(0, 1, "[)"))
+    accumulator_dtype: Any = static(None)
+
+    def init(self, params):
+        return TraceState(
+            count=zero_count(), trace=tree_utils.zeros_like(params, self.accumulator_dtype)
+        )
+
+    def update(self, updates, state, params=None, **extra_args):
+        h = self.at(state.count)
+        first = state.count == 0
+
+        def velocity(g, v):
+            mu, d = tree_utils.coef(h.decay, v), tree_utils.coef(h.dampening, v)
+            g = tree_utils.widen(g, v)
+            return jnp.where(first, g, mu * v + (1 - d) * g)
+
+        v = jax.tree.map(velocity, updates,
+                         jax.tree.map(tree_utils.in_update_precision, state.trace, updates))
+        if self.nesterov:
+            updates = jax.tree.map(
+                lambda g, v: (tree_utils.widen(g, v)
+                              + tree_utils.coef(h.decay, v) * v).astype(g.dtype),
+                updates,
+                v,
+            )
+        else:
+            updates = tree_utils.cast_like(v, updates)
+        return updates, TraceState(
+            count=safe_increment(state.count), trace=tree_utils.cast_like(v, state.trace)
+        )
+
+
+def nesterov_lookahead_params(params, velocity, *, learning_rate, decay):
+    """The look-ahead point θ - η μ v at which Nesterov's original method takes the gradient.
+
+    With `opt = chain(trace(μ), scale_by_learning_rate(η))` and the gradient evaluated at
+    `nesterov_lookahead_params(params, state[0].trace, learning_rate=η, decay=μ)`, the params
+    follow Nesterov's accelerated gradient in its look-ahead form
+        v_t = μ v_{t-1} + ∇L(θ_{t-1} - η μ v_{t-1}),   θ_t = θ_{t-1} - η v_t.
+    """
+    return jax.tree.map(
+        lambda p, v: p - (tree_utils.coef(learning_rate, p) * tree_utils.coef(decay, p))
+        * v.astype(p.dtype),
+        params,
+        velocity,
+    )

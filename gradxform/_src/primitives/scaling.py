@@ -1,0 +1,151 @@
+"""Scaling updates by a constant, a learning rate or a sign; identity and zero updates."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradxform._src.protocol import tree_utils
+from gradxform._src.protocol.dataclass import pytree_dataclass
+from gradxform._src.protocol.fields import hyperparameter, non_negative, static
+from gradxform._src.protocol.masks import as_static_mask
+from gradxform._src.protocol.transformation import (
+    EmptyState,
+    Transformation,
+    require_params,
+    safe_increment,
+    zero_count,
+)
+
+
+class CountState(NamedTuple):
+    """The state of a transformation whose only memory is its step count (for schedules)."""
+
+    count: Any
+
+
+@pytree_dataclass
+class identity(Transformation):
+    """Returns the updates unchanged: u_t = g_t."""
+
+    def init(self, params):
+        return EmptyState()
+
+    def update(self, updates, state, params=None, **extra_args):
+        return updates, state
+
+
+@pytree_dataclass
+class set_to_zero(Transformation):
+    """Replaces every update by zero: u_t = 0 (freezes the parameters it is applied to)."""
+
+    def init(self, params):
+        return EmptyState()
+
+    def update(self, updates, state, params=None, **extra_args):
+        return jax.tree.map(jnp.zeros_like, updates), state
+
+
+@pytree_dataclass
+class scale(Transformation):
+    """Multiplies the updates by a constant: u_t = α g_t.
+
+    `scale(-lr)` turns a descent direction into an update; `scale_by_learning_rate(lr)` says the
+    same with the sign made explicit.
+
+    Args:
+      step_size: α, a float, an array or a schedule of the step count.
+    """
+
+    step_size: float = hyperparameter()
+
+    def init(self, params):
+        return CountState(count=zero_count())
+
+    def update(self, updates, state, params=None, **extra_args):
+        alpha = self.at(state.count).step_size
+        updates = jax.tree.map(lambda g: tree_utils.coef(alpha, g) * g, updates)
+        return updates, CountState(count=safe_increment(state.count))
+
+
+@pytree_dataclass
+class scale_by_learning_rate(Transformation):
+    """Scales the updates by the negated learning rate: u_t = -η g_t.
+
+    The sign makes the chain a descent step; `flip_sign=False` gives u_t = η g_t (for ascent or
+    for a chain that negates elsewhere).
+
+    Args:
+      learning_rate: η ≥ 0, a float, an array or a schedule of the step count.
+      flip_sign: whether to negate (descent, the default).
+    """
+
+    learning_rate: float = hyperparameter(check=non_negative)
+    flip_sign: bool = static(True)
+
+    def init(self, params):
+        return CountState(count=zero_count())
+
+    def update(self, updates, state, params=None, **extra_args):
+        eta = self.at(state.count).learning_rate
+        sign = -1 if self.flip_sign else 1
+        updates = jax.tree.map(lambda g: (sign * tree_utils.coef(eta, g)) * g, updates)
+        return updates, CountState(count=safe_increment(state.count))
+
+
+@pytree_dataclass
+class scale_by_sign(Transformation):
+    """Keeps only the sign of each update: u_t = sign(g_t) (signSGD, Bernstein et al. 2018)."""
+
+    def init(self, params):
+        return EmptyState()
+
+    def update(self, updates, state, params=None, **extra_args):
+        return jax.tree.map(jnp.sign, updates), state
+
+
+@pytree_dataclass
+class add_decayed_weights(Transformation):
+    """Adds weight decay to the updates: u_t = g_t + λ θ_{t-1}.
+
+    Where it sits in a chain decides which weight decay it is (Loshchilov & Hutter, 2019):
+    - before an adaptive scaling, `chain(add_decayed_weights(λ), scale_by_adam(), ...)`, it is
+      coupled L2 regularization (∇(L + λ/2 ‖θ‖²)), rescaled per coordinate by Adam: what
+      `torch.optim.Adam(weight_decay=λ)` does;
+    - after it, `chain(scale_by_adam(), add_decayed_weights(λ), scale_by_learning_rate(η))`, it
+      is decoupled weight decay θ ← θ - η(u + λθ): AdamW.
+
+    Args:
+      weight_decay: λ ≥ 0, a float, an array or a schedule of the step count.
+      mask: which params decay: a tree of bools (a prefix of params is enough) or a function
+        of params that returns one. None decays every param.
+
+    References:
+      Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+    """
+
+    weight_decay: float = hyperparameter(0.0, check=non_negative)
+    mask: object = static(None)
+
+    def __post_init__(self):
+        object.__setattr__(self, "mask", as_static_mask(self.mask))
+        super().__post_init__()
+
+    def init(self, params):
+        return CountState(count=zero_count())
+
+    def update(self, updates, state, params=None, **extra_args):
+        require_params(params, "add_decayed_weights")
+        lam = self.at(state.count).weight_decay
+        mask = (
+            jax.tree.map(lambda _: True, params)
+            if self.mask is None
+            else self.mask.resolve(params, "add_decayed_weights")
+        )
+        updates = jax.tree.map(
+            lambda g, p, m: g + tree_utils.coef(lam, g) * p.astype(g.dtype) if m else g,
+            updates, params, mask,
+        )
+        return updates, CountState(count=safe_increment(state.count))

@@ -1,0 +1,162 @@
+"""Frozen dataclasses registered as JAX pytrees: the form of every transformation and schedule.
+
+Numeric hyperparameters (floats, arrays, schedules) are pytree leaves, so changing one never
+recompiles a jitted step and `jax.vmap` over them sweeps hyperparameters; structural options
+(flags, dtypes, masks, callables) are static and key the jit cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+import numpy as np
+
+from gradxform._src.protocol.fields import validate_field
+
+
+def format_value(value) -> str:
+    if isinstance(value, jax.core.Tracer):
+        return f"<traced {value.dtype}{list(value.shape)}>"
+    if isinstance(value, jax.Array | np.ndarray | np.generic):
+        if np.ndim(value) == 0:
+            try:
+                return repr(np.asarray(value).item())
+            except Exception:
+                return f"<{value.dtype}[]>"
+        return f"<{value.dtype}{list(np.shape(value))}>"
+    if isinstance(value, type) or isinstance(value, np.dtype):
+        return np.dtype(value).name
+    return repr(value)
+
+
+def is_plain_callable(value) -> bool:
+    # A schedule written as a Python function is not a pytree: it travels as static data.
+    return callable(value) and not isinstance(value, PytreeDataclass)
+
+
+class PytreeDataclass:
+    """Base of frozen dataclasses registered as JAX pytrees (transformations and schedules).
+
+    Subclasses are declared with `@pytree_dataclass`. Fields made with `hyperparameter(...)` and
+    `child(...)` are pytree children; fields made with `static(...)` are static data.
+    """
+
+    _hyper_fields: ClassVar[tuple[str, ...]] = ()
+    _child_fields: ClassVar[tuple[str, ...]] = ()
+    _static_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        for f in dataclasses.fields(self):
+            if f.metadata.get("kind") == "static" and f.metadata.get("check") is not None:
+                problem = f.metadata["check"](getattr(self, f.name))
+                if problem is not None:
+                    value = getattr(self, f.name)
+                    raise ValueError(f"{owner}: {f.name} must be {problem}, got {value!r}")
+            elif f.metadata.get("kind") == "hyper":
+                validate_field(owner, f.name, getattr(self, f.name), f.metadata.get("check"),
+                                f.default)
+        self._validate()
+
+    def _validate(self) -> None:
+        """Extra checks across fields; runs at construction only (never on unflatten)."""
+
+    # Pytree protocol -----------------------------------------------------------------------------
+    def _tree_flatten_with_keys(self):
+        dynamic, held_static = [], []
+        for name in self._hyper_fields:
+            value = getattr(self, name)
+            if is_plain_callable(value):
+                held_static.append((name, value))
+            else:
+                dynamic.append((jax.tree_util.GetAttrKey(name), value))
+        for name in self._child_fields:
+            dynamic.append((jax.tree_util.GetAttrKey(name), getattr(self, name)))
+        aux = (
+            tuple(k.name for k, _ in dynamic),
+            tuple(held_static),
+            tuple((name, getattr(self, name)) for name in self._static_fields),
+        )
+        return dynamic, aux
+
+    @classmethod
+    def _tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        names, held_static, statics = aux
+        for name, value in zip(names, children, strict=True):
+            object.__setattr__(obj, name, value)
+        for name, value in held_static + statics:
+            object.__setattr__(obj, name, value)
+        return obj
+
+    def _replace(self, **changes):
+        """A copy with some fields changed, without validation (used for resolved values)."""
+        obj = object.__new__(type(self))
+        for f in dataclasses.fields(self):
+            object.__setattr__(obj, f.name, changes.get(f.name, getattr(self, f.name)))
+        return obj
+
+    # Value semantics ---------------------------------------------------------------------------
+    def __eq__(self, other) -> bool:
+        if type(self) is not type(other):
+            return NotImplemented
+        leaves_a, tree_a = jax.tree_util.tree_flatten(self)
+        leaves_b, tree_b = jax.tree_util.tree_flatten(other)
+        if tree_a != tree_b:
+            return False
+        for a, b in zip(leaves_a, leaves_b, strict=True):
+            if a is b:
+                continue
+            if isinstance(a, jax.core.Tracer) or isinstance(b, jax.core.Tracer):
+                return False
+            if np.shape(a) != np.shape(b) or not np.array_equal(np.asarray(a), np.asarray(b)):
+                return False
+        return True
+
+    def __hash__(self) -> int:
+        return hash(jax.tree_util.tree_structure(self))
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = f.metadata.get("kind")
+            if kind == "static" and f.default is not dataclasses.MISSING and value == f.default:
+                continue
+            if kind == "hyper" and value is None and f.default is None:
+                continue  # an optional hyperparameter left out
+            parts.append(f"{f.name}={format_value(value)}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def pytree_dataclass(cls=None, *, positional: int = 1):
+    """Makes `cls` a frozen dataclass registered as a pytree with keyed paths.
+
+    The first `positional` fields may be given by position; the others are keyword-only. One by
+    default (a transformation's hyperparameters are keyword-only after the first); schedules
+    that keep optax's signatures use `@pytree_dataclass(positional=k)`.
+    """
+    if cls is None:
+        return lambda c: pytree_dataclass(c, positional=positional)
+    for name in list(cls.__dict__.get("__annotations__", {}))[positional:]:
+        f = cls.__dict__.get(name)
+        if isinstance(f, dataclasses.Field):
+            f.kw_only = True
+    cls = dataclasses.dataclass(frozen=True, eq=False, repr=False)(cls)
+    kinds: dict[str, list[str]] = {"hyper": [], "child": [], "static": []}
+    for f in dataclasses.fields(cls):
+        kind = f.metadata.get("kind")
+        if kind is None:
+            raise TypeError(
+                f"{cls.__name__}.{f.name}: declare it with hyperparameter(), static() or child()"
+            )
+        kinds[kind].append(f.name)
+    cls._hyper_fields = tuple(kinds["hyper"])
+    cls._child_fields = tuple(kinds["child"])
+    cls._static_fields = tuple(kinds["static"])
+    jax.tree_util.register_pytree_with_keys(
+        cls, cls._tree_flatten_with_keys, cls._tree_unflatten
+    )
+    return cls

@@ -1,0 +1,106 @@
+"""Masks: which leaves a transformation touches (a tree of bools or a function of params)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from gradxform._src.protocol import tree_utils
+
+
+class StaticMask:
+    """A mask held as static (hashable) data: a tree of Python bools or a callable on params."""
+
+    __slots__ = ("value", "_key")
+
+    def __init__(self, value: Any):
+        self.value = value
+        if callable(value):
+            self._key = ("callable", value)
+        else:
+            leaves, treedef = jax.tree_util.tree_flatten(value)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(value):
+                if not isinstance(leaf, bool):
+                    raise TypeError(
+                        f"mask leaf '{tree_utils.path_str(path)}' is {leaf!r}; mask leaves must be "
+                        f"Python bools (True: the transformation applies to that subtree)"
+                    )
+            self._key = ("tree", treedef, tuple(leaves))
+
+    def __eq__(self, other):
+        return isinstance(other, StaticMask) and self._key == other._key
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __repr__(self):
+        return getattr(self.value, "__name__", None) or repr(self.value)
+
+    def resolve(self, params, where: str):
+        """The mask as a full tree of bools with the structure of `params`."""
+        mask = self.value(params) if callable(self.value) else self.value
+        return broadcast_mask(mask, params, where)
+
+
+def broadcast_mask(mask, tree, where: str):
+    """Expands a mask given as a prefix of `tree` (a bool for a whole subtree) to every leaf."""
+    try:
+        return jax.tree.map(
+            lambda m, sub: jax.tree.map(lambda _: bool(m), sub), mask, tree,
+            is_leaf=lambda x: isinstance(x, bool),
+        )
+    except ValueError:
+        pass
+    values = prefix_values(mask, tree, where, "mask")
+    treedef = jax.tree_util.tree_structure(tree, is_leaf=tree_utils.is_none)
+    return jax.tree_util.tree_unflatten(treedef, values)
+
+
+def path_segments(path) -> tuple[str, ...]:
+    return tuple(tree_utils.path_str((key,)) for key in path)
+
+
+def prefix_values(prefix, tree, where: str, what: str) -> list:
+    """The value of `prefix` (a tree that is a prefix of `tree`) for every leaf of `tree`.
+
+    Returns one value per leaf of `tree` in flattening order, None leaves included (their value
+    is None). Paths are compared as `layer1/w` strings, so a dict prefix works for params held in
+    another mapping type. A None subtree of `tree` accepts any prefix subtree: an enclosing
+    `masked` or `partition` hides leaves as None, and a finer inner mask must still apply.
+    Raises a ValueError naming the first path where the two trees disagree.
+    """
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=tree_utils.is_none)[0]
+    tree_paths = [(path_segments(path), leaf is None) for path, leaf in leaves]
+    given = {path_segments(path): value for path, value in
+             jax.tree_util.tree_flatten_with_path(prefix)[0]}
+    covered = {segs[:i] for segs, _ in tree_paths for i in range(len(segs) + 1)}
+    hidden = {segs for segs, is_none in tree_paths if is_none}
+    for segs in given:
+        if segs not in covered and not any(segs[:i] in hidden for i in range(len(segs))):
+            raise ValueError(f"{where}: {what} has key '{'/'.join(segs)}' that params lacks")
+    values = []
+    for segs, is_none in tree_paths:
+        if is_none:
+            values.append(None)
+            continue
+        for i in range(len(segs) + 1):
+            if segs[:i] in given:
+                values.append(given[segs[:i]])
+                break
+        else:
+            raise ValueError(
+                f"{where}: params has key '{'/'.join(segs) or '<root>'}' that the {what} does "
+                f"not cover"
+            )
+    return values
+
+
+def as_static_mask(mask) -> StaticMask | None:
+    if mask is None or isinstance(mask, StaticMask):
+        return mask
+    return StaticMask(mask)
+
+
+MaskLike = Any | Callable[[Any], Any] | None

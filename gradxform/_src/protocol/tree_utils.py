@@ -1,0 +1,186 @@
+"""Tree helpers shared by the transformations: moment buffers, casts and readable tree checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+is_none = lambda x: x is None  # noqa: E731
+
+
+def path_str(path) -> str:
+    """A key path as `layer1/w`, the form users write in masks and labels."""
+    parts = []
+    for key in path:
+        if isinstance(key, jax.tree_util.DictKey):
+            parts.append(str(key.key))
+        elif isinstance(key, jax.tree_util.SequenceKey):
+            parts.append(str(key.idx))
+        elif isinstance(key, jax.tree_util.GetAttrKey):
+            parts.append(key.name)
+        elif isinstance(key, jax.tree_util.FlattenedIndexKey):
+            parts.append(str(key.key))
+        else:
+            parts.append(str(key))
+    return "/".join(parts) or "<root>"
+
+
+def moment_dtype(x, dtype=None):
+    """The dtype of an optimizer moment for a leaf like `x`.
+
+    An explicit `dtype` wins. Otherwise 16-bit floating point leaves get float32 moments (their
+    squared gradients underflow and their EMAs stall in 16 bits), integer and boolean leaves get
+    JAX's default float (an integer moment would truncate every update to nothing; `update` and
+    `apply_updates` refuse such params anyway) and every other leaf keeps its own dtype.
+    """
+    if dtype is not None:
+        return jnp.dtype(dtype)
+    dt = jnp.result_type(x)
+    if not jnp.issubdtype(dt, jnp.inexact):
+        return jnp.dtype(jnp.result_type(float))
+    if jnp.issubdtype(dt, jnp.floating) and jnp.finfo(dt).bits < 32:
+        return jnp.dtype(jnp.float32)
+    return dt
+
+
+def zeros_like(tree, dtype=None):
+    """Moment buffers of zeros, one per leaf (None leaves stay None).
+
+    `jnp.zeros_like`, not `jnp.zeros(shape)`: a buffer keeps the sharding of its param.
+    """
+    return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=moment_dtype(x, dtype)), tree)
+
+
+def full_like(tree, value, dtype=None):
+    return jax.tree.map(lambda x: jnp.full_like(x, value, dtype=moment_dtype(x, dtype)), tree)
+
+
+def real_zeros_like(tree, dtype=None):
+    """Buffers for a squared magnitude |g|², real even when the leaf is complex."""
+    def zeros(x):
+        dt = moment_dtype(x, dtype)
+        if jnp.issubdtype(dt, jnp.complexfloating):
+            dt = jnp.finfo(dt).dtype
+        return jnp.zeros_like(x, dtype=dt)
+
+    return jax.tree.map(zeros, tree)
+
+
+def cast_like(tree, like):
+    """Casts each leaf of `tree` to the dtype of the matching leaf of `like`."""
+    return jax.tree.map(lambda x, y: x.astype(jnp.result_type(y)), tree, like)
+
+
+def check_inexact(tree, where: str, what: str) -> None:
+    """Refuses integer, boolean and float0 leaves: a gradient step on them is meaningless."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    for path, leaf in leaves:
+        dt = getattr(leaf, "dtype", None)
+        if dt is None:
+            dt = np.result_type(leaf)
+        if not jnp.issubdtype(dt, jnp.inexact):
+            name = "float0" if dt == jax.dtypes.float0 else np.dtype(dt).name
+            raise TypeError(
+                f"{where}: {what} leaf '{path_str(path)}' has dtype {name}; gradient "
+                f"transformations need floating point (or complex) leaves. Leave integer and "
+                f"boolean arrays out of the optimized tree (partition the model, e.g. "
+                f"eqx.filter(model, eqx.is_inexact_array) or nnx.state(model, nnx.Param)) or "
+                f"cast them to a float dtype."
+            )
+
+
+def first_difference_of_structures(a, b) -> str:
+    """Describes the first place where two trees differ in structure (or shape)."""
+    paths_a = {path_str(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(a)}
+    paths_b = {path_str(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(b)}
+    for key in paths_a:
+        if key not in paths_b:
+            return f"'{key}' is in the first tree but not the second"
+    for key in paths_b:
+        if key not in paths_a:
+            return f"'{key}' is in the second tree but not the first"
+    ta, tb = jax.tree_util.tree_structure(a), jax.tree_util.tree_structure(b)
+    return f"same leaf paths but different node types: {ta} vs {tb}"
+
+
+def check_same_structure(a, b, where: str, name_a: str, name_b: str) -> None:
+    """Raises a ValueError naming the first differing path when `a` and `b` differ in structure."""
+    ta, tb = jax.tree_util.tree_structure(a), jax.tree_util.tree_structure(b)
+    leaves_a = jax.tree_util.tree_leaves_with_path(a)
+    if ta != tb:
+        paths_a = [path_str(p) for p, _ in leaves_a]
+        paths_b = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(b)]
+        set_b = set(paths_b)
+        for p in paths_a:
+            if p not in set_b:
+                raise ValueError(f"{where}: {name_a} has key '{p}' that {name_b} lacks")
+        set_a = set(paths_a)
+        for p in paths_b:
+            if p not in set_a:
+                raise ValueError(f"{where}: {name_b} has key '{p}' that {name_a} lacks")
+        raise ValueError(
+            f"{where}: {name_a} and {name_b} have the same leaf paths but different node types "
+            f"({ta} vs {tb}); build both from the same container types"
+        )
+    for (path, x), y in zip(leaves_a, jax.tree_util.tree_leaves(b), strict=True):
+        if jnp.shape(x) != jnp.shape(y):
+            raise ValueError(
+                f"{where}: leaf '{path_str(path)}' has shape {jnp.shape(x)} in {name_a} but "
+                f"{jnp.shape(y)} in {name_b}"
+            )
+
+
+def tree_map_with_none(fn, tree, *rest) -> Any:
+    """`jax.tree.map` that passes None leaves of the first tree through untouched."""
+    return jax.tree.map(
+        lambda x, *r: None if x is None else fn(x, *r), tree, *rest, is_leaf=is_none
+    )
+
+
+def coef(h, x):
+    """A scalar hyperparameter `h` in the dtype of leaf `x`.
+
+    Python numbers are weakly typed and pass through; arrays (a traced hyperparameter, a schedule's
+    value, a vmapped sweep) are cast, so a float32 learning rate never promotes bf16 updates and
+    strict dtype promotion holds.
+    """
+    if isinstance(h, int | float | complex):
+        return h
+    h = jnp.asarray(h)
+    dt = jnp.result_type(x)
+    if jnp.issubdtype(dt, jnp.complexfloating) and not jnp.issubdtype(h.dtype, jnp.complexfloating):
+        dt = jnp.finfo(dt).dtype
+    return h.astype(dt)
+
+
+def update_precision(g, m):
+    """The dtype in which a moment `m` of updates `g` is updated: the wider of their precisions.
+
+    A bfloat16 moment of float32 gradients is updated in float32, used in float32 by the step,
+    and rounded once, when stored: the moment's dtype is a storage format (optax too stores the
+    moment in its dtype, but forms β·m in it first, rounding twice). The float32 moment of
+    16-bit gradients widens them.
+    """
+    m_dt = jnp.dtype(jnp.result_type(m))
+    g_real = jnp.finfo(jnp.result_type(g)).dtype  # complex gradients: their real precision
+    if jnp.finfo(g_real).bits <= jnp.finfo(m_dt).bits:
+        return m_dt
+    if jnp.issubdtype(m_dt, jnp.complexfloating):
+        return jnp.dtype(jnp.complex128 if g_real == jnp.float64 else jnp.complex64)
+    return g_real
+
+
+def in_update_precision(m, g):
+    """The stored moment `m` in `update_precision(g, m)`."""
+    return m.astype(update_precision(g, m))
+
+
+def widen(g, m):
+    """`g` in the precision of moment `m` (complex stays complex when `m` holds a real |g|²)."""
+    dt = jnp.result_type(m)
+    if jnp.iscomplexobj(g) and not jnp.issubdtype(dt, jnp.complexfloating):
+        dt = jnp.promote_types(dt, jnp.complex64)
+    return g.astype(dt)

@@ -1,0 +1,71 @@
+"""Schedules: maps from the step count to a hyperparameter's value.
+
+A schedule is a frozen pytree dataclass like a transformation: its numbers are leaves (changing
+one reuses the compiled step, `jax.vmap` over them sweeps), its repr is the recipe, and
+`schedule(count)` works under jit and vmap. Any numeric hyperparameter of any transformation
+accepts one; it is evaluated at the transformation's own step count before that count is
+incremented (as in optax), so the first update uses `schedule(0)`.
+
+optax's schedules keep optax's names, arguments and values; the torch.optim.lr_scheduler forms
+optax lacks (`StepLR`, `MultiStepLR`, `CyclicLR`, `CosineAnnealingWarmRestarts`) and the
+Transformer and warmup-stable-decay schedules are here under the names below.
+`schedule.values(num_steps)` is the curve as an array and `plot(*schedules, num_steps=...)` draws
+it with matplotlib.
+"""
+
+from gradxform._src.schedules.common import function_schedule
+from gradxform._src.schedules.cosine import (
+    cosine_annealing_warm_restarts_schedule,
+    cosine_decay_schedule,
+    sgdr_schedule,
+    warmup_cosine_decay_schedule,
+)
+from gradxform._src.schedules.cyclic import (
+    cosine_onecycle_schedule,
+    cyclic_lr_schedule,
+    linear_onecycle_schedule,
+)
+from gradxform._src.schedules.exponential import (
+    exponential_decay,
+    multistep_lr_schedule,
+    step_lr_schedule,
+    warmup_exponential_decay_schedule,
+)
+from gradxform._src.schedules.piecewise import (
+    join_schedules,
+    piecewise_constant_schedule,
+    piecewise_interpolate_schedule,
+)
+from gradxform._src.schedules.plot import plot
+from gradxform._src.schedules.polynomial import (
+    constant_schedule,
+    linear_schedule,
+    polynomial_schedule,
+    warmup_constant_schedule,
+)
+from gradxform._src.schedules.warmup import transformer_schedule, warmup_stable_decay_schedule
+
+__all__ = [
+    "constant_schedule",
+    "cosine_annealing_warm_restarts_schedule",
+    "cosine_decay_schedule",
+    "cosine_onecycle_schedule",
+    "cyclic_lr_schedule",
+    "exponential_decay",
+    "function_schedule",
+    "join_schedules",
+    "linear_onecycle_schedule",
+    "linear_schedule",
+    "multistep_lr_schedule",
+    "piecewise_constant_schedule",
+    "piecewise_interpolate_schedule",
+    "plot",
+    "polynomial_schedule",
+    "sgdr_schedule",
+    "step_lr_schedule",
+    "transformer_schedule",
+    "warmup_constant_schedule",
+    "warmup_cosine_decay_schedule",
+    "warmup_exponential_decay_schedule",
+    "warmup_stable_decay_schedule",
+]

@@ -1,0 +1,1 @@
+"""`python -m gradxform demo`: the experiments of the notebooks from the command line."""
