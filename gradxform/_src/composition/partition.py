@@ -192,7 +192,8 @@ def _match_prefix(pattern: tuple[str, ...], segs: tuple[str, ...]) -> bool:
 def _pattern_labels(patterns: dict, tree, where: str) -> list:
     leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]
     compiled = [(p, tuple(p.strip("/").split("/")), label) for p, label in patterns.items()]
-    used, labels = set(), []
+    used: set[str] = set()
+    labels: list = []
     for path, leaf in leaves:
         segs = path_segments(path)
         hits = [(p, label) for p, pat, label in compiled if _match_prefix(pat, segs)]

@@ -122,6 +122,7 @@ def nadam(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=N
     chain(scale_by_adam(nesterov=True), scale_by_learning_rate). With a `momentum_decay` ψ
     (torch: 4e-3) it is torch.optim.NAdam, chain(scale_by_nadam(ψ), scale_by_learning_rate).
     """
+    direction: Transformation
     if momentum_decay is None:
         direction = scale_by_adam(b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype,
                                   nesterov=True)
@@ -202,8 +203,10 @@ def adafactor(learning_rate=None, *, min_dim_size_to_factor: int = 128, decay_ra
       Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
       ICML 2018.
     """
-    parts = [scale_by_factored_rms(factored, decay_rate=decay_rate, step_offset=decay_offset,
-                                   min_dim_size_to_factor=min_dim_size_to_factor, epsilon=eps)]
+    parts: list[Transformation] = [
+        scale_by_factored_rms(factored, decay_rate=decay_rate, step_offset=decay_offset,
+                              min_dim_size_to_factor=min_dim_size_to_factor, epsilon=eps)
+    ]
     if clipping_threshold is not None:
         parts.append(clip_by_block_rms(clipping_threshold))
     if learning_rate is not None:

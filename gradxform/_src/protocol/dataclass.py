@@ -8,12 +8,15 @@ recompiles a jitted step and `jax.vmap` over them sweeps hyperparameters; struct
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 import jax
 import numpy as np
 
 from gradxform._src.protocol.fields import validate_field
+
+T = TypeVar("T")
 
 
 def format_value(value) -> str:
@@ -46,6 +49,14 @@ class PytreeDataclass:
     _hyper_fields: ClassVar[tuple[str, ...]] = ()
     _child_fields: ClassVar[tuple[str, ...]] = ()
     _static_fields: ClassVar[tuple[str, ...]] = ()
+
+    if TYPE_CHECKING:
+        # `pytree_dataclass` makes each subclass a dataclass and generates its constructor from
+        # the annotated fields, marking keyword-only ones at run time where a type checker
+        # cannot see them: to the checker, it takes any arguments.
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None: ...
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -131,7 +142,15 @@ class PytreeDataclass:
         return f"{type(self).__name__}({', '.join(parts)})"
 
 
-def pytree_dataclass(cls=None, *, positional: int = 1):
+@overload
+def pytree_dataclass(cls: type[T], *, positional: int = 1) -> type[T]: ...
+
+
+@overload
+def pytree_dataclass(cls: None = None, *, positional: int = 1) -> Callable[[type[T]], type[T]]: ...
+
+
+def pytree_dataclass(cls: Any = None, *, positional: int = 1) -> Any:
     """Makes `cls` a frozen dataclass registered as a pytree with keyed paths.
 
     The first `positional` fields may be given by position; the others are keyword-only. One by

@@ -42,7 +42,7 @@ def child(default: Any = dataclasses.MISSING) -> Any:
 
 def in_interval(lo: float, hi: float, closed: str = "[)") -> Callable:
     """A check that a value lies in an interval, e.g. ``in_interval(0, 1, "[)")`` for [0, 1)."""
-    left, right = closed
+    left, right = closed[0], closed[-1]
 
     def check(x):
         ok = (x >= lo if left == "[" else x > lo) and (x <= hi if right == "]" else x < hi)

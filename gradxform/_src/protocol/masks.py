@@ -15,6 +15,8 @@ class StaticMask:
 
     __slots__ = ("value", "_key")
 
+    _key: tuple
+
     def __init__(self, value: Any):
         self.value = value
         if callable(value):
@@ -80,7 +82,7 @@ def prefix_values(prefix, tree, where: str, what: str) -> list:
     for segs in given:
         if segs not in covered and not any(segs[:i] in hidden for i in range(len(segs))):
             raise ValueError(f"{where}: {what} has key '{'/'.join(segs)}' that params lacks")
-    values = []
+    values: list = []
     for segs, is_none in tree_paths:
         if is_none:
             values.append(None)
