@@ -6,6 +6,7 @@ Every idea of an optimizer is one transformation with `init(params) -> state` an
 
 # -- The protocol: transformations, schedules and their fields (gradxform/_src/protocol/) --
 from gradxform._src.protocol.dataclass import pytree_dataclass
+from gradxform._src.protocol.elementwise import ElementwiseTransformation
 from gradxform._src.protocol.fields import hyperparameter, static
 from gradxform._src.protocol.schedule import Schedule, resolve
 from gradxform._src.protocol.transformation import EmptyState, Transformation, safe_increment
@@ -184,6 +185,7 @@ __all__ = [
     "ClipByGlobalNormState",
     "CountState",
     "EmaParamsState",
+    "ElementwiseTransformation",
     "EmaState",
     "EmptyState",
     "FactoredState",

@@ -96,7 +96,7 @@ def _public_transformations():
     for name in gx.__all__:
         value = getattr(gx, name)
         if inspect.isclass(value) and issubclass(value, gx.Transformation) \
-                and value is not gx.Transformation:
+                and value not in (gx.Transformation, gx.ElementwiseTransformation):
             names.add(name)
         elif inspect.isfunction(value) and value.__module__.startswith(presets.__name__ + "."):
             names.add(name)  # every preset, wherever in gradxform/_src/presets it is assembled
