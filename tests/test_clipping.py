@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from trajectories import assert_trees_close, run, stepper
 
 import gradxform as gx
 
@@ -13,33 +12,14 @@ import gradxform as gx
 # in optax) on without amplifying them (Adam's normalisation of near-zero gradients would).
 
 
-def make_params(dtype):
-    rng = np.random.default_rng(0)
-    return {
-        "dense": {"w": jnp.asarray(rng.normal(size=(4, 3)), dtype),
-                  "b": jnp.asarray(rng.normal(size=(3,)), dtype)},
-        "head": {"w": jnp.asarray(rng.normal(size=(3, 2)), dtype)},
-        "scale": jnp.asarray(rng.normal(), dtype),
-        "frozen": None,
-    }
-
-
-def grad_fn(params, nan_steps=(), steps=100):
+@pytest.fixture
+def grad_fn(noisy_gradients):
     """g_t(θ) = θ - ½ + noise_t, the noise 10x larger every fifth step (to trip the clips).
 
     With `nan_steps`, the first coordinate of every leaf is NaN at those steps.
     """
-    rng = np.random.default_rng(1)
-
-    def noise_for(x):
-        n = rng.normal(size=(steps,) + x.shape) * np.where(np.arange(steps) % 5 == 0, 10.0, 1.0
-                                                           ).reshape((steps,) + (1,) * x.ndim)
-        for t in nan_steps:
-            n.reshape(steps, -1)[t, 0] = np.nan
-        return jnp.asarray(n, x.dtype)
-
-    noise = jax.tree.map(noise_for, params)
-    return lambda p, t: jax.tree.map(lambda x, n: (x - 0.5) + n[t], p, noise)
+    return lambda params, nan_steps=(): noisy_gradients(params, spike_every=5,
+                                                        nan_steps=nan_steps)
 
 
 CASES = {
@@ -55,37 +35,39 @@ CASES = {
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_same_trajectories_as_optax(dtype):
+def test_same_trajectories_as_optax(dtype, mixed_params, grad_fn, trajectories):
     """Each clip followed by momentum SGD, 100 steps: params equal optax's at every step."""
     with jax.enable_x64(dtype == "float64"):
-        params = make_params(dtype)
+        params = mixed_params(dtype)
         grads = grad_fn(params)
         nan_grads = grad_fn(params, nan_steps=(3, 40))
         steppers = []
         for name, (ours, theirs) in CASES.items():
             g = nan_grads if name == "zero_nans" else grads
-            steppers.append(stepper(gx.chain(ours(), gx.sgd(0.05, 0.9)), params, g))
-            steppers.append(stepper(optax.chain(theirs(), optax.sgd(0.05, 0.9)), params, g))
-        steppers.append(stepper(gx.sgd(0.05, 0.9), params, grads))
-        outs = run(steppers)
+            for opt in (gx.chain(ours(), gx.sgd(0.05, 0.9)),
+                        optax.chain(theirs(), optax.sgd(0.05, 0.9))):
+                steppers.append(trajectories.stepper(opt, params, g))
+        steppers.append(trajectories.stepper(gx.sgd(0.05, 0.9), params, grads))
+        outs = trajectories.run(steppers)
         unclipped = outs[-1][0]["dense"]["w"]
         for i, name in enumerate(CASES):
             (ours_p, _), (theirs_p, _) = outs[2 * i], outs[2 * i + 1]
             assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(ours_p))
-            assert_trees_close(ours_p, theirs_p, dtype, name)
+            trajectories.assert_close(ours_p, theirs_p, dtype, name)
             if name != "zero_nans":  # the clip is active: the path differs from plain SGD's
                 assert np.abs(ours_p["dense"]["w"] - unclipped).max() > 1e-2, name
 
 
-def test_clipping_before_adam_bounds_the_second_moment():
+def test_clipping_before_adam_bounds_the_second_moment(mixed_params, grad_fn, trajectories):
     """After clip_by_global_norm(c), Σ_i v_i ≤ c² (1 - β2^t): Adam's memory of g² is bounded."""
     c = 5.0
-    params = make_params("float32")
+    params = mixed_params("float32")
     grads = grad_fn(params)
     big = lambda p, t: jax.tree.map(lambda g: 100.0 * g, grads(p, t))  # noqa: E731
     clipped = gx.chain(gx.clip_by_global_norm(c), gx.scale_by_adam(), gx.scale(-1e-3))
     plain = gx.chain(gx.scale_by_adam(), gx.scale(-1e-3))
-    (_, s_clipped), (_, s_plain) = run([stepper(clipped, params, big), stepper(plain, params, big)])
+    (_, s_clipped), (_, s_plain) = trajectories.run(
+        [trajectories.stepper(clipped, params, big), trajectories.stepper(plain, params, big)])
 
     def total_nu(opt, states):
         nu = gx.get_state(opt, states, "scale_by_adam").nu
@@ -97,8 +79,8 @@ def test_clipping_before_adam_bounds_the_second_moment():
     assert np.all(total_nu(plain, s_plain)[5:] > 100 * bound[5:])  # unclipped, v grows with ‖g‖²
 
 
-def test_global_norm_clip_is_one_scalar_factor_and_logs_the_norm():
-    params = make_params("float32")
+def test_global_norm_clip_is_one_scalar_factor_and_logs_the_norm(mixed_params, grad_fn):
+    params = mixed_params("float32")
     g = grad_fn(params)(params, 0)  # a spike step: ‖g‖ ≈ 40
     flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]).astype(np.float64)
     norm = np.linalg.norm(flat)
@@ -130,8 +112,8 @@ def equations(jaxpr):
                 yield from equations(inner)
 
 
-def test_zero_nans_records_where_it_found_them():
-    params = make_params("float32")
+def test_zero_nans_records_where_it_found_them(mixed_params, grad_fn):
+    params = mixed_params("float32")
     g = grad_fn(params, nan_steps=(0,))(params, 0)
     u, state = gx.zero_nans().update(g, gx.zero_nans().init(params))
     assert all(bool(f) for f in jax.tree.leaves(state.found_nan))
@@ -139,12 +121,12 @@ def test_zero_nans_records_where_it_found_them():
     assert state.found_nan["frozen"] is None
 
 
-def test_bad_hyperparameters_and_missing_params_are_reported():
+def test_bad_hyperparameters_and_missing_params_are_reported(mixed_params):
     with pytest.raises(ValueError, match=r"clip_by_global_norm: max_norm must be > 0, got 0"):
         gx.clip_by_global_norm(0.0)
     with pytest.raises(ValueError, match=r"clip: max_delta must be >= 0"):
         gx.clip(-1.0)
-    params = make_params("float32")
+    params = mixed_params("float32")
     agc = gx.adaptive_grad_clip(0.1)
     with pytest.raises(ValueError, match=r"adaptive_grad_clip.update: params are required"):
         agc.update(params, agc.init(params))
@@ -165,18 +147,18 @@ def _per_example_grads(dtype=jnp.float32, n=16):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 @pytest.mark.parametrize("clip_norm", [0.0, 0.5, 2.0, 1e6, float("inf")])
-def test_per_example_clipping_matches_optax(dtype, clip_norm):
+def test_per_example_clipping_matches_optax(dtype, clip_norm, trajectories):
     with jax.enable_x64(dtype == jnp.float64):
         grads = _per_example_grads(dtype)
         tol = dict(rtol=1e-6, atol=1e-6) if dtype == jnp.float32 else dict(rtol=1e-13, atol=1e-13)
         ours = jax.jit(gx.per_example_global_norm_clip)(grads, clip_norm)
         theirs = optax.per_example_global_norm_clip(grads, clip_norm)
-        assert_trees_close(ours[0], theirs[0], tol)
+        trajectories.assert_close(ours[0], theirs[0], tol)
         assert int(ours[1]) == int(theirs[1])
         for uniform in (True, False):
             ours = gx.per_example_layer_norm_clip(grads, clip_norm, uniform=uniform)
             theirs = optax.per_example_layer_norm_clip(grads, clip_norm, uniform=uniform)
-            assert_trees_close(ours[0], theirs[0], tol)
+            trajectories.assert_close(ours[0], theirs[0], tol)
             assert jax.tree.map(int, ours[1]) == jax.tree.map(int, theirs[1])
 
 

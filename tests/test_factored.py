@@ -24,15 +24,6 @@ def _loss(p):
             + jnp.sum((p["b"] - 0.5) ** 2) + jnp.sum(p["w"][:5] * p["b"][:, None]) / 10)
 
 
-def _trajectory(opt, apply, params, steps=50):
-    def body(carry, _):
-        p, s = carry
-        u, s = opt.update(jax.grad(_loss)(p), s, p)
-        return (apply(p, u), s), p
-
-    return jax.lax.scan(body, (params, opt.init(params)), None, length=steps)[1]
-
-
 CASES = {
     "factored": dict(learning_rate=0.05, min_dim_size_to_factor=4),
     "momentum_decay": dict(learning_rate=0.1, min_dim_size_to_factor=4, momentum=0.9,
@@ -43,12 +34,14 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_same_numbers_as_optax(case):
+def test_same_numbers_as_optax(case, trajectories):
     kwargs = CASES[case]
     params = _params(jnp.float32)
-    ours = jax.jit(lambda p: _trajectory(adafactor(**kwargs), gx.apply_updates, p))(params)
-    theirs = jax.jit(lambda p: _trajectory(optax.adafactor(**kwargs), optax.apply_updates, p))(
-        params)
+    ours = jax.jit(lambda p: trajectories.on_loss(adafactor(**kwargs), gx.apply_updates, p,
+                                                  _loss, steps=50))(params)
+    theirs = jax.jit(lambda p: trajectories.on_loss(optax.adafactor(**kwargs),
+                                                    optax.apply_updates, p, _loss,
+                                                    steps=50))(params)
     for k in params:
         np.testing.assert_allclose(ours[k], theirs[k], rtol=2e-5, atol=2e-6, err_msg=k)
         assert float(jnp.abs(ours[k][-1] - ours[k][0]).max()) > 0.1
@@ -84,13 +77,14 @@ def numpy_adafactor(grad, x0: dict, steps, *, rho, min_dim, d=1.0, eps1=1e-30, e
     return out
 
 
-def test_matches_the_paper_in_float64():
+def test_matches_the_paper_in_float64(trajectories):
     """w (6, 4) and k (2, 5, 4) are factored (the row/column form of V̂ = R Cᵀ / 1ᵀR with sums,
     optax's with means); the vector b keeps its full second moment."""
     with jax.enable_x64(True):
         params = _params(jnp.float64)
         opt = adafactor(learning_rate=0.05, min_dim_size_to_factor=4)
-        ours = jax.jit(lambda p: _trajectory(opt, gx.apply_updates, p, steps=21))(params)
+        ours = jax.jit(lambda p: trajectories.on_loss(opt, gx.apply_updates, p, _loss,
+                                                      steps=21))(params)
 
         def grad(x):
             return {k: np.asarray(v) for k, v in jax.grad(_loss)(

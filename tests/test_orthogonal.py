@@ -212,15 +212,6 @@ def _loss(p):
             + jnp.sum(p["w"][:3].T @ p["v"]) / 10)
 
 
-def _trajectory(opt, apply, params, steps=40):
-    def body(carry, _):
-        p, s = carry
-        u, s = opt.update(jax.grad(_loss)(p), s, p)
-        return (apply(p, u), s), p
-
-    return jax.lax.scan(body, (params, opt.init(params)), None, length=steps)[1]
-
-
 OPTAX_CASES = {
     "default": dict(),
     "decay_rms_adaptive": dict(weight_decay=0.1, consistent_rms=0.2, adaptive=True,
@@ -232,13 +223,15 @@ OPTAX_CASES = {
 @pytest.mark.parametrize("case, dtype", [
     ("default", jnp.float32), ("default", jnp.float64), ("decay_rms_adaptive", jnp.float64),
     ("no_nesterov", jnp.float64)])
-def test_same_numbers_as_optax_muon(case, dtype):
+def test_same_numbers_as_optax_muon(case, dtype, trajectories):
     kwargs = OPTAX_CASES[case]
     with jax.enable_x64(dtype == jnp.float64):
         params = _params(dtype)
-        ours = jax.jit(lambda p: _trajectory(muon(0.02, **kwargs), gx.apply_updates, p))(params)
-        theirs = jax.jit(lambda p: _trajectory(optax.contrib.muon(0.02, **kwargs),
-                                               optax.apply_updates, p))(params)
+        ours = jax.jit(lambda p: trajectories.on_loss(muon(0.02, **kwargs), gx.apply_updates, p,
+                                                      _loss, steps=40))(params)
+        theirs = jax.jit(lambda p: trajectories.on_loss(optax.contrib.muon(0.02, **kwargs),
+                                                        optax.apply_updates, p, _loss,
+                                                        steps=40))(params)
         # float32: optax forms Adam's bias correction 1 - β2^t as float32 arithmetic, off by
         # up to ulp(β2)/(1 - β2) ≈ 1.3e-5 relative, where gradxform keeps its digits (see
         # gradxform.momentum.bias_correction). AdamW's leaves then differ by at most

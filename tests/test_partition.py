@@ -5,28 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from trajectories import assert_trees_close, run, stepper
 
 import gradxform as gx
-
-
-def make_params(dtype):
-    rng = np.random.default_rng(0)
-    return {
-        "dense": {"w": jnp.asarray(rng.normal(size=(4, 3)), dtype),
-                  "b": jnp.asarray(rng.normal(size=(3,)), dtype)},
-        "head": {"w": jnp.asarray(rng.normal(size=(3, 2)), dtype)},
-        "scale": jnp.asarray(rng.normal(), dtype),
-        "frozen": None,
-    }
-
-
-def grad_fn(params, steps=100):
-    """g_t(θ) = θ - ½ + noise_t (fixed noise, drawn once)."""
-    rng = np.random.default_rng(1)
-    noise = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=(steps,) + x.shape), x.dtype),
-                         params)
-    return lambda p, t: jax.tree.map(lambda x, n: (x - 0.5) + n[t], p, noise)
 
 
 def decayed_sgd(lib, lr, wd=0.1):
@@ -85,21 +65,22 @@ def optax_cases():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_same_trajectories_as_optax(dtype):
+def test_same_trajectories_as_optax(dtype, mixed_params, noisy_gradients, trajectories):
     with jax.enable_x64(dtype == "float64"):
-        params = make_params(dtype)
-        grads = grad_fn(params)
+        params = mixed_params(dtype)
+        grads = noisy_gradients(params)
         cases = optax_cases()
-        steppers = [stepper(opt, params, grads) for pair in cases.values() for opt in pair]
-        outs = run(steppers)
+        steppers = [trajectories.stepper(opt, params, grads)
+                    for pair in cases.values() for opt in pair]
+        outs = trajectories.run(steppers)
         for i, name in enumerate(cases):
             (ours, _), (theirs, _) = outs[2 * i], outs[2 * i + 1]
-            assert_trees_close(ours, theirs, dtype, name)
+            trajectories.assert_close(ours, theirs, dtype, name)
 
 
-def test_masked_leaves_pass_through_and_keep_no_state():
-    params = make_params("float32")
-    grads = grad_fn(params)(params, 0)
+def test_masked_leaves_pass_through_and_keep_no_state(mixed_params, noisy_gradients):
+    params = mixed_params("float32")
+    grads = noisy_gradients(params)(params, 0)
     opt = gx.masked(gx.adam(1e-2), MASK)
     state = opt.init(params)
     u, state = opt.update(grads, state, params)
@@ -122,8 +103,8 @@ def finetune_params(dtype):
     return {**params, "buffers": None}
 
 
-def test_selective_transform_keeps_no_state_for_frozen_leaves():
-    params = make_params("float32")
+def test_selective_transform_keeps_no_state_for_frozen_leaves(mixed_params):
+    params = mixed_params("float32")
     opt = gx.selective_transform(gx.adam(1e-2), freeze_mask=MASK)
     mu = gx.get_state(opt, opt.init(params), "train/scale_by_adam").mu
     assert mu["dense"]["w"] is None and mu["head"]["w"] is None
@@ -135,12 +116,12 @@ def test_selective_transform_keeps_no_state_for_frozen_leaves():
         gx.selective_transform(gx.adam(1e-2), freeze_mask={"dense": 1})
 
 
-def test_fine_tuning_param_groups():
-    """Seed 002/004's advice as param groups: a pretrained body at a low learning rate, a new
+def test_fine_tuning_param_groups(noisy_gradients, trajectories):
+    """The usual fine-tuning advice as param groups: a pretrained body at a low learning rate, a new
     head at a higher one, frozen embeddings; equal to optax.partition over 100 steps."""
     with jax.enable_x64(True):
         params = finetune_params("float64")
-        grads = grad_fn(params)
+        grads = noisy_gradients(params)
         opt = gx.partition(
             {"body": gx.adamw(1e-4, weight_decay=1e-2), "head": gx.adamw(1e-2, weight_decay=1e-2),
              "frozen": gx.set_to_zero()},
@@ -151,9 +132,10 @@ def test_fine_tuning_param_groups():
              "head": optax.adamw(1e-2, weight_decay=1e-2), "frozen": optax.set_to_zero()},
             {"embed": "frozen", "encoder": "body", "head": "head", "buffers": None},
         )
-        (ours, states), (theirs, _) = run([stepper(opt, params, grads),
-                                           stepper(reference, params, grads)])
-        assert_trees_close(ours, theirs, "float64")
+        (ours, states), (theirs, _) = trajectories.run(
+            [trajectories.stepper(opt, params, grads),
+             trajectories.stepper(reference, params, grads)])
+        trajectories.assert_close(ours, theirs, "float64")
         last = jax.tree.map(lambda x: x[-1], ours)
         moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), last, params)
         assert moved["embed"]["table"] == 0.0
@@ -166,8 +148,8 @@ def test_fine_tuning_param_groups():
         assert lrs["head"]["scale_by_learning_rate"]["learning_rate"] == 1e-2
 
 
-def test_mismatched_masks_and_labels_name_the_path():
-    params = make_params("float32")
+def test_mismatched_masks_and_labels_name_the_path(mixed_params):
+    params = mixed_params("float32")
     with pytest.raises(ValueError, match=r"masked: params has key 'scale' that the mask does "
                                          r"not cover"):
         gx.masked(gx.sgd(0.1), {"dense": True, "head": False, "frozen": False}).init(params)
@@ -183,8 +165,8 @@ def test_mismatched_masks_and_labels_name_the_path():
         jax.jit(opt.init)(params)
 
 
-def test_unknown_labels_and_patterns_are_named():
-    params = make_params("float32")
+def test_unknown_labels_and_patterns_are_named(mixed_params):
+    params = mixed_params("float32")
     opt = gx.partition({"body": gx.sgd(0.1), "frozen": gx.set_to_zero()},
                        {"dense": "body", "head": "adamw", "scale": "body", "frozen": None})
     with pytest.raises(ValueError, match=r"partition: label 'adamw' \(of param 'head/w'\) has no "
@@ -197,9 +179,9 @@ def test_unknown_labels_and_patterns_are_named():
         gx.partition({"a": gx.sgd(0.1)}, {"haed/*": "a", "**": "a"}).init(params)
 
 
-def test_get_state_by_name_and_path():
-    params = make_params("float32")
-    grads = grad_fn(params)(params, 0)
+def test_get_state_by_name_and_path(mixed_params, noisy_gradients):
+    params = mixed_params("float32")
+    grads = noisy_gradients(params)(params, 0)
     adamw = gx.adamw(1e-3)
     state = adamw.init(params)
     assert gx.get_state(adamw, state, "scale_by_adam") is state[0]

@@ -6,38 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from trajectories import TOL, assert_trees_close, run, stepper
 
 import gradxform as gx
-
-
-def make_params(dtype):
-    rng = np.random.default_rng(0)
-    return {
-        "dense": {"w": jnp.asarray(rng.normal(size=(4, 3)), dtype),
-                  "b": jnp.asarray(rng.normal(size=(3,)), dtype)},
-        "scale": jnp.asarray(rng.normal(), dtype),
-        "frozen": None,
-    }
-
-
-def make_noise(params, nan_steps=(), steps=100):
-    """Fixed noise per step (numpy float64), NaN in each leaf's first coordinate at `nan_steps`."""
-    rng = np.random.default_rng(1)
-
-    def noise_for(x):
-        n = rng.normal(size=(steps,) + x.shape)
-        for t in nan_steps:
-            n.reshape(steps, -1)[t, 0] = np.nan
-        return n
-
-    return jax.tree.map(noise_for, params)
-
-
-def grad_fn(noise):
-    """g_t(θ) = θ - ½ + noise_t."""
-    return lambda p, t: jax.tree.map(lambda x, n: (x - 0.5) + jnp.asarray(n, x.dtype)[t], p,
-                                        noise)
 
 
 def lookahead_stepper(opt, params, grads):
@@ -54,11 +24,11 @@ def lookahead_stepper(opt, params, grads):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_same_trajectories_as_optax(dtype):
+def test_same_trajectories_as_optax(dtype, mixed_params, noisy_gradients, trajectories):
     with jax.enable_x64(dtype == "float64"):
-        params = make_params(dtype)
-        grads = grad_fn(make_noise(params))
-        nan_grads = grad_fn(make_noise(params, nan_steps=(3, 20, 21, 50, 90, 91, 92)))
+        params = mixed_params(dtype, head=False)
+        grads = noisy_gradients(params)
+        nan_grads = noisy_gradients(params, nan_steps=(3, 20, 21, 50, 90, 91, 92))
         acc = jnp.dtype(dtype)  # optax accumulates in float32 by default
         every = lambda step: jnp.where(step < 10, 2, 4)  # noqa: E731
         pairs = {
@@ -76,17 +46,17 @@ def test_same_trajectories_as_optax(dtype):
             "apply_if_finite": (gx.apply_if_finite(gx.sgd(0.1, 0.9), 2),
                                 optax.apply_if_finite(optax.sgd(0.1, 0.9), 2), nan_grads),
         }
-        steppers = [stepper(o, params, g) for ours, theirs, g in pairs.values()
+        steppers = [trajectories.stepper(o, params, g) for ours, theirs, g in pairs.values()
                     for o in (ours, theirs)]
         for reset in (False, True):
-            steppers.append(stepper(gx.lookahead(gx.sgd(0.1, 0.9), 5, 0.5, reset_state=reset),
-                                    params, grads))
+            ours = gx.lookahead(gx.sgd(0.1, 0.9), 5, 0.5, reset_state=reset)
+            steppers.append(trajectories.stepper(ours, params, grads))
             steppers.append(lookahead_stepper(
                 optax.lookahead(optax.sgd(0.1, 0.9), 5, 0.5, reset_state=reset), params, grads))
-        outs = run(steppers)
+        outs = trajectories.run(steppers)
         for i, name in enumerate(pairs):
             (ours, _), (theirs, _) = outs[2 * i], outs[2 * i + 1]
-            assert_trees_close(ours, theirs, TOL[dtype], name)
+            trajectories.assert_close(ours, theirs, dtype, name)
         # the skip rule and the finite check kept NaNs out until apply_if_finite gave up
         assert np.isfinite(np.asarray(outs[4][0]["dense"]["w"])).all()
         np.testing.assert_array_equal(outs[4][1].skip_state["num_not_finite"],
@@ -99,11 +69,11 @@ def test_same_trajectories_as_optax(dtype):
                                           getattr(finite_theirs, field), err_msg=field)
         for j in (8, 10):  # lookahead, without and with reset_state
             (fast, state), (their_fast, their_slow) = outs[j], outs[j + 1]
-            assert_trees_close(fast, their_fast, TOL[dtype], "lookahead fast")
-            assert_trees_close(gx.slow_params(state), their_slow, TOL[dtype], "lookahead slow")
+            trajectories.assert_close(fast, their_fast, dtype, "lookahead fast")
+            trajectories.assert_close(gx.slow_params(state), their_slow, dtype, "lookahead slow")
 
 
-def test_multisteps_equals_the_big_batch_step():
+def test_multisteps_equals_the_big_batch_step(trajectories):
     """k micro-batches of b examples through MultiSteps(adam) = Adam on the k·b batch."""
     with jax.enable_x64(True):
         k, b, d, steps = 4, 8, 3, 25
@@ -127,15 +97,15 @@ def test_multisteps_equals_the_big_batch_step():
             train(gx.adam(0.1), 1), train(gx.MultiSteps(gx.adam(0.1), k), k),
             train(gx.MultiSteps(gx.sgd(0.1), k, use_grad_mean=False), k),
             train(gx.sgd(0.1 * k), 1)))()
-        assert_trees_close(acc, big, dict(rtol=1e-12, atol=1e-13), "mean")
-        assert_trees_close(summed, big_sgd, dict(rtol=1e-12, atol=1e-13), "sum")
+        trajectories.assert_close(acc, big, dict(rtol=1e-12, atol=1e-13), "mean")
+        trajectories.assert_close(summed, big_sgd, dict(rtol=1e-12, atol=1e-13), "sum")
         assert int(acc_state.gradient_step) == steps
         assert bool(gx.MultiSteps(gx.adam(0.1), k).has_updated(acc_state))
 
 
-def test_multisteps_emits_zeros_between_steps():
-    params = make_params("float32")
-    grads = grad_fn(make_noise(params))
+def test_multisteps_emits_zeros_between_steps(mixed_params, noisy_gradients, trajectories):
+    params = mixed_params("float32", head=False)
+    grads = noisy_gradients(params)
     opt = gx.MultiSteps(gx.sgd(1.0), 3)
     state = opt.init(params)
     total = jax.tree.map(jnp.zeros_like, params)
@@ -146,7 +116,7 @@ def test_multisteps_emits_zeros_between_steps():
         if t < 2:
             assert all(not np.any(x) for x in jax.tree.leaves(u))
             assert not bool(opt.has_updated(state))
-    assert_trees_close(u, jax.tree.map(lambda x: -x, total), dict(rtol=1e-6, atol=1e-7))
+    trajectories.assert_close(u, jax.tree.map(lambda x: -x, total), dict(rtol=1e-6, atol=1e-7))
     assert gx.hyperparams(opt, state)["every_k_schedule"] == 3
     assert gx.get_state(opt, state, "scale_by_learning_rate").count == 1
 
@@ -164,11 +134,11 @@ def flat_params():
     return {"w": rng.normal(size=(3, 2)), "b": rng.normal(size=(2,)), "s": np.asarray(rng.normal())}
 
 
-def test_lookahead_matches_the_paper_in_numpy():
+def test_lookahead_matches_the_paper_in_numpy(gradient_noise, noisy_gradients, trajectories):
     """Zhang et al. 2019, Algorithm 1 with SGD as the inner optimizer, written out in numpy."""
     k, alpha, lr = 5, 0.5, 0.1
     params = flat_params()
-    noise = make_noise(params)
+    noise = gradient_noise(params)
     theta = {n: np.asarray(v, np.float64) for n, v in params.items()}
     phi = dict(theta)
     fast_path, slow_path = [], []
@@ -182,19 +152,20 @@ def test_lookahead_matches_the_paper_in_numpy():
     with jax.enable_x64(True):
         p = jax.tree.map(jnp.asarray, params)
         opt = gx.lookahead(gx.sgd(lr), sync_period=k, slow_step_size=alpha)
-        ((fast, state),) = run([stepper(opt, p, grad_fn(noise))])
+        grads = noisy_gradients(p, noise=noise)
+        ((fast, state),) = trajectories.run([trajectories.stepper(opt, p, grads)])
         stack = lambda path: {n: np.stack([q[n] for q in path]) for n in params}  # noqa: E731
-        assert_trees_close(fast, stack(fast_path), dict(rtol=1e-12, atol=1e-12), "fast")
-        assert_trees_close(gx.slow_params(state), stack(slow_path),
+        trajectories.assert_close(fast, stack(fast_path), dict(rtol=1e-12, atol=1e-12), "fast")
+        trajectories.assert_close(gx.slow_params(state), stack(slow_path),
                            dict(rtol=1e-12, atol=1e-12), "slow")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_ema_params_matches_numpy(dtype):
+def test_ema_params_matches_numpy(dtype, gradient_noise, noisy_gradients, trajectories):
     """θ̄_t = γ_t θ̄_{t-1} + (1 - γ_t) θ_t, from θ_0 or from 0 with debiasing, with warmup."""
     decay, lr = 0.9, 0.1
     params = flat_params()
-    noise = make_noise(params)
+    noise = gradient_noise(params)
     variants = {"plain": dict(), "debias": dict(debias=True), "warmup": dict(warmup=10.0),
                 "debias+warmup": dict(debias=True, warmup=10.0)}
     expected = {}
@@ -213,10 +184,11 @@ def test_ema_params_matches_numpy(dtype):
         p = jax.tree.map(lambda v: jnp.asarray(v, dtype), params)
         opts = {name: gx.chain(gx.sgd(lr), gx.ema_params(decay, **kw))
                 for name, kw in variants.items()}
-        outs = run([stepper(o, p, grad_fn(noise)) for o in opts.values()])
+        grads = noisy_gradients(p, noise=noise)
+        outs = trajectories.run([trajectories.stepper(o, p, grads) for o in opts.values()])
         for name, (_, states) in zip(opts, outs):
             averaged = jax.vmap(gx.averaged_params)(states)
-            assert_trees_close(averaged, expected[name], tol, name)
+            trajectories.assert_close(averaged, expected[name], tol, name)
         debias_weight = outs[1][1][1].weight
         np.testing.assert_allclose(debias_weight, 1 - decay ** np.arange(1, 101), rtol=1e-5)
 
