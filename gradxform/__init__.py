@@ -91,8 +91,8 @@ from gradxform._src.composition.averaging import (
     lookahead,
     slow_params,
 )
-from gradxform._src.composition.chain import chain, hyperparams
-from gradxform._src.composition.partition import (
+from gradxform._src.composition.combine import chain, hyperparams
+from gradxform._src.composition.partitioning import (
     MaskedState,
     PartitionState,
     freeze,

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform._src.composition.partition import find_states, require_transformation
+from gradxform._src.composition.partitioning import find_states, require_transformation
 from gradxform._src.composition.wrappers import integer_at_least_1
 from gradxform._src.primitives.clipping import norm_dtype
 from gradxform._src.protocol import tree_utils

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradxform._src.composition.partition import require_transformation
+from gradxform._src.composition.partitioning import require_transformation
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.fields import child, static
 from gradxform._src.protocol.transformation import Transformation

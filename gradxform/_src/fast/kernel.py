@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradxform._src.composition.chain import chain
+from gradxform._src.composition.combine import chain
 from gradxform._src.primitives.adam_family import scale_by_adam
 from gradxform._src.primitives.clipping import clip_by_global_norm
 from gradxform._src.primitives.moments import bias_correction, trace

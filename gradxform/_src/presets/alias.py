@@ -10,7 +10,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from gradxform._src.composition.chain import chain
+from gradxform._src.composition.combine import chain
 from gradxform._src.primitives.adam_family import (
     scale_by_adam,
     scale_by_adamax,

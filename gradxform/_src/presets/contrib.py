@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradxform._src.composition.chain import chain
-from gradxform._src.composition.partition import partition
+from gradxform._src.composition.combine import chain
+from gradxform._src.composition.partitioning import partition
 from gradxform._src.composition.schedule_free_wrapper import schedule_free
 from gradxform._src.presets.alias import adamw, sgd
 from gradxform._src.primitives.adaptive import scale_by_rms

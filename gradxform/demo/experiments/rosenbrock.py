@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradxform._src.composition.chain import chain
+from gradxform._src.composition.combine import chain
 from gradxform._src.presets.alias import adagrad, adam, adamw, lion, rmsprop, sgd
 from gradxform._src.primitives.moments import ema
 from gradxform._src.primitives.scaling import scale_by_learning_rate

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from gradxform._src.composition.chain import chain
+from gradxform._src.composition.combine import chain
 from gradxform._src.primitives.scaling import set_to_zero
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
