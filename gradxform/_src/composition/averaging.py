@@ -18,6 +18,8 @@ from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.fields import child, hyperparameter, in_interval, static
 from gradxform._src.protocol.transformation import (
+    OptState,
+    Params,
     Transformation,
     float_count,
     require_params,
@@ -131,7 +133,7 @@ class lookahead(Transformation):
         return [(type(self.fast_optimizer).__name__, self.fast_optimizer, state.fast_state)]
 
 
-def slow_params(state):
+def slow_params(state: OptState) -> Params:
     """The slow weights φ of the `lookahead` inside `state`, the params to evaluate.
 
     Args:
@@ -222,7 +224,7 @@ class ema_params(Transformation):
         return updates, EmaParamsState(count=safe_increment(state.count), ema=ema, weight=weight)
 
 
-def averaged_params(state):
+def averaged_params(state: OptState) -> Params:
     """The averaged params θ̂ of the `ema_params` inside `state`, the params to evaluate.
 
         θ̂_t = θ̄_t / weight_t    (weight_t = 1 - Π γ_s with debias=True, else 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.fields import child
-from gradxform._src.protocol.transformation import Transformation
+from gradxform._src.protocol.transformation import OptState, Transformation
 
 
 @pytree_dataclass
@@ -55,7 +55,7 @@ class chain(Transformation):
         return f"chain({', '.join(repr(t) for t in self.transforms)})"
 
 
-def hyperparams(transformation: Transformation, state) -> dict:
+def hyperparams(transformation: Transformation, state: OptState) -> dict:
     """The current value of every numeric hyperparameter, as a nested dict keyed by name.
 
     Scheduled hyperparameters are evaluated at the step count held in the state, the value the

@@ -20,8 +20,14 @@ from gradxform._src.primitives.scaling import set_to_zero
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.fields import child, static
-from gradxform._src.protocol.masks import StaticMask, broadcast_mask, path_segments, prefix_values
-from gradxform._src.protocol.transformation import Transformation
+from gradxform._src.protocol.masks import (
+    MaskLike,
+    StaticMask,
+    broadcast_mask,
+    path_segments,
+    prefix_values,
+)
+from gradxform._src.protocol.transformation import OptState, Transformation
 
 _is_none = tree_utils.is_none
 
@@ -121,7 +127,7 @@ class masked(Transformation):
         return [(type(self.inner).__name__, self.inner, state.inner_state)]
 
 
-def freeze(mask) -> masked:
+def freeze(mask: MaskLike) -> masked:
     """Zeroes the updates of the leaves selected by `mask`: u_i = 0 where mask_i, else g_i.
 
     `chain(freeze(mask), adamw(...))` keeps Adam's moments and the weight decay for the frozen
@@ -138,7 +144,7 @@ def freeze(mask) -> masked:
     return masked(set_to_zero(), mask)
 
 
-def selective_transform(optimizer, *, freeze_mask) -> partition:
+def selective_transform(optimizer: Transformation, *, freeze_mask: MaskLike) -> partition:
     """Runs `optimizer` on the leaves not frozen by `freeze_mask`; frozen leaves get u = 0 and
     no optimizer state (unlike `freeze`, whose inner chain still keeps theirs).
 
@@ -435,7 +441,7 @@ def _is_subsequence(short, long) -> bool:
     return all(any(x == y for y in it) for x in short)
 
 
-def get_state(transformation: Transformation, state, name: str):
+def get_state(transformation: Transformation, state: OptState, name: str) -> OptState:
     """The state of the transformation called `name` inside `transformation`.
 
     Inner transformations are named by their type (`scale_by_adam`; repeats in a chain become

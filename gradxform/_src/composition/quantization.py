@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from gradxform._src.composition.partitioning import require_transformation
 from gradxform._src.protocol.dataclass import pytree_dataclass
@@ -90,7 +91,8 @@ class QuantizedArray:
 
     __slots__ = ("codes", "absmax", "signed", "block_size")
 
-    def __init__(self, codes, absmax, signed: bool, block_size: int):
+    def __init__(self, codes: jax.Array, absmax: jax.Array, signed: bool,
+                 block_size: int) -> None:
         self.codes = codes
         self.absmax = absmax
         self.signed = signed
@@ -144,7 +146,8 @@ def _quantize(x, block_size: int, signed: bool):
     return idx[: x.size].astype(jnp.uint8).reshape(x.shape), absmax.astype(x.dtype)
 
 
-def quantize_blockwise(x, *, block_size: int = 2048, signed: bool = True) -> QuantizedArray:
+def quantize_blockwise(x: ArrayLike, *, block_size: int = 2048,
+                       signed: bool = True) -> QuantizedArray:
     """x as 8-bit codes of the dynamic map, normalized by the absolute maximum of each block.
 
         a_b = max_{i ∈ b} |x_i|,     code_i = argmin_j |map_j - x_i / a_b|

@@ -28,7 +28,13 @@ from gradxform._src.composition.partitioning import find_states, require_transfo
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.fields import child, hyperparameter, in_interval, non_negative, static
-from gradxform._src.protocol.transformation import Transformation, safe_increment, zero_count
+from gradxform._src.protocol.transformation import (
+    OptState,
+    Params,
+    Transformation,
+    safe_increment,
+    zero_count,
+)
 
 
 class ScheduleFreeState(NamedTuple):
@@ -150,7 +156,7 @@ class schedule_free(Transformation):
                  state.base_optimizer_state)]
 
 
-def schedule_free_eval_params(state, params):
+def schedule_free_eval_params(state: OptState, params: Params) -> Params:
     """The evaluation params x of a schedule-free run, from its params y and its state.
 
         x = (y - (1 - β) z) / β

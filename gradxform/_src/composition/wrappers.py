@@ -8,12 +8,19 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from gradxform._src.composition.partitioning import require_transformation
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.fields import child, hyperparameter, static
-from gradxform._src.protocol.transformation import Transformation, safe_increment, zero_count
+from gradxform._src.protocol.transformation import (
+    Params,
+    Transformation,
+    Updates,
+    safe_increment,
+    zero_count,
+)
 
 
 def integer_at_least_1(x):
@@ -34,7 +41,8 @@ def _all_finite(tree):
 # -- gradient accumulation ------------------------------------------------------------------------
 
 
-def skip_not_finite(updates, gradient_step, params):
+def skip_not_finite(updates: Updates, gradient_step: jax.Array,
+                    params: Params | None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """A `MultiSteps` skip rule: skip a micro-batch whose gradients hold an inf or a NaN.
 
     Returns:
@@ -47,7 +55,8 @@ def skip_not_finite(updates, gradient_step, params):
     return num > 0, {"should_skip": num > 0, "num_not_finite": num}
 
 
-def skip_large_updates(updates, gradient_step, params, max_squared_norm):
+def skip_large_updates(updates: Updates, gradient_step: jax.Array, params: Params | None,
+                       max_squared_norm: ArrayLike) -> tuple[jax.Array, dict[str, jax.Array]]:
     """A `MultiSteps` skip rule: skip a micro-batch with ‖g‖² ≥ max_squared_norm (or NaN).
 
     Use as `functools.partial(skip_large_updates, max_squared_norm=...)`.

@@ -9,11 +9,14 @@ optax's own NamedTuple for code that checks `isinstance(tx, optax.GradientTransf
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.fields import static
 from gradxform._src.protocol.transformation import Transformation
+
+if TYPE_CHECKING:
+    import optax
 
 
 def _has_protocol(tx) -> bool:
@@ -81,7 +84,7 @@ class from_optax(Transformation):
         return f"from_optax({_optax_name(self.tx)})"
 
 
-def to_optax(transformation: Transformation):
+def to_optax(transformation: Transformation) -> optax.GradientTransformationExtraArgs:
     """The transformation as an `optax.GradientTransformationExtraArgs` NamedTuple.
 
     Only needed where code checks `isinstance(tx, optax.GradientTransformation)`: everywhere

@@ -6,9 +6,8 @@ computes something else, an option gives torch's form (see README, "Reproducing 
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from gradxform._src.composition.combine import chain
 from gradxform._src.primitives.adam_family import (
@@ -24,16 +23,20 @@ from gradxform._src.primitives.factored import scale_by_factored_rms, scale_by_p
 from gradxform._src.primitives.moments import ema, trace
 from gradxform._src.primitives.scaling import add_decayed_weights, scale, scale_by_learning_rate
 from gradxform._src.primitives.sign_momentum import scale_by_lion
+from gradxform._src.protocol.masks import MaskLike
+from gradxform._src.protocol.schedule import ScalarOrSchedule
 from gradxform._src.protocol.transformation import Transformation
 
 
-def _coupled_decay(weight_decay) -> tuple[Transformation, ...]:
+def _coupled_decay(weight_decay: ScalarOrSchedule | None) -> tuple[Transformation, ...]:
     """L2 regularisation added to the gradient first (torch's `weight_decay`), if asked for."""
     return () if weight_decay is None else (add_decayed_weights(weight_decay),)
 
 
-def sgd(learning_rate, momentum=None, *, nesterov=False, dampening=0.0, weight_decay=None,
-        accumulator_dtype=None) -> chain:
+def sgd(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule | None = None, *,
+        nesterov: bool = False, dampening: ScalarOrSchedule = 0.0,
+        weight_decay: ScalarOrSchedule | None = None,
+        accumulator_dtype: DTypeLike | None = None) -> chain:
     """Stochastic gradient descent, with heavy-ball or Nesterov momentum.
 
     chain([add_decayed_weights(weight_decay)], [trace(momentum, nesterov, dampening)],
@@ -50,8 +53,9 @@ def sgd(learning_rate, momentum=None, *, nesterov=False, dampening=0.0, weight_d
     )
 
 
-def adagrad(learning_rate, *, initial_accumulator_value=0.1, eps=1e-7, eps_in_sqrt=True,
-            weight_decay=None) -> chain:
+def adagrad(learning_rate: ScalarOrSchedule, *, initial_accumulator_value: ScalarOrSchedule = 0.1,
+            eps: ScalarOrSchedule = 1e-7, eps_in_sqrt: bool = True,
+            weight_decay: ScalarOrSchedule | None = None) -> chain:
     """AdaGrad: chain(scale_by_rss(...), scale_by_learning_rate(learning_rate)).
 
     torch.optim.Adagrad: `initial_accumulator_value=0.0, eps=1e-10, eps_in_sqrt=False`.
@@ -63,9 +67,12 @@ def adagrad(learning_rate, *, initial_accumulator_value=0.1, eps=1e-7, eps_in_sq
     )
 
 
-def rmsprop(learning_rate, *, decay=0.9, eps=1e-8, initial_scale=0.0, eps_in_sqrt=True,
-            centered=False, momentum=None, nesterov=False, bias_correction=False,
-            weight_decay=None) -> chain:
+def rmsprop(learning_rate: ScalarOrSchedule, *, decay: ScalarOrSchedule = 0.9,
+            eps: ScalarOrSchedule = 1e-8, initial_scale: ScalarOrSchedule = 0.0,
+            eps_in_sqrt: bool = True, centered: bool = False,
+            momentum: ScalarOrSchedule | None = None,
+            nesterov: bool = False, bias_correction: bool = False,
+            weight_decay: ScalarOrSchedule | None = None) -> chain:
     """RMSProp, optionally centered and with momentum.
 
     chain(scale_by_rms | scale_by_stddev, scale_by_learning_rate, [trace(momentum)])
@@ -83,8 +90,10 @@ def rmsprop(learning_rate, *, decay=0.9, eps=1e-8, initial_scale=0.0, eps_in_sqr
     )
 
 
-def adam(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=None,
-         nesterov=False, weight_decay=None) -> chain:
+def adam(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
+         b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
+         eps_root: ScalarOrSchedule = 0.0, mu_dtype: DTypeLike | None = None,
+         nesterov: bool = False, weight_decay: ScalarOrSchedule | None = None) -> chain:
     """Adam: chain(scale_by_adam(b1, b2, eps, eps_root), scale_by_learning_rate(learning_rate)).
 
     `weight_decay` adds coupled L2 before the moments, as torch.optim.Adam(weight_decay=...)
@@ -97,8 +106,11 @@ def adam(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=No
     )
 
 
-def adamw(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=None,
-          weight_decay=1e-4, mask=None, nesterov=False) -> chain:
+def adamw(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
+          b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
+          eps_root: ScalarOrSchedule = 0.0, mu_dtype: DTypeLike | None = None,
+          weight_decay: ScalarOrSchedule = 1e-4, mask: MaskLike = None,
+          nesterov: bool = False) -> chain:
     """Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
 
     chain(scale_by_adam(b1, b2, eps, eps_root), add_decayed_weights(weight_decay, mask),
@@ -114,8 +126,11 @@ def adamw(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=N
     )
 
 
-def nadam(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=None,
-          momentum_decay=None, weight_decay=None) -> chain:
+def nadam(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
+          b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
+          eps_root: ScalarOrSchedule = 0.0, mu_dtype: DTypeLike | None = None,
+          momentum_decay: ScalarOrSchedule | None = None,
+          weight_decay: ScalarOrSchedule | None = None) -> chain:
     """NAdam: Adam with Nesterov momentum (Dozat, 2016).
 
     With `momentum_decay=None` (default) it is optax's nadam,
@@ -131,8 +146,10 @@ def nadam(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=N
     return chain(*_coupled_decay(weight_decay), direction, scale_by_learning_rate(learning_rate))
 
 
-def amsgrad(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=None,
-            max_of="debiased", weight_decay=None) -> chain:
+def amsgrad(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
+            b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
+            eps_root: ScalarOrSchedule = 0.0, mu_dtype: DTypeLike | None = None,
+            max_of: str = "debiased", weight_decay: ScalarOrSchedule | None = None) -> chain:
     """AMSGrad: chain(scale_by_amsgrad(...), scale_by_learning_rate(learning_rate)).
 
     `max_of="raw"` reproduces torch.optim.Adam(amsgrad=True).
@@ -144,7 +161,9 @@ def amsgrad(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype
     )
 
 
-def adamax(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, weight_decay=None) -> chain:
+def adamax(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
+           b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
+           weight_decay: ScalarOrSchedule | None = None) -> chain:
     """AdaMax: chain(scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate))."""
     return chain(
         *_coupled_decay(weight_decay),
@@ -153,8 +172,10 @@ def adamax(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, weight_decay=None) -> c
     )
 
 
-def radam(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, threshold=5.0,
-          nesterov=False, weight_decay=None) -> chain:
+def radam(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
+          b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
+          eps_root: ScalarOrSchedule = 0.0, threshold: ScalarOrSchedule = 5.0,
+          nesterov: bool = False, weight_decay: ScalarOrSchedule | None = None) -> chain:
     """RAdam: chain(scale_by_radam(...), scale_by_learning_rate(learning_rate))."""
     return chain(
         *_coupled_decay(weight_decay),
@@ -164,8 +185,9 @@ def radam(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, threshold=
     )
 
 
-def lion(learning_rate, *, b1=0.9, b2=0.99, mu_dtype=None, weight_decay=1e-3,
-         mask=None) -> chain:
+def lion(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
+         b2: ScalarOrSchedule = 0.99, mu_dtype: DTypeLike | None = None,
+         weight_decay: ScalarOrSchedule = 1e-3, mask: MaskLike = None) -> chain:
     """Lion (Chen et al., 2023) with decoupled weight decay.
 
     chain(scale_by_lion(b1, b2), add_decayed_weights(weight_decay, mask),
@@ -178,13 +200,15 @@ def lion(learning_rate, *, b1=0.9, b2=0.99, mu_dtype=None, weight_decay=1e-3,
     )
 
 
-Optimizer = Any
 
-
-def adafactor(learning_rate=None, *, min_dim_size_to_factor: int = 128, decay_rate=0.8,
-              decay_offset=0, multiply_by_parameter_scale: bool = True, clipping_threshold=1.0,
-              momentum=None, dtype_momentum=jnp.float32, weight_decay_rate=None, eps=1e-30,
-              factored: bool = True, weight_decay_mask=None) -> chain:
+def adafactor(learning_rate: ScalarOrSchedule | None = None, *,
+              min_dim_size_to_factor: int = 128, decay_rate: ScalarOrSchedule = 0.8,
+              decay_offset: ScalarOrSchedule = 0, multiply_by_parameter_scale: bool = True,
+              clipping_threshold: ScalarOrSchedule | None = 1.0,
+              momentum: ScalarOrSchedule | None = None,
+              dtype_momentum: DTypeLike = jnp.float32,
+              weight_decay_rate: ScalarOrSchedule | None = None, eps: ScalarOrSchedule = 1e-30,
+              factored: bool = True, weight_decay_mask: MaskLike = None) -> chain:
     """Adafactor, with optax's arguments and numbers.
 
     chain(scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor, eps),

@@ -5,7 +5,10 @@ Muon, Sophia and Schedule-Free SGD/AdamW: each is a short chain (or wrapper) of 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+from jax.typing import DTypeLike
 
 from gradxform._src.composition.combine import chain
 from gradxform._src.composition.partitioning import partition
@@ -16,15 +19,21 @@ from gradxform._src.primitives.curvature import scale_by_sophia
 from gradxform._src.primitives.newton_schulz import DEFAULT_NS_COEFFS, StaticDims
 from gradxform._src.primitives.orthogonal import MuonLabels, scale_by_muon, scale_by_shape
 from gradxform._src.primitives.scaling import add_decayed_weights, scale_by_learning_rate
+from gradxform._src.protocol.masks import MaskLike
+from gradxform._src.protocol.schedule import ScalarOrSchedule
 from gradxform._src.schedules.polynomial import linear_schedule
 
 
-def muon(learning_rate, *, ns_coeffs=DEFAULT_NS_COEFFS, ns_steps: int = 5, beta=0.95, eps=1e-8,
-         weight_decay=0.0, weight_decay_mask=None, mu_dtype=None, nesterov: bool = True,
-         adaptive: bool = False, adam_b1=0.9, adam_b2=0.999, adam_eps_root=0.0,
-         adam_weight_decay=0.0, adam_learning_rate=None,
-         muon_weight_dimension_numbers: Any = None, consistent_rms=None,
-         debias: bool = True, ns_dtype=None) -> partition:
+def muon(learning_rate: ScalarOrSchedule, *,
+         ns_coeffs: Sequence[float] | Sequence[Sequence[float]] = DEFAULT_NS_COEFFS,
+         ns_steps: int = 5, beta: ScalarOrSchedule = 0.95, eps: ScalarOrSchedule = 1e-8,
+         weight_decay: ScalarOrSchedule = 0.0, weight_decay_mask: MaskLike = None,
+         mu_dtype: DTypeLike | None = None, nesterov: bool = True, adaptive: bool = False,
+         adam_b1: ScalarOrSchedule = 0.9, adam_b2: ScalarOrSchedule = 0.999,
+         adam_eps_root: ScalarOrSchedule = 0.0, adam_weight_decay: ScalarOrSchedule = 0.0,
+         adam_learning_rate: ScalarOrSchedule | None = None,
+         muon_weight_dimension_numbers: Any = None, consistent_rms: float | None = None,
+         debias: bool = True, ns_dtype: DTypeLike | None = None) -> partition:
     """Muon for the matrices, AdamW for everything else (optax's `contrib.muon`).
 
         partition({
@@ -86,9 +95,11 @@ def muon(learning_rate, *, ns_coeffs=DEFAULT_NS_COEFFS, ns_steps: int = 5, beta=
     )
 
 
-def sophia(learning_rate, *, b1=0.965, b2=0.99, eps=1e-8, weight_decay=1e-4,
-           weight_decay_mask=None, gamma=0.01, clip_threshold=1.0, mu_dtype=None,
-           debias: bool = True) -> chain:
+def sophia(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.965,
+           b2: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
+           weight_decay: ScalarOrSchedule = 1e-4, weight_decay_mask: MaskLike = None,
+           gamma: ScalarOrSchedule = 0.01, clip_threshold: ScalarOrSchedule | None = 1.0,
+           mu_dtype: DTypeLike | None = None, debias: bool = True) -> chain:
     """Sophia with decoupled weight decay (Liu et al. 2023).
 
     chain(scale_by_sophia(b1, b2, eps, gamma, clip_threshold),
@@ -108,7 +119,7 @@ def sophia(learning_rate, *, b1=0.965, b2=0.99, eps=1e-8, weight_decay=1e-4,
     )
 
 
-def warmup_learning_rate(learning_rate, warmup_steps):
+def warmup_learning_rate(learning_rate: float, warmup_steps: int | None) -> ScalarOrSchedule:
     """γ_t = γ min(1, (t + 1)/W): the reference implementation's warmup (step 0 already moves)."""
     if warmup_steps is None:
         return learning_rate
@@ -117,8 +128,10 @@ def warmup_learning_rate(learning_rate, warmup_steps):
     return linear_schedule(learning_rate / warmup_steps, learning_rate, warmup_steps - 1)
 
 
-def schedule_free_sgd(learning_rate=1.0, *, warmup_steps: int | None = None, b1=0.9,
-                      weight_decay=None, weight_lr_power=2.0, state_dtype=None) -> schedule_free:
+def schedule_free_sgd(learning_rate: float = 1.0, *, warmup_steps: int | None = None,
+                      b1: ScalarOrSchedule = 0.9, weight_decay: ScalarOrSchedule | None = None,
+                      weight_lr_power: ScalarOrSchedule = 2.0,
+                      state_dtype: DTypeLike | None = None) -> schedule_free:
     """Schedule-Free SGD: schedule_free(sgd(γ, weight_decay=λ), γ, b1=β).
 
     z_{t+1} = z_t - γ_t (∇f(y_t) + λ y_t). `warmup_steps` W gives γ_t = γ min(1, (t + 1)/W),
@@ -131,9 +144,11 @@ def schedule_free_sgd(learning_rate=1.0, *, warmup_steps: int | None = None, b1=
                          weight_lr_power=weight_lr_power, state_dtype=state_dtype)
 
 
-def schedule_free_adamw(learning_rate=0.0025, *, warmup_steps: int | None = None, b1=0.9,
-                        b2=0.999, eps=1e-8, weight_decay=0.0, weight_lr_power=2.0,
-                        state_dtype=None) -> schedule_free:
+def schedule_free_adamw(learning_rate: float = 0.0025, *, warmup_steps: int | None = None,
+                        b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
+                        eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.0,
+                        weight_lr_power: ScalarOrSchedule = 2.0,
+                        state_dtype: DTypeLike | None = None) -> schedule_free:
     """Schedule-Free AdamW: the base step is Adam without momentum, with decoupled decay at y.
 
         v_t = β2 v_{t-1} + (1 - β2) g_t²,   z_{t+1} = z_t - γ_t (g_t / (√(v_t / (1 - β2^t)) + ε)

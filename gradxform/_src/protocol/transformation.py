@@ -43,7 +43,8 @@ class Transformation(PytreeDataclass):
     def init(self, params: Params) -> OptState:
         raise NotImplementedError
 
-    def update(self, updates: Updates, state: OptState, params: Params | None = None, **extra_args):
+    def update(self, updates: Updates, state: OptState, params: Params | None = None,
+               **extra_args: Any) -> tuple[Updates, OptState]:
         raise NotImplementedError
 
     def __init_subclass__(cls, **kwargs):
@@ -152,7 +153,7 @@ def require_params(params, where: str) -> None:
         )
 
 
-def safe_increment(count):
+def safe_increment(count: jax.Array) -> jax.Array:
     """count + 1, saturating at the int32 maximum instead of wrapping around to negative."""
     return jnp.where(count < INT32_MAX, count + 1, INT32_MAX).astype(jnp.int32)
 

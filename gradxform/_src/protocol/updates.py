@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 
 from gradxform._src.protocol import tree_utils
+from gradxform._src.protocol.transformation import Params, Updates
 
 
-def apply_updates(params, updates):
+def apply_updates(params: Params, updates: Updates) -> Params:
     """θ ← θ + u, leaf by leaf, keeping each parameter's dtype.
 
     The sum is computed in the promoted dtype of the two leaves and cast back to the parameter's
