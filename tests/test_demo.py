@@ -1,4 +1,4 @@
-"""The demo and its experiments: seed 002's Rosenbrock numbers, the command line, the figures."""
+"""The demo and its experiments: the Rosenbrock comparison's numbers, the command line, figures."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from gradxform.demo.experiments.rosenbrock import run_rosenbrock, seed_optimizer
 STEPS = 500
 
 
-# -- seed 002's numpy code, copied as it is written there (the reference) ---------------------
+# -- the comparison's numpy optimizers, as a deep-learning course writes them (the reference) --
 
 
 def rosenbrock_grad(x, y):
@@ -81,7 +81,7 @@ class Adam:
 
 
 class SGD:
-    """The seed's vanilla SGD loop, `theta -= lr * grad`, as an object like the others."""
+    """The vanilla SGD loop, `theta -= lr * grad`, as an object like the others."""
 
     def __init__(self, params, lr):
         self.params, self.lr = params, lr
@@ -91,7 +91,7 @@ class SGD:
             param -= self.lr * grad
 
 
-SEED_OPTIMIZERS = {
+NUMPY_OPTIMIZERS = {
     "SGD": lambda p: SGD([p], lr=0.001),
     "Momentum": lambda p: SGDMomentum([p], lr=0.001, momentum=0.9),
     "RMSprop": lambda p: RMSprop([p], lr=0.01, beta=0.9),
@@ -99,10 +99,10 @@ SEED_OPTIMIZERS = {
 }
 
 
-def seed_trajectory(name, start=(-0.5, 0.5), steps=STEPS):
-    """θ_0 … θ_T of the seed's loop for one optimizer, shape (T + 1, 2), float64."""
+def numpy_trajectory(name, start=(-0.5, 0.5), steps=STEPS):
+    """θ_0 … θ_T of the numpy loop for one optimizer, shape (T + 1, 2), float64."""
     theta = np.array([[start[0]], [start[1]]])
-    opt = SEED_OPTIMIZERS[name](theta)
+    opt = NUMPY_OPTIMIZERS[name](theta)
     path = [theta.ravel().copy()]
     for _ in range(steps):
         opt.step([rosenbrock_grad(theta[0, 0], theta[1, 0])])
@@ -111,43 +111,43 @@ def seed_trajectory(name, start=(-0.5, 0.5), steps=STEPS):
 
 
 def rounding_envelope(name):
-    """How far the seed's own run moves, step by step, when its start moves by one ulp.
+    """How far the numpy run moves, step by step, when its start moves by one ulp.
 
     The largest deviation over 8 one-ulp perturbations of (-0.5, 0.5), as a running maximum
     over the steps. For a run that is not sensitive to rounding it stays near 1e-16; where the
     iteration amplifies rounding (RMSprop bouncing across the valley) it grows, and no
-    implementation that rounds differently from the seed's numpy can be asked to be closer.
+    implementation that rounds differently from that numpy code can be asked to be closer.
     """
-    ref = seed_trajectory(name)
+    ref = numpy_trajectory(name)
     worst = np.zeros(len(ref))
     for dx, dy in [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1)]:
         start = (np.nextafter(-0.5, dx * np.inf) if dx else -0.5,
                  np.nextafter(0.5, dy * np.inf) if dy else 0.5)
-        worst = np.maximum(worst, np.abs(seed_trajectory(name, start) - ref).max(axis=1))
+        worst = np.maximum(worst, np.abs(numpy_trajectory(name, start) - ref).max(axis=1))
     return np.maximum.accumulate(worst)
 
 
-# -- gradxform reproduces the seed ---------------------------------------------------------------
+# -- gradxform reproduces the numpy reference ---------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["SGD", "Momentum", "Adam"])
-def test_rosenbrock_matches_seed_numpy(name):
-    """In float64 the whole trajectory agrees with the seed's to rounding: 1e-13 absolute on
+def test_rosenbrock_matches_the_numpy_reference(name):
+    """In float64 the whole trajectory agrees with the numpy run's to rounding: 1e-13 absolute on
     coordinates of order 1, ~500 ulps (measured: at most 1e-15; the runs differ only in the
     order of floating-point operations and jax.grad's form of the gradient)."""
     ours = run_rosenbrock(seed_optimizers()[name], steps=STEPS).params
-    ref = seed_trajectory(name)
+    ref = numpy_trajectory(name)
     assert ours.dtype == np.float64
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-13)
 
 
-def test_rosenbrock_rmsprop_matches_seed_numpy_to_its_rounding_sensitivity():
+def test_rosenbrock_rmsprop_matches_the_numpy_reference_to_its_rounding_sensitivity():
     """RMSprop at lr 1e-2 bounces across the valley and amplifies rounding: a one-ulp change of
-    the start moves the seed's own run by up to ~1e-2. gradxform's run must be no further from
-    the seed's than that, at every step (measured: at most 0.3 of the envelope); before the
+    the start moves the numpy run by up to ~1e-2. gradxform's run must be no further from
+    the numpy run than that, at every step (measured: at most 0.3 of the envelope); before the
     amplification sets in (~step 95) this means agreement to rounding."""
     ours = run_rosenbrock(seed_optimizers()["RMSprop"], steps=STEPS).params
-    ref = seed_trajectory("RMSprop")
+    ref = numpy_trajectory("RMSprop")
     envelope = rounding_envelope("RMSprop")
     deviation = np.abs(ours - ref).max(axis=1)
     assert np.all(deviation <= envelope + 1e-15), int(np.argmax(deviation > envelope + 1e-15))
@@ -162,13 +162,13 @@ def test_rosenbrock_envelope_is_tight_for_the_stable_runs():
     assert rounding_envelope("RMSprop")[-1] > 1e-4
 
 
-def test_rosenbrock_float32_is_close_to_seed():
-    """In float32 the three stable runs agree with the float64 seed to float32 accuracy grown
+def test_rosenbrock_float32_is_close_to_the_numpy_reference():
+    """In float32 the three stable runs agree with the float64 numpy run to float32 accuracy grown
     over 500 steps (measured: at most 7e-7; bounded at 5e-6)."""
     for name in ["SGD", "Momentum", "Adam"]:
         ours = run_rosenbrock(seed_optimizers()[name], steps=STEPS, x64=False).params
         assert ours.dtype == np.float32
-        np.testing.assert_allclose(ours[-1], seed_trajectory(name)[-1], rtol=0, atol=5e-6)
+        np.testing.assert_allclose(ours[-1], numpy_trajectory(name)[-1], rtol=0, atol=5e-6)
 
 
 # -- the command line ---------------------------------------------------------------------------
@@ -209,22 +209,22 @@ def _row(table_text, name):
     return line.split()[len(name.split()):]
 
 
-def test_demo_table_shows_the_seeds_numbers(quick_demo):
-    """The Rosenbrock table prints the final positions the seed's own code prints (4 decimals).
+def test_demo_table_shows_the_numpy_references_numbers(quick_demo):
+    """The Rosenbrock table prints the final positions the numpy code prints (4 decimals).
 
     RMSprop's run amplifies rounding (see the envelope test above), so its printed digits are
-    held to the seed's own one-ulp sensitivity, not to four decimals.
+    held to the numpy run's own one-ulp sensitivity, not to four decimals.
     """
     _, text, _, sections = quick_demo
     table = sections["rosenbrock"].table
     assert table in text
     for name in ["SGD", "Momentum", "Adam"]:
-        x, y = seed_trajectory(name)[-1]
+        x, y = numpy_trajectory(name)[-1]
         assert _row(table, name)[:2] == [f"{x:.4f}", f"{y:.4f}"], name
     final = sections["rosenbrock"].results["RMSprop"].final
     printed = _row(table, "RMSprop")[:2]
     assert printed == [f"{final[0]:.4f}", f"{final[1]:.4f}"]
-    deviation = np.abs(np.array(printed, float) - seed_trajectory("RMSprop")[-1]).max()
+    deviation = np.abs(np.array(printed, float) - numpy_trajectory("RMSprop")[-1]).max()
     assert deviation <= rounding_envelope("RMSprop")[-1] + 5e-5  # + half the last printed digit
 
 
@@ -237,7 +237,7 @@ def test_demo_reports_each_experiment(quick_demo):
     # XOR is learnable by every optimizer in 20 epochs.
     for name, run in sections["xor"].results.items():
         assert run.train_accuracy > 0.9, name
-    # The seeds' point: AdamW shrinks the noisy features' weights more than Adam + L2 does.
+    # The experiment's point: AdamW shrinks the noisy features' weights more than Adam + L2 does.
     runs = sections["noisy_features"].results
     noise_norm = {n: np.linalg.norm(r.w[:, 5:], axis=1).mean() for n, r in runs.items()}
     assert noise_norm["AdamW"] < noise_norm["Adam + L2"]

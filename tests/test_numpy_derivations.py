@@ -1,6 +1,9 @@
-"""The update rules of the seed texts, re-derived in plain numpy and matched step by step.
+"""The update rules as the papers and textbooks write them, re-derived in plain numpy and matched
+step by step: EMAs and bias correction, momentum, RMSprop, AdaGrad, Nesterov in both forms, Adam,
+AdamW and Lion, and the classic comparison of optimizers on the Rosenbrock function.
 
-Everything runs in float64 (jax.enable_x64) so the comparison is tight.
+Everything runs in float64 (jax.enable_x64) so the comparison is tight. Equation numbers refer
+to O. Zambounis, "The Evolution of AdamW" (2025), which writes each rule in one notation.
 """
 
 import jax
@@ -10,11 +13,7 @@ import pytest
 
 import gradxform as gx
 
-
-@pytest.fixture(autouse=True)
-def x64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("x64")
 
 
 def _run(opt, grad_fn, theta0, steps):
@@ -30,7 +29,7 @@ def _run(opt, grad_fn, theta0, steps):
     return np.array(out)
 
 
-# -- seed 002: the Rosenbrock comparison, with the seed's own numpy classes --------------------
+# -- SGD, momentum, RMSprop and Adam on the Rosenbrock function, from (-0.5, 0.5) --------------
 
 def rosenbrock(x, y):
     return (1 - x) ** 2 + 100 * (y - x**2) ** 2
@@ -46,8 +45,8 @@ def rosenbrock_grad(theta):
     return jnp.stack([-2 * (1 - x) - 400 * x * (y - x**2), 200 * (y - x**2)])
 
 
-def seed_rosenbrock_numpy(name, steps=500):
-    """The loop of seed 002, section 4 (SGD, SGDMomentum, RMSprop, Adam)."""
+def rosenbrock_numpy(name, steps=500):
+    """The numpy loop of the comparison (SGD, momentum, RMSprop, Adam), as textbooks write it."""
     theta = np.array([-0.5, 0.5])
     v = np.zeros(2)
     m, s = np.zeros(2), np.zeros(2)
@@ -80,19 +79,19 @@ ROSENBROCK = {
 
 
 @pytest.mark.parametrize("name", ["SGD", "Momentum", "Adam"])
-def test_rosenbrock_matches_the_seed_numpy_code(name):
+def test_rosenbrock_matches_the_numpy_loop(name):
     ours = _run(ROSENBROCK[name](), rosenbrock_grad, [-0.5, 0.5], 500)
-    ref = seed_rosenbrock_numpy(name)
+    ref = rosenbrock_numpy(name)
     np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
-    # the seed's observations: momentum and Adam end nearer the minimum than plain SGD
+    # the comparison's observation: momentum and Adam end nearer the minimum than plain SGD
     if name != "SGD":
-        assert rosenbrock(*ours[-1]) < rosenbrock(*seed_rosenbrock_numpy("SGD")[-1])
+        assert rosenbrock(*ours[-1]) < rosenbrock(*rosenbrock_numpy("SGD")[-1])
 
 
-def test_rosenbrock_rmsprop_follows_the_seed_rule_at_every_step():
+def test_rosenbrock_rmsprop_follows_the_numpy_rule_at_every_step():
     """RMSprop with lr 1e-2 zig-zags across the valley: a one-ulp difference in the order of
-    operations (the seed computes (η / (√s + ε)) g) grows until trajectories part after ~100
-    steps. So each of our steps is checked against the seed's rule applied to our own
+    operations (the numpy loop computes (η / (√s + ε)) g) grows until trajectories part after
+    ~100 steps. So each of our steps is checked against that rule applied to our own
     previous (θ, s), for all 500 steps."""
     opt = ROSENBROCK["RMSprop"]()
     theta = jnp.array([-0.5, 0.5])
@@ -107,9 +106,9 @@ def test_rosenbrock_rmsprop_follows_the_seed_rule_at_every_step():
         np.testing.assert_allclose(theta, expected, rtol=1e-13, atol=1e-15)
 
 
-# -- seeds 000 and 001: exponentially weighted averages and bias correction -------------------
+# -- exponentially weighted averages and bias correction ---------------------------------------
 
-def test_ema_is_the_weighted_sum_of_seed_001():
+def test_ema_is_the_exponentially_weighted_sum():
     """EMA_t = (1-β) Σ_{i≤t} β^{t-i} x_i, and the bias-corrected EMA divides by 1 - β^t."""
     beta, xs = 0.9, np.random.RandomState(0).randn(30)
     for debias in (False, True):
@@ -124,7 +123,7 @@ def test_ema_is_the_weighted_sum_of_seed_001():
 
 
 def test_bias_corrected_ema_of_a_constant_is_unbiased_from_step_one():
-    """Seed 000: V_1 = (1-β) X_1 underestimates; V̂_t = V_t / (1 - β^t) is exact for constants."""
+    """V_1 = (1-β) X_1 underestimates; V̂_t = V_t / (1 - β^t) is exact for constants."""
     opt = gx.ema(0.98)
     state = opt.init(jnp.zeros(()))
     raw = gx.ema(0.98, debias=False)
@@ -136,8 +135,8 @@ def test_bias_corrected_ema_of_a_constant_is_unbiased_from_step_one():
         assert biased < 3.0
 
 
-def test_gradient_descent_with_momentum_of_seed_000():
-    """vdW = β vdW + (1-β) dW; W = W - α vdW: the EMA form of momentum."""
+def test_gradient_descent_with_ema_momentum():
+    """vdW = β vdW + (1-β) dW; W = W - α vdW: the EMA form of momentum (as in Ng's course)."""
     A = np.diag([1.0, 10.0])
     grad = lambda w: A @ w
     w, v, traj = np.array([1.0, 1.0]), np.zeros(2), []
@@ -153,8 +152,8 @@ def test_gradient_descent_with_momentum_of_seed_000():
     np.testing.assert_allclose(torch_form, ours, rtol=1e-10)
 
 
-def test_rmsprop_of_seed_001():
-    """s = ρ s + (1-ρ) g²; θ = θ - α g / (√s + ε)."""
+def test_rmsprop_equations():
+    """s = ρ s + (1-ρ) g²; θ = θ - α g / (√s + ε)   (Tieleman & Hinton 2012, eps outside)."""
     A = np.diag([0.5, 20.0])
     theta, s, traj = np.array([2.0, -1.0]), np.zeros(2), []
     for _ in range(60):
@@ -168,7 +167,7 @@ def test_rmsprop_of_seed_001():
 
 
 def test_half_life_and_effective_window():
-    """Seed 001: β = 0.9 averages about 1/(1-β) = 10 steps; a weight halves after h steps."""
+    """β = 0.9 averages about 1/(1-β) = 10 steps; a weight halves after h steps."""
     assert gx.effective_window(0.9) == pytest.approx(10.0)
     beta = gx.decay_from_half_life(7.0)
     assert beta**7 == pytest.approx(0.5)
@@ -177,7 +176,7 @@ def test_half_life_and_effective_window():
         gx.half_life_from_decay(1.0)
 
 
-# -- seed 003: AdaGrad, Nesterov in both forms, Adam, AdamW, Lion -----------------------------
+# -- AdaGrad, Nesterov in both forms, Adam, AdamW, Lion (Zambounis's equations) ---------------
 
 QUAD = np.array([[3.0, 0.5], [0.5, 1.0]])
 
@@ -190,7 +189,7 @@ def quad_grad_np(p):
     return QUAD @ p + np.sin(p)
 
 
-def test_adagrad_of_seed_003():
+def test_adagrad_equations():
     """G_t = G_{t-1} + g_t²;  w_{t+1} = w_t - η / √(G_t + ε) ⊙ g_t   (eq. 10-11)."""
     w, G, traj = np.array([1.0, -2.0]), np.zeros(2), []
     for _ in range(40):
@@ -237,7 +236,7 @@ def test_torch_nesterov_is_the_lookahead_form_in_the_variable_phi():
 
 
 def _adam_numpy(lr, b1, b2, eps, steps, weight_decay=0.0, decoupled=True):
-    """Eq. (14)-(18) of seed 003 (and the AdamW class of seed 002)."""
+    """Eq. (14)-(18): Adam, with decoupled weight decay (AdamW) or L2 added to the gradient."""
     w, m, v, traj = np.array([1.0, -2.0]), np.zeros(2), np.zeros(2), []
     for t in range(1, steps + 1):
         g = quad_grad_np(w)
@@ -254,12 +253,12 @@ def _adam_numpy(lr, b1, b2, eps, steps, weight_decay=0.0, decoupled=True):
     return np.array(traj)
 
 
-def test_adam_of_seed_003():
+def test_adam_equations():
     ours = _run(gx.adam(0.05, b1=0.8, b2=0.99), quad_grad, [1.0, -2.0], 80)
     np.testing.assert_allclose(ours[1:], _adam_numpy(0.05, 0.8, 0.99, 1e-8, 80), rtol=1e-10)
 
 
-def test_adamw_of_seed_002_and_adam_with_l2():
+def test_adamw_and_adam_with_l2():
     """Decoupled decay (after the adaptive scaling) vs L2 added to the gradient (before it)."""
     decoupled = _run(gx.adamw(0.05, weight_decay=0.1), quad_grad, [1.0, -2.0], 80)
     np.testing.assert_allclose(decoupled[1:], _adam_numpy(0.05, 0.9, 0.999, 1e-8, 80, 0.1),
@@ -275,7 +274,7 @@ def test_adamw_of_seed_002_and_adam_with_l2():
 
 
 def test_coupled_l2_is_normalised_away_by_adam_but_decoupled_decay_is_not():
-    """Seeds 000/001: for a weight the loss ignores, Adam rescales the L2 gradient λθ to about
+    """For a weight the loss ignores, Adam rescales the L2 gradient λθ to about
     ±1, so the shrinkage no longer depends on λ; AdamW shrinks by exactly η λ θ per step."""
     zero_grad = lambda p: jnp.zeros_like(p)
     theta0 = [2.0, -3.0]
@@ -290,7 +289,7 @@ def test_coupled_l2_is_normalised_away_by_adam_but_decoupled_decay_is_not():
         np.testing.assert_allclose(w[1] - w[0], -0.01 * lam * np.array(theta0), atol=1e-15)
 
 
-def test_lion_of_seed_003():
+def test_lion_equations():
     """Eq. (19): w_{t+1} = w_t - η sign(β1 m_{t-1} + (1-β1) g_t); m_t = β2 m_{t-1} + (1-β2) g_t."""
     w, m, traj = np.array([1.0, -2.0]), np.zeros(2), []
     for _ in range(50):

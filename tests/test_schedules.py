@@ -1,5 +1,5 @@
 """Schedules against optax, against torch.optim.lr_scheduler fixtures, and against the formulas
-of the papers and seeds re-derived in numpy; plus their validation, pytree behaviour and plots.
+of the papers re-derived in numpy; plus their validation, pytree behaviour and plots.
 
 Each schedule is evaluated once over a long range of step counts (step 0, every boundary, far
 past the end, the int32 maximum) with one jit of a vmap.
@@ -157,10 +157,10 @@ def test_matches_torch_lr_scheduler(case):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
 
 
-# -- formulas of the papers and seeds, re-derived in numpy (float64) ---------------------------
+# -- formulas of the papers, re-derived in numpy (float64) --------------------------------------
 
 
-def test_transformer_schedule_is_seed_002_formula():
+def test_transformer_schedule_is_the_papers_formula():
     d_model, warmup = 512, 4000
     counts = np.arange(0, 40001, 7)
     step_num = counts + 1.0  # the paper counts updates from 1
@@ -174,14 +174,15 @@ def test_transformer_schedule_is_seed_002_formula():
                                rtol=2e-6)
 
 
-def test_warm_restarts_with_t_mult_1_is_seed_002_cosine_annealing():
-    # seed 002: lr_min + 0.5 (lr_max - lr_min)(1 + cos(π (t mod T_max) / T_max))
+def test_warm_restarts_with_t_mult_1_is_periodic_cosine_annealing():
+    # SGDR (Loshchilov & Hutter 2017) with equal periods:
+    # lr_min + 0.5 (lr_max - lr_min)(1 + cos(π (t mod T_max) / T_max))
     lr_max, lr_min, T_max = 0.1, 0.001, 100
     t = np.arange(300)
     want = lr_min + 0.5 * (lr_max - lr_min) * (1 + np.cos(np.pi * (t % T_max) / T_max))
     got = curve(gx.cosine_annealing_warm_restarts_schedule(lr_max, T_max, eta_min=lr_min), t)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * lr_max)
-    assert got[0] == got[100] == got[200] == np.float32(lr_max)  # the restarts the seed prints
+    assert got[0] == got[100] == got[200] == np.float32(lr_max)  # a restart every T_max steps
 
 
 def _warm_restarts_reference(t, T_0, T_mult):
@@ -234,7 +235,7 @@ def test_warmup_stable_decay_formula(decay_type):
     assert (got[W + S_ + D:] == np.float32(end)).all()
 
 
-def test_seed_004_three_phases_with_join_schedules():
+def test_warmup_cosine_then_constant_with_join_schedules():
     # warmup linearly, decay with a cosine, then hold a constant (fine-tuning keeps a small lr)
     peak, floor, W, D = 1e-3, 1e-4, 1000, 9000
     schedule = gx.join_schedules(
