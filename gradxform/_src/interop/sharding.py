@@ -19,6 +19,7 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from gradxform._src.protocol import tree_utils
+from gradxform._src.protocol.transformation import Params, Transformation
 
 
 def _segments(path) -> tuple[str, ...]:
@@ -37,7 +38,8 @@ def _with_data_axis(spec: tuple, shape: tuple, axis: str, size: int) -> tuple:
     return spec
 
 
-def state_shardings(optimizer, params, *, data_axis: str | None = None) -> Any:
+def state_shardings(optimizer: Transformation, params: Params, *,
+                    data_axis: str | None = None) -> Any:
     """A `NamedSharding` for every leaf of `optimizer.init(params)`.
 
     A state leaf follows the param whose path it ends with and whose shape it has: Adam's

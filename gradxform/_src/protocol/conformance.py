@@ -22,11 +22,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
+from gradxform._src.protocol.transformation import Transformation
 from gradxform._src.protocol.updates import apply_updates
 
 
-def default_params(dtype=jnp.float32) -> dict:
+def default_params(dtype: DTypeLike = jnp.float32) -> dict:
     """A small tree with a matrix, a vector, a scalar, a None leaf and an empty leaf."""
     key = jax.random.key(0)
     k1, k2, k3 = jax.random.split(key, 3)
@@ -81,7 +83,7 @@ def _run_eager(t, params, grads_seq, extra_args):
 
 
 def check_transformation(
-    transformation,
+    transformation: Transformation,
     params: Any = None,
     *,
     steps: int = 3,
