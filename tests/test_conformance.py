@@ -37,6 +37,13 @@ CASES = {
     "scale_by_radam": lambda: gx.scale_by_radam(),
     "scale_by_nadam": lambda: gx.scale_by_nadam(),
     "scale_by_lion": lambda: gx.scale_by_lion(),
+    # adam_variants.py
+    "scale_by_belief": lambda: gx.scale_by_belief(nesterov=True),
+    "scale_by_yogi": lambda: gx.scale_by_yogi(eps_root=1e-8),
+    "scale_by_adan": lambda: gx.scale_by_adan(lookahead="paper"),
+    "adabelief": lambda: gx.adabelief(1e-3),
+    "yogi": lambda: gx.yogi(1e-2),
+    "adan": lambda: gx.adan(1e-3, weight_decay=1e-2),
     # alias.py
     "sgd": lambda: gx.sgd(0.1, 0.9, weight_decay=1e-2),
     "adagrad": lambda: gx.adagrad(0.1),

@@ -17,6 +17,7 @@ from gradxform._src.primitives.adam_family import (
     scale_by_nadam,
     scale_by_radam,
 )
+from gradxform._src.primitives.adam_variants import scale_by_adan, scale_by_belief, scale_by_yogi
 from gradxform._src.primitives.adaptive import scale_by_rms, scale_by_rss, scale_by_stddev
 from gradxform._src.primitives.clipping import clip_by_block_rms
 from gradxform._src.primitives.factored import scale_by_factored_rms, scale_by_param_block_rms
@@ -243,3 +244,43 @@ def adafactor(learning_rate: ScalarOrSchedule | None = None, *,
         parts.append(add_decayed_weights(weight_decay_rate, mask=weight_decay_mask))
     parts.append(scale(-1))
     return chain(*parts)
+
+
+def adabelief(learning_rate, *, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16,
+              nesterov=False) -> chain:
+    """AdaBelief (Zhuang et al., 2020), with optax's arguments and numbers.
+
+    chain(scale_by_belief(b1, b2, eps, eps_root, nesterov), scale_by_learning_rate(learning_rate))
+
+    The paper's Algorithm 2 adds one ε both to s_t and outside the root: `eps=ε, eps_root=ε`.
+    """
+    return chain(
+        scale_by_belief(b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def yogi(learning_rate, *, b1=0.9, b2=0.999, eps=1e-3) -> chain:
+    """Yogi (Zaheer et al., 2018), with optax's arguments and numbers.
+
+    chain(scale_by_yogi(b1, b2, eps), scale_by_learning_rate(learning_rate))
+    """
+    return chain(scale_by_yogi(b1, b2=b2, eps=eps), scale_by_learning_rate(learning_rate))
+
+
+def adan(learning_rate, *, b1=0.98, b2=0.92, b3=0.99, eps=1e-8, eps_root=1e-8, weight_decay=0.0,
+         mask=None, lookahead="optax") -> chain:
+    """Adan (Xie et al., 2022) with decoupled weight decay, with optax's arguments and numbers.
+
+    chain(scale_by_adan(b1, b2, b3, eps, eps_root, lookahead), add_decayed_weights(weight_decay,
+          mask), scale_by_learning_rate(learning_rate))
+
+    θ_t = θ_{t-1} - η (u_t + λ θ_{t-1}), as optax's `adan`; the paper and the authors' code
+    divide instead, θ_t = (θ_{t-1} - η u_t) / (1 + λ η), which agrees to first order in λη.
+    `lookahead="paper"` weights the gradient difference as the paper does (see `scale_by_adan`).
+    """
+    return chain(
+        scale_by_adan(b1, b2=b2, b3=b3, eps=eps, eps_root=eps_root, lookahead=lookahead),
+        add_decayed_weights(weight_decay, mask=mask),
+        scale_by_learning_rate(learning_rate),
+    )
