@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from trajectories import TOL, assert_trees_close, run, stepper
 
 import gradxform as gx
 
@@ -63,11 +62,12 @@ PAIRS = {
     "adan_weight_decay_mask": lambda lib: lib.adan(
         0.01, weight_decay=0.05, mask={"w": True, "b": False, "c": True, "n": False}),
 }
-def _trajectory_pair(make, dtype):
+def _trajectory_pair(trajectories, make, dtype):
     params = _params(dtype)
     ours, theirs = make(gx), make(optax)
-    (ours_ps, _), (theirs_ps, _) = run([stepper(ours, params, _grads),
-                                        stepper(theirs, params, _grads)], STEPS)
+    (ours_ps, _), (theirs_ps, _) = trajectories.run(
+        [trajectories.stepper(ours, params, _grads), trajectories.stepper(theirs, params, _grads)],
+        STEPS)
     return ours_ps, theirs_ps
 
 
@@ -79,25 +79,25 @@ def _err(a, b):
 
 
 @pytest.mark.parametrize("name", sorted(PAIRS))
-def test_same_trajectories_as_optax(name):
+def test_same_trajectories_as_optax(name, trajectories):
     with jax.enable_x64(True):
-        ours64, exact = _trajectory_pair(PAIRS[name], jnp.float64)
+        ours64, exact = _trajectory_pair(trajectories, PAIRS[name], jnp.float64)
         assert all(x.dtype == jnp.float64 for x in jax.tree.leaves(ours64))
         moved = max(float(jnp.max(jnp.abs(x[-1] - x[0]))) for x in jax.tree.leaves(ours64))
         assert moved > 1e-2, f"{name}: the params barely moved, the comparison says little"
-        assert_trees_close(ours64, exact, dict(rtol=1e-12, atol=1e-13), name)
-    ours32, optax32 = _trajectory_pair(PAIRS[name], jnp.float32)
+        trajectories.assert_close(ours64, exact, dict(rtol=1e-12, atol=1e-13), name)
+    ours32, optax32 = _trajectory_pair(trajectories, PAIRS[name], jnp.float32)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(ours32))
     # float32 is held to the exact (float64) trajectory, within a few ulps per step
-    # (TOL["float32"]: rtol 1e-6, atol 5e-7). optax forms the bias corrections 1 - β^t in
-    # float32, which cancels for β near 1 (0.999 is stored as 0.99900001) and leaves its
-    # float32 trajectories up to ~1e-5 away; gradxform's are no further from the exact one.
-    assert_trees_close(ours32, exact, "float32", f"{name} (float32 vs exact)")
+    # (Trajectories.TOL["float32"]: rtol 1e-6, atol 5e-7). optax forms the bias corrections
+    # 1 - β^t in float32, which cancels for β near 1 (0.999 is stored as 0.99900001) and leaves
+    # its float32 trajectories up to ~1e-5 away; gradxform's are no further from the exact one.
+    trajectories.assert_close(ours32, exact, "float32", f"{name} (float32 vs exact)")
     assert _err(ours32, exact) <= _err(optax32, exact)
 
 
 @pytest.mark.parametrize("name", ["adabelief", "yogi", "adan"])
-def test_schedule_as_learning_rate(name):
+def test_schedule_as_learning_rate(name, trajectories):
     # One schedule, gradxform's, for both: optax's own schedules return float32 for the int32
     # step count even with jax_enable_x64, which would blur a float64 comparison.
     schedule = gx.warmup_cosine_decay_schedule(0.0, 0.03, 10, STEPS, end_value=1e-3)
@@ -106,8 +106,8 @@ def test_schedule_as_learning_rate(name):
         return getattr(lib, name)(schedule)
 
     with jax.enable_x64(True):
-        ours, theirs = _trajectory_pair(make, jnp.float64)
-        assert_trees_close(ours, theirs, dict(rtol=1e-12, atol=1e-13), name)
+        ours, theirs = _trajectory_pair(trajectories, make, jnp.float64)
+        trajectories.assert_close(ours, theirs, dict(rtol=1e-12, atol=1e-13), name)
 
 
 # -- the equations, re-derived in numpy (float64) ----------------------------------------------
@@ -198,12 +198,12 @@ NUMPY = {
 
 
 @pytest.mark.parametrize("name", sorted(NUMPY))
-def test_numpy_rederivation(name):
+def test_numpy_rederivation(name, trajectories):
     make, direction, lr, weight_decay = NUMPY[name]
     ref = _numpy_trajectory(direction, lr, weight_decay)
     with jax.enable_x64(True):
         params = _params(jnp.float64)
-        ours, _ = run([stepper(make(), params, _grads)], STEPS)[0]
+        ours, _ = trajectories.run([trajectories.stepper(make(), params, _grads)], STEPS)[0]
     for k in ("w", "b", "c"):
         np.testing.assert_allclose(np.asarray(ours[k]), np.stack([q[k] for q in ref]),
                                    rtol=1e-12, atol=1e-13, err_msg=f"{name} {k}")
@@ -258,16 +258,17 @@ def test_bfloat16_params_keep_their_dtype_with_float32_buffers(name):
         assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(p16))
 
 
-def test_hyperparameters_are_leaves_and_arrays_give_the_same_numbers():
+def test_hyperparameters_are_leaves_and_arrays_give_the_same_numbers(trajectories):
     opt = gx.scale_by_adan(0.9, b2=0.8, b3=0.95, eps=1e-6, eps_root=1e-9)
     assert jax.tree.leaves(opt) == [0.9, 0.8, 0.95, 1e-6, 1e-9]
     with jax.enable_x64(True):
         as_arrays = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), opt)
         p = {k: v for k, v in _params(jnp.float64).items() if v is not None}
         grads = lambda p, t: jax.grad(_loss)(p)  # noqa: E731
-        (a, _), (b, _) = run([stepper(gx.chain(opt, gx.scale(-0.01)), p, grads),
-                              stepper(gx.chain(as_arrays, gx.scale(-0.01)), p, grads)], 20)
-        assert_trees_close(a, b, TOL["float64"])
+        (a, _), (b, _) = trajectories.run(
+            [trajectories.stepper(gx.chain(opt, gx.scale(-0.01)), p, grads),
+             trajectories.stepper(gx.chain(as_arrays, gx.scale(-0.01)), p, grads)], 20)
+        trajectories.assert_close(a, b, "float64")
 
 
 def test_state_field_names():
