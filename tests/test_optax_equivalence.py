@@ -87,26 +87,21 @@ PRESETS = {"sgd", "sgd_momentum", "sgd_nesterov", "adagrad", "rmsprop", "rmsprop
            "adam", "adamw", "nadam", "amsgrad", "adamax", "radam", "radam_nesterov", "lion"}
 
 
-def _trajectory(opt, apply, params):
-    def body(carry, _):
-        p, s = carry
-        g = jax.grad(_loss)(p)
-        u, s = opt.update(g, s, p)
-        return (apply(p, u), s), jax.tree.map(lambda x: x, p)
+@pytest.fixture
+def run_pair(trajectories):
+    """`run_pair(name, dtype, library, pairs=PAIRS)`: the params before each of STEPS steps of
+    gradxform's or optax's side of pairs[name] on `_loss`."""
+    def run(name, dtype, library, pairs=PAIRS):
+        make_gx, make_optax = pairs[name]
+        if name not in PRESETS:  # a direction alone: take small descent steps along it
+            make_gx = (lambda f: lambda: gx.chain(f(), gx.scale(-0.01)))(make_gx)
+            make_optax = (lambda f: lambda: optax.chain(f(), optax.scale(-0.01)))(make_optax)
+        make, apply = ((make_gx, gx.apply_updates) if library == "gradxform"
+                       else (make_optax, optax.apply_updates))
+        return jax.jit(lambda p: trajectories.on_loss(make(), apply, p, _loss, STEPS))(
+            _params(dtype))
 
-    (_, _), ps = jax.lax.scan(body, (params, opt.init(params)), None, length=STEPS)
-    return ps
-
-
-def _trajectories(name, dtype, library, pairs=PAIRS):
-    make_gx, make_optax = pairs[name]
-    if name not in PRESETS:  # a direction alone: take small descent steps along it
-        make_gx = (lambda f: lambda: gx.chain(f(), gx.scale(-0.01)))(make_gx)
-        make_optax = (lambda f: lambda: optax.chain(f(), optax.scale(-0.01)))(make_optax)
-    params = _params(dtype)
-    if library == "gradxform":
-        return jax.jit(lambda p: _trajectory(make_gx(), gx.apply_updates, p))(params)
-    return jax.jit(lambda p: _trajectory(make_optax(), optax.apply_updates, p))(params)
+    return run
 
 
 def _max_rel_err(a, b):
@@ -134,17 +129,17 @@ MORE_ACCURATE_THAN_OPTAX_FLOAT32 = {
 
 
 @pytest.mark.parametrize("name", sorted(PAIRS))
-def test_same_numbers_as_optax(name):
+def test_same_numbers_as_optax(name, run_pair):
     with jax.enable_x64(True):
-        ours64 = _trajectories(name, jnp.float64, "gradxform")
-        theirs64 = _trajectories(name, jnp.float64, "optax")
+        ours64 = run_pair(name, jnp.float64, "gradxform")
+        theirs64 = run_pair(name, jnp.float64, "optax")
         moved = max(float(jnp.max(jnp.abs(a[-1] - a[0]))) for a in jax.tree.leaves(ours64))
         bounded = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(ours64))
         assert moved > 1e-3 and bounded < 100, f"{name}: not a meaningful trajectory"
         assert all(a.dtype == jnp.float64 for a in jax.tree.leaves(ours64))
         _assert_close(ours64, theirs64, 1e-12, 1e-13, name)
-    ours32 = _trajectories(name, jnp.float32, "gradxform")
-    theirs32 = _trajectories(name, jnp.float32, "optax")
+    ours32 = run_pair(name, jnp.float32, "gradxform")
+    theirs32 = run_pair(name, jnp.float32, "optax")
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(ours32))
     # float32: a few ulps per step, accumulated over 100 steps.
     if name in MORE_ACCURATE_THAN_OPTAX_FLOAT32:
@@ -185,15 +180,15 @@ def _rms_err(a, b):
 
 
 @pytest.mark.parametrize("name", sorted(LOW_PRECISION_PAIRS))
-def test_bfloat16_moments_are_closer_to_float32_moments_than_optax(name):
+def test_bfloat16_moments_are_closer_to_float32_moments_than_optax(name, run_pair):
     make_gx, _ = LOW_PRECISION_PAIRS[name]
     state = make_gx().init(_params(jnp.float32))
     stored = [x for x in jax.tree.leaves(state) if jnp.ndim(x) > 0][0]
     assert stored.dtype == bf16
-    ours = _trajectories(name, jnp.float32, "gradxform", LOW_PRECISION_PAIRS)
-    theirs = _trajectories(name, jnp.float32, "optax", LOW_PRECISION_PAIRS)
+    ours = run_pair(name, jnp.float32, "gradxform", LOW_PRECISION_PAIRS)
+    theirs = run_pair(name, jnp.float32, "optax", LOW_PRECISION_PAIRS)
     with jax.enable_x64(True):
-        wide = _trajectories(name, jnp.float64, "gradxform")  # the same optimizer, f64 moments
+        wide = run_pair(name, jnp.float64, "gradxform")  # the same optimizer, f64 moments
     assert _rms_err(ours, wide) < _rms_err(theirs, wide)
     assert _rms_err(ours, wide) > 1e-5  # the bfloat16 state does change the numbers
 
@@ -238,9 +233,9 @@ def _lion_bf16_mu(t, p, g, m, lr=1e-3, b1=0.9, b2=0.99, wd=1e-3):
 @pytest.mark.parametrize("name, numpy_step", [("adam", _adam_bf16_mu),
                                               ("sgd_momentum", _sgd_bf16_trace),
                                               ("lion", _lion_bf16_mu)])
-def test_bfloat16_moments_are_rounded_once_when_stored(name, numpy_step):
+def test_bfloat16_moments_are_rounded_once_when_stored(name, numpy_step, run_pair):
     with jax.enable_x64(True):
-        ours = _trajectories(name, jnp.float64, "gradxform", LOW_PRECISION_PAIRS)
+        ours = run_pair(name, jnp.float64, "gradxform", LOW_PRECISION_PAIRS)
         ref = _numpy_trajectory(numpy_step, _params(jnp.float64))
         _assert_close(ours, ref, 1e-12, 1e-13, name)
 
