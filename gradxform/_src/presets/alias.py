@@ -246,8 +246,9 @@ def adafactor(learning_rate: ScalarOrSchedule | None = None, *,
     return chain(*parts)
 
 
-def adabelief(learning_rate, *, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16,
-              nesterov=False) -> chain:
+def adabelief(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
+              b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-16,
+              eps_root: ScalarOrSchedule = 1e-16, nesterov: bool = False) -> chain:
     """AdaBelief (Zhuang et al., 2020), with optax's arguments and numbers.
 
     chain(scale_by_belief(b1, b2, eps, eps_root, nesterov), scale_by_learning_rate(learning_rate))
@@ -260,7 +261,8 @@ def adabelief(learning_rate, *, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16,
     )
 
 
-def yogi(learning_rate, *, b1=0.9, b2=0.999, eps=1e-3) -> chain:
+def yogi(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
+         b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-3) -> chain:
     """Yogi (Zaheer et al., 2018), with optax's arguments and numbers.
 
     chain(scale_by_yogi(b1, b2, eps), scale_by_learning_rate(learning_rate))
@@ -268,8 +270,10 @@ def yogi(learning_rate, *, b1=0.9, b2=0.999, eps=1e-3) -> chain:
     return chain(scale_by_yogi(b1, b2=b2, eps=eps), scale_by_learning_rate(learning_rate))
 
 
-def adan(learning_rate, *, b1=0.98, b2=0.92, b3=0.99, eps=1e-8, eps_root=1e-8, weight_decay=0.0,
-         mask=None, lookahead="optax") -> chain:
+def adan(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.98,
+         b2: ScalarOrSchedule = 0.92, b3: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
+         eps_root: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.0,
+         mask: MaskLike = None, lookahead: str = "optax") -> chain:
     """Adan (Xie et al., 2022) with decoupled weight decay, with optax's arguments and numbers.
 
     chain(scale_by_adan(b1, b2, b3, eps, eps_root, lookahead), add_decayed_weights(weight_decay,
