@@ -190,7 +190,7 @@ def jax_runner(impl: str, step_fn, params, state, grads, note="") -> Runner:
     """Runs `params, state = step_fn(grads, state, params)`, feeding results back."""
     # make_step's compiled steps are shared by every step it makes: start each implementation
     # from an empty cache so that its first call pays its own compilation.
-    gx_step._compiled.cache_clear()
+    gx_step.clear_caches()
     box = {"params": params, "state": state}
 
     def call():
@@ -264,7 +264,7 @@ def run_case(tree_name, case: OptimizerCase, donate: bool, smoke: bool, reps: in
     params = fresh(params_np)
     runners.append(jax_runner("gradxform", make_step(opt, donate=donate), params,
                               opt.init(params), fresh(grads_np)))
-    if variants and donate and kernel.recipe(opt) is not None:
+    if variants and donate and kernel.available():
         params = fresh(params_np)
         runners.append(jax_runner("gradxform-xla", make_step(opt, donate=donate, fused=False),
                                   params, opt.init(params), fresh(grads_np)))

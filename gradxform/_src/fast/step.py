@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gradxform._src.fast import kernel as fused_kernel
+from gradxform._src.fast import fusion, kernel
 from gradxform._src.protocol.updates import apply_updates
 
 
@@ -43,29 +43,35 @@ def update_and_apply(optimizer, grads, state, params, **extra_args):
     return apply_updates(params, updates), state
 
 
-def _step(treedef, kernel, hyper, params, state, grads, extra_args):
+def _step(treedef, fused: bool, donate: bool, hyper, params, state, grads, extra_args):
     optimizer = jax.tree_util.tree_unflatten(treedef, hyper)
-    # Decided while tracing, once per structure and shapes of params: no check runs per call.
-    if kernel is not None and not extra_args and fused_kernel.suits(kernel, treedef, params, grads):
-        stepped = fused_kernel.update_and_apply(kernel, optimizer, grads, state, params)
+    if fused and not extra_args:
+        # Decided while tracing, once per structure and shapes of params: nothing per call.
+        stepped = fusion.update_and_apply(optimizer, grads, state, params, in_place=donate)
         if stepped is not None:
             return stepped
     return update_and_apply(optimizer, grads, state, params, **extra_args)
 
 
-@functools.cache
-def _compiled(treedef, kernel: str | None, donate: bool):
+@functools.lru_cache(maxsize=256)
+def _compiled(treedef, fused: bool, donate: bool):
     """The jitted step of a recipe: every `make_step` of the same recipe (the optimizer's
     structure) shares it and its compilations, and its numeric hyperparameters are arguments,
-    so other values reuse the compiled step. Recipe and kernel are bound here, not passed as
-    static arguments, so that a call does not hash the recipe again.
+    so other values reuse the compiled step. The recipe is bound here, not passed as a static
+    argument, so that a call does not hash the recipe again.
 
     Params and state come first because they are returned in that order: jax pairs donated
     inputs with outputs of the same shape in order, and with (grads, state, params) it would
     give the params' output the first moment's buffer, and XLA would add a copy of every moment
     and every param to each step (measured: 9x slower for Adam on 16.8 M params)."""
-    return jax.jit(functools.partial(_step, treedef, kernel),
+    return jax.jit(functools.partial(_step, treedef, fused, donate),
                    donate_argnums=(1, 2) if donate else ())
+
+
+def clear_caches() -> None:
+    """Forgets the compiled steps and kernel programs (each cache keeps at most 256)."""
+    _compiled.cache_clear()
+    kernel.programs_cache.clear()
 
 
 def make_step(optimizer, *, donate: bool = True, fused: bool = True
@@ -80,22 +86,21 @@ def make_step(optimizer, *, donate: bool = True, fused: bool = True
     The optimizer is passed to the compiled function as data, so steps made for optimizers with
     the same recipe and different hyperparameter values share one compilation.
 
-    On XLA:CPU, donating steps of Adam, AdamW, Lion and SGD with momentum (the presets, or the
-    same chains) on float32 params run as one pass over memory through a small C kernel (XLA:CPU
-    compiles them into two or three passes), also after `clip_by_global_norm`. For each new
-    structure or shape of params, the kernel is first checked to give bit for bit the numbers of
-    the XLA program (a second compilation, once, when the step is compiled: also inside your own
-    jit), and is not used otherwise: results are the same with `fused=True` or `False`. See
-    `gradxform._fused` for how the kernel is built.
-
-    Bit-identical means: to `update` and `apply_updates` jitted with the optimizer passed as an
-    argument, as here. A jitted function that closes over the optimizer lets XLA fold its numbers
-    as constants, which can round the last bit differently.
+    On XLA:CPU, the elementwise transformations of a chain (each run of consecutive ones, led
+    by `clip_by_global_norm` or not, and the final θ + u) run as one pass over memory through
+    a vector kernel, for leaves of float32 params and gradients with at least
+    2**14 elements (float32 or bfloat16 moments); XLA:CPU compiles such a chain into several
+    passes. The kernel computes each operation of the transformations' equations in float32
+    with one rounding, as numpy does; XLA may contract a product and a sum into one fused
+    multiply-add, so the two differ by a few units in the last place. With `fused=False`, on
+    other backends, on smaller leaves, or where the extension was not built, the step is the
+    XLA program, bit for bit `update` followed by `apply_updates` in one jit.
+    `gradxform._src.fast.kernel.status()` says which applies and why.
 
     Args:
       optimizer: a transformation.
       donate: donate params and state to the step.
-      fused: use the one-pass kernel where there is one.
+      fused: run elementwise runs through the kernel where it applies.
 
     Returns:
       `step(grads, state, params, **extra_args) -> (params, state)`.
@@ -105,17 +110,11 @@ def make_step(optimizer, *, donate: bool = True, fused: bool = True
             f"make_step: optimizer must be a transformation (an object with init and update), "
             f"got {optimizer!r}"
         )
-    # Without donation the kernel would first copy every input into a fresh output (it works in
-    # place): the XLA program, which writes fresh outputs anyway, is then as fast.
-    kernel = fused_kernel.recipe(optimizer) if fused and donate else None
     # Flattened once here rather than on every call: a chain's Python-level flattening costs
     # more than the whole step of a small model. Numbers become arrays once, for the same reason.
     leaves, treedef = jax.tree_util.tree_flatten(optimizer)
     hyper = [jnp.asarray(x) for x in leaves]
-
-    if kernel is not None:
-        fused_kernel.remember(kernel, treedef, hyper)
-    jitted = _compiled(treedef, kernel, donate)
+    jitted = _compiled(treedef, fused, donate)
 
     def step(grads, state, params, **extra_args):
         return jitted(hyper, params, state, grads, extra_args)

@@ -156,12 +156,23 @@ class clip_by_global_norm(Transformation):
         )
 
     def update(self, updates, state, params=None, **extra_args):
+        scalars, new_state = self.tree_scalars(updates, state)
+        factor = scalars["factor"]
+        updates = jax.tree.map(lambda g: g * tree_utils.coef(factor, g), updates)
+        return updates, new_state
+
+    # The two halves of update, for the fast path (see protocol/elementwise.py).
+    def tree_scalars(self, updates, state):
+        """The factor c / max(‖g‖, c) from the whole tree, and the new state."""
         c = self.at(state.count).max_norm
         norm = global_norm(updates).astype(state.global_norm.dtype)
         c = tree_utils.coef(c, norm)
         factor = c / jnp.maximum(norm, c)
-        updates = jax.tree.map(lambda g: g * tree_utils.coef(factor, g), updates)
-        return updates, ClipByGlobalNormState(count=safe_increment(state.count), global_norm=norm)
+        return {"factor": factor}, ClipByGlobalNormState(count=safe_increment(state.count),
+                                                         global_norm=norm)
+
+    def element(self, s, g):
+        return g * s.factor, ()
 
 
 def _batch_size(grads, owner: str) -> int:

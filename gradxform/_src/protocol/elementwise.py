@@ -31,6 +31,18 @@ What `update` does around `element`, so that no transformation repeats it:
 Because the equation is a pure function of one element's values, the fast path
 (`gradxform.make_step`) can compose the equations of consecutive elementwise transformations
 of a chain, and the final `params + updates`, into one pass over memory.
+
+Whole-tree scalars. A transformation that is elementwise once a few numbers computed from its
+whole input are known (clip_by_global_norm: u = g · c / max(‖g‖, c)) may declare, besides its
+own `update`, the two halves of it:
+
+- `tree_scalars(updates, state) -> (scalars, new_state)`: the reduction over the tree (the
+  norm, the factor) and the new state, exactly as `update` computes them;
+- `element(s, g) -> (u, ())`: the update of one element given those scalars (no buffers).
+
+`update` must equal `element` applied to every leaf with the scalars cast to the leaf's real
+precision. The fast path composes such a transformation when it leads a run of elementwise
+ones (the reduction needs the run's input, so it must come first).
 """
 
 from __future__ import annotations
