@@ -19,7 +19,7 @@ flags = [] if sys.platform == "win32" else ["-O3", "-std=c11", "-fno-math-errno"
 setup(
     ext_modules=[
         Extension(
-            "gradxform._src.fast._vector_kernel",
+            "gradxform._src.fast.vector_kernel",
             sources=["gradxform/_src/fast/vector_kernel.c"],
             include_dirs=["gradxform/_src/fast/include"],
             extra_compile_args=flags,

@@ -1,6 +1,6 @@
 """The native vector kernel: loading it, and calling it on the leaves of a tree.
 
-The kernel (vector_kernel.c, built by `pip install` as the extension module `_vector_kernel`)
+The kernel (vector_kernel.c, built by `pip install` as the extension module `vector_kernel`)
 runs a register program (see program.py) over float32 and bfloat16 arrays in one pass, as an
 XLA FFI custom call on the CPU. Nothing is compiled when gradxform is imported or a step is
 traced; where the extension was not built (no C compiler at install time), on other backends,
@@ -33,14 +33,14 @@ _registered: bool | None = None
 
 def _native():
     try:
-        from gradxform._src.fast import _vector_kernel
+        from gradxform._src.fast import vector_kernel
     except ImportError as e:
         _status["build"] = (
-            f"the extension gradxform._src.fast._vector_kernel is not built ({e}); reinstall "
+            f"the extension gradxform._src.fast.vector_kernel is not built ({e}); reinstall "
             f"gradxform with a C compiler available (pip install .) to build it"
         )
         return None
-    return _vector_kernel
+    return vector_kernel
 
 
 def available() -> bool:

@@ -116,7 +116,7 @@ static inline uint32_t f32_to_bf16_bits(float x) { /* nearest even; NaNs stay (q
 }
 
 /* One operation over n elements. Every case is a simple loop that the compiler vectorizes
- * (tests/test_vector_kernel.py checks it with -fopt-info-vec), except exp and log: without
+ * (tests/testvector_kernel.py checks it with -fopt-info-vec), except exp and log: without
  * -ffast-math the C library's expf and logf have no vector versions. */
 /* Always inlined, so that each of run_chunk's clones has its own vector width. */
 static inline __attribute__((always_inline)) void op(int32_t code, float *d, const float *a,
@@ -434,8 +434,8 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_vector_kernel",
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "vector_kernel",
                                     "Elementwise optimizer steps as one pass over memory.", -1,
                                     methods};
 
-PyMODINIT_FUNC PyInit__vector_kernel(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit_vector_kernel(void) { return PyModule_Create(&module); }
