@@ -5,9 +5,10 @@ Every idea of an optimizer is one transformation with `init(params) -> state` an
 """
 
 # -- The protocol: transformations, schedules and their fields (gradxform/_src/protocol/) --
+from gradxform._src.protocol.caches import clear_caches
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.elementwise import ElementwiseTransformation
-from gradxform._src.protocol.fields import hyperparameter, static
+from gradxform._src.protocol.fields import constant, hyperparameter, static
 from gradxform._src.protocol.schedule import Schedule, resolve
 from gradxform._src.protocol.transformation import EmptyState, Transformation, safe_increment
 from gradxform._src.protocol.updates import apply_updates
@@ -99,14 +100,12 @@ from gradxform._src.composition.averaging import (
     lookahead,
     slow_params,
 )
-from gradxform._src.composition.combine import chain, hyperparams
+from gradxform._src.composition.combine import chain, get_state, hyperparams, named_chain
 from gradxform._src.composition.partitioning import (
     MaskedState,
     PartitionState,
     freeze,
-    get_state,
     masked,
-    named_chain,
     partition,
     selective_transform,
 )
@@ -244,6 +243,8 @@ __all__ = [
     "clip",
     "clip_by_block_rms",
     "clip_by_global_norm",
+    "clear_caches",
+    "constant",
     "constant_schedule",
     "cosine_annealing_warm_restarts_schedule",
     "cosine_decay_schedule",

@@ -172,7 +172,7 @@ def test_to_optax_gives_optax_own_namedtuple():
     assert optax.with_extra_args_support(tx) is tx
     _assert_trees_close(_run(tx, optax.apply_updates, _params()),
                         _run(opt, gx.apply_updates, _params()), rtol=0, atol=0)
-    with pytest.raises(TypeError, match="to_optax: expected a transformation"):
+    with pytest.raises(TypeError, match="to_optax: transformation must be a transformation"):
         to_optax(optax.adam)
 
 

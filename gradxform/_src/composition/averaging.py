@@ -11,18 +11,24 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform._src.composition.partitioning import find_states, require_transformation
-from gradxform._src.composition.wrappers import integer_at_least_1
+from gradxform._src.composition.combine import find_states
 from gradxform._src.primitives.clipping import norm_dtype
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
-from gradxform._src.protocol.fields import child, hyperparameter, in_interval, static
+from gradxform._src.protocol.fields import (
+    child,
+    hyperparameter,
+    in_interval,
+    integer_at_least,
+    static,
+)
 from gradxform._src.protocol.transformation import (
     OptState,
     Params,
     Transformation,
     float_count,
     require_params,
+    require_transformation,
     safe_increment,
     zero_count,
 )
@@ -75,12 +81,12 @@ class lookahead(Transformation):
     """
 
     fast_optimizer: Transformation = child()
-    sync_period: int = hyperparameter(check=integer_at_least_1)
+    sync_period: int = hyperparameter(check=integer_at_least(1))
     slow_step_size: float = hyperparameter(check=in_interval(0, 1, "[]"))
     reset_state: bool = static(False)
 
     def __post_init__(self):
-        require_transformation("lookahead", "fast_optimizer", self.fast_optimizer)
+        require_transformation(self.fast_optimizer, "lookahead", "fast_optimizer")
         super().__post_init__()
 
     def init(self, params):
@@ -92,11 +98,7 @@ class lookahead(Transformation):
         )
 
     def update(self, updates, state, params=None, **extra_args):
-        if params is None:
-            raise ValueError(
-                "lookahead.update: params (the fast weights) are required (pass them as "
-                "update(updates, state, params))"
-            )
+        require_params(params, "lookahead", "the fast weights")
         h = self.at(state.count)
         k = jnp.asarray(h.sync_period).astype(jnp.int32)
         updates, fast_state = self.fast_optimizer.update(

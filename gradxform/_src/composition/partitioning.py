@@ -1,4 +1,4 @@
-"""Combinators: transformations applied to part of the params, per-group optimizers, named chains.
+"""Combinators: transformations applied to part of the params, and per-group optimizers.
 
 A combinator shows an inner transformation only its own leaves: the others are None in the
 updates, params and state it sees (None is an empty subtree, so `jax.tree.map` skips it). That
@@ -15,7 +15,6 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from gradxform._src.composition.combine import chain
 from gradxform._src.primitives.scaling import set_to_zero
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
@@ -27,7 +26,7 @@ from gradxform._src.protocol.masks import (
     path_segments,
     prefix_values,
 )
-from gradxform._src.protocol.transformation import OptState, Transformation
+from gradxform._src.protocol.transformation import Transformation, require_transformation
 
 _is_none = tree_utils.is_none
 
@@ -42,12 +41,6 @@ def _select(leaves, keep, treedef):
     return jax.tree_util.tree_unflatten(
         treedef, [x if k else None for x, k in zip(leaves, keep, strict=True)]
     )
-
-
-def require_transformation(where: str, what: str, t) -> None:
-    if not (hasattr(t, "init") and hasattr(t, "update")):
-        raise TypeError(f"{where}: {what} is {t!r}, not a transformation (an object with init "
-                        f"and update)")
 
 
 # -- masked ---------------------------------------------------------------------------------------
@@ -98,7 +91,7 @@ class masked(Transformation):
     mask: Any = static()
 
     def __post_init__(self):
-        require_transformation("masked", "inner", self.inner)
+        require_transformation(self.inner, "masked", "inner")
         if self.mask is None:
             raise ValueError("masked: mask is None; give a tree of bools or a function of params")
         if not isinstance(self.mask, StaticMask):
@@ -304,7 +297,7 @@ class partition(Transformation):
                 f"transformation, got {self.transforms!r}"
             )
         for label, t in self.transforms.items():
-            require_transformation("partition", f"transforms[{label!r}]", t)
+            require_transformation(t, "partition", f"transforms[{label!r}]")
         object.__setattr__(self, "transforms", dict(self.transforms))
         if not isinstance(self.param_labels, _StaticLabels):
             object.__setattr__(self, "param_labels", _StaticLabels(self.param_labels))
@@ -354,143 +347,3 @@ class partition(Transformation):
 
     def _substates(self, state):
         return [(str(group), t, state.inner_states[group]) for group, t in self.transforms.items()]
-
-
-
-# -- named_chain and state lookup ----------------------------------------------------------------
-
-
-@pytree_dataclass
-class named_chain(Transformation):
-    """`chain` whose inner states are a dict keyed by name: `state["adam"].mu`.
-
-        named_chain(("clip", clip_by_global_norm(1.0)), ("adam", scale_by_adam()), ...)
-
-    applies the transformations in order, like `chain`.
-
-    Args:
-      *named_transforms: (name, transformation) pairs with distinct string names.
-
-    Returns:
-      A transformation whose state is `{name: state}`.
-    """
-
-    transforms: tuple = child()
-    names: tuple = static()
-
-    def __init__(self, *named_transforms: tuple[str, Transformation]):
-        names = []
-        for i, pair in enumerate(named_transforms):
-            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)):
-                raise TypeError(
-                    f"named_chain: argument {i} is {pair!r}; pass (name, transformation) pairs"
-                )
-            require_transformation("named_chain", f"the transformation named {pair[0]!r}", pair[1])
-            names.append(pair[0])
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"named_chain: names must be distinct; {duplicates} repeat")
-        object.__setattr__(self, "transforms", tuple(t for _, t in named_transforms))
-        object.__setattr__(self, "names", tuple(names))
-        self.__post_init__()
-
-    def init(self, params):
-        return {name: t.init(params) for name, t in zip(self.names, self.transforms)}
-
-    def update(self, updates, state, params=None, **extra_args):
-        new_state = {}
-        for name, t in zip(self.names, self.transforms):
-            updates, new_state[name] = t.update(updates, state[name], params, **extra_args)
-        return updates, new_state
-
-    def hyperparams(self, state) -> dict:
-        return {name: t.hyperparams(state[name]) for name, t in zip(self.names, self.transforms)}
-
-    def _substates(self, state):
-        return [(name, t, state[name]) for name, t in zip(self.names, self.transforms)]
-
-    def __repr__(self) -> str:
-        pairs = ", ".join(f"({n!r}, {t!r})" for n, t in zip(self.names, self.transforms))
-        return f"named_chain({pairs})"
-
-
-def _children(transformation, state) -> list:
-    """(key, transformation, state) for each transformation directly inside `transformation`."""
-    substates = getattr(transformation, "_substates", None)
-    if substates is not None:
-        return list(substates(state))
-    if isinstance(transformation, chain):
-        keys = []
-        for t in transformation.transforms:
-            name, key, k = type(t).__name__, type(t).__name__, 1
-            while key in keys:
-                key, k = f"{name}_{k}", k + 1
-            keys.append(key)
-        return list(zip(keys, transformation.transforms, state, strict=True))
-    return []
-
-
-def _walk(transformation, state, prefix=()):
-    for key, t, s in _children(transformation, state):
-        yield prefix + (key,), t, s
-        yield from _walk(t, s, prefix + (key,))
-
-
-def _is_subsequence(short, long) -> bool:
-    it = iter(long)
-    return all(any(x == y for y in it) for x in short)
-
-
-def get_state(transformation: Transformation, state: OptState, name: str) -> OptState:
-    """The state of the transformation called `name` inside `transformation`.
-
-    Inner transformations are named by their type (`scale_by_adam`; repeats in a chain become
-    `scale_by_adam_1`, ...), by their name in a `named_chain`, by their label in a `partition`.
-    `name` may be a path through them, `"head/scale_by_adam"`; a path whose levels appear in
-    order (not necessarily adjacent) in exactly one place is enough. Works for plain `chain`
-    states too:
-
-        get_state(adamw(1e-3), state, "scale_by_adam").mu       # instead of state[0].mu
-
-    A combinator exposes its inner transformations with `_substates(state)`, a list of
-    (key, transformation, state).
-
-    Args:
-      transformation: the optimizer that made `state`.
-      state: its state.
-      name: a type name, a name, a label, or a path of them joined by '/'.
-
-    Returns:
-      The inner state (a NamedTuple such as `ScaleByAdamState`).
-    """
-    nodes = list(_walk(transformation, state))
-    query = tuple(str(name).strip("/").split("/"))
-    for path, _, s in nodes:
-        if path == query:
-            return s
-    hits = [(path, s) for path, _, s in nodes
-            if path[-1] == query[-1] and _is_subsequence(query[:-1], path[:-1])]
-    if len(hits) == 1:
-        return hits[0][1]
-    available = ", ".join(repr("/".join(p)) for p, _, _ in nodes) or "none"
-    if not hits:
-        raise LookupError(
-            f"get_state: no inner transformation '{name}' in {type(transformation).__name__}; "
-            f"the inner states are: {available}"
-        )
-    raise LookupError(
-        f"get_state: '{name}' matches {len(hits)} inner states "
-        f"({', '.join(repr('/'.join(p)) for p, _ in hits)}); pass one of these paths"
-    )
-
-
-def find_states(state, state_type, where: str):
-    """The one instance of `state_type` inside `state` (any nesting), or a helpful error."""
-    found = [x for x in jax.tree_util.tree_leaves(state, is_leaf=lambda x: isinstance(
-        x, state_type)) if isinstance(x, state_type)]
-    if len(found) != 1:
-        raise LookupError(
-            f"{where}: the state holds {len(found)} {state_type.__name__}; expected exactly one. "
-            f"With several, pick one with get_state(optimizer, state, name)."
-        )
-    return found[0]

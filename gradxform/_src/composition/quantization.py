@@ -30,10 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from gradxform._src.composition.partitioning import require_transformation
 from gradxform._src.protocol.dataclass import pytree_dataclass
-from gradxform._src.protocol.fields import child, static
-from gradxform._src.protocol.transformation import Transformation
+from gradxform._src.protocol.fields import child, integer_at_least, static
+from gradxform._src.protocol.transformation import Transformation, require_transformation
 
 
 def dynamic_map(signed: bool = True) -> np.ndarray:
@@ -174,15 +173,6 @@ class QuantizedState(NamedTuple):
     inner_state: Any
 
 
-def _positive_int(x):
-    return None if isinstance(x, int) and not isinstance(x, bool) and x >= 1 else "an integer >= 1"
-
-
-def _non_negative_int(x):
-    return None if isinstance(x, int) and not isinstance(x, bool) and x >= 0 else \
-        "an integer >= 0"
-
-
 def _field_names(path):
     return [k.name for k in path if isinstance(k, jax.tree_util.GetAttrKey)]
 
@@ -215,13 +205,13 @@ class quantize_state(Transformation):
     """
 
     inner: Transformation = child()
-    block_size: int = static(2048, check=_positive_int)
-    min_size: int = static(4096, check=_non_negative_int)
+    block_size: int = static(2048, check=integer_at_least(1))
+    min_size: int = static(4096, check=integer_at_least(0))
     signed_fields: tuple = static(("mu", "trace", "ema"))
     unsigned_fields: tuple = static(("nu", "nu_max", "sum_of_squares"))
 
     def __post_init__(self):
-        require_transformation("quantize_state", "inner", self.inner)
+        require_transformation(self.inner, "quantize_state", "inner")
         object.__setattr__(self, "signed_fields", tuple(self.signed_fields))
         object.__setattr__(self, "unsigned_fields", tuple(self.unsigned_fields))
         super().__post_init__()

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform._src.composition.partitioning import find_states, require_transformation
+from gradxform._src.composition.combine import find_states
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.fields import child, hyperparameter, in_interval, non_negative, static
@@ -32,6 +32,8 @@ from gradxform._src.protocol.transformation import (
     OptState,
     Params,
     Transformation,
+    require_params,
+    require_transformation,
     safe_increment,
     zero_count,
 )
@@ -93,7 +95,7 @@ class schedule_free(Transformation):
     state_dtype: Any = static(None)
 
     def __post_init__(self):
-        require_transformation("schedule_free", "base_optimizer", self.base_optimizer)
+        require_transformation(self.base_optimizer, "schedule_free", "base_optimizer")
         super().__post_init__()
 
     def init(self, params):
@@ -112,11 +114,7 @@ class schedule_free(Transformation):
         )
 
     def update(self, updates, state, params=None, **extra_args):
-        if params is None:
-            raise ValueError(
-                "schedule_free.update: params (the y sequence) are required; pass them as "
-                "update(updates, state, params)"
-            )
+        require_params(params, "schedule_free", "the y sequence")
         h = self.at(state.count)
         dt = state.weight_sum.dtype
         lr = jnp.asarray(h.learning_rate).astype(dt)

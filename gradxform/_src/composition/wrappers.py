@@ -10,21 +10,17 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from gradxform._src.composition.partitioning import require_transformation
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
-from gradxform._src.protocol.fields import child, hyperparameter, static
+from gradxform._src.protocol.fields import child, hyperparameter, integer_at_least, static
 from gradxform._src.protocol.transformation import (
     Params,
     Transformation,
     Updates,
+    require_transformation,
     safe_increment,
     zero_count,
 )
-
-
-def integer_at_least_1(x):
-    return None if x >= 1 and x == int(x) else "an integer >= 1"
 
 
 def _zeros_of_output(fn, *args):
@@ -117,13 +113,13 @@ class MultiSteps(Transformation):
     """
 
     opt: Transformation = child()
-    every_k_schedule: int = hyperparameter(check=integer_at_least_1)
+    every_k_schedule: int = hyperparameter(check=integer_at_least(1))
     use_grad_mean: bool = static(True)
     should_skip_update_fn: Callable | None = static(None)
     accumulator_dtype: Any = static(None)
 
     def __post_init__(self):
-        require_transformation("MultiSteps", "opt", self.opt)
+        require_transformation(self.opt, "MultiSteps", "opt")
         super().__post_init__()
 
     @property
@@ -242,12 +238,10 @@ class apply_if_finite(Transformation):
     """
 
     inner: Transformation = child()
-    max_consecutive_errors: int = static(
-        check=lambda n: None if isinstance(n, int) and n >= 0 else "an integer >= 0"
-    )
+    max_consecutive_errors: int = static(check=integer_at_least(0))
 
     def __post_init__(self):
-        require_transformation("apply_if_finite", "inner", self.inner)
+        require_transformation(self.inner, "apply_if_finite", "inner")
         super().__post_init__()
 
     def init(self, params):

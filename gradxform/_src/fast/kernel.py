@@ -10,7 +10,6 @@ applies, and why a program was not used.
 
 from __future__ import annotations
 
-import collections
 import os
 import threading
 
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradxform._src.fast import program as programs
+from gradxform._src.protocol.caches import LRUCache
 
 TARGET = "gradxform_vector_step"
 
@@ -86,30 +86,7 @@ def note(key: str, message: str) -> None:
 # -- compiled programs, bounded ------------------------------------------------------------------
 
 
-class _LRU:
-    """A bounded cache (least recently used entries go first), safe across threads."""
-
-    def __init__(self, size: int):
-        self.size, self.data = size, collections.OrderedDict()
-
-    def get(self, key, make):
-        with _lock:
-            if key in self.data:
-                self.data.move_to_end(key)
-                return self.data[key]
-        value = make()
-        with _lock:
-            self.data[key] = value
-            while len(self.data) > self.size:
-                self.data.popitem(last=False)
-        return value
-
-    def clear(self):
-        with _lock:
-            self.data.clear()
-
-
-programs_cache = _LRU(256)
+programs_cache = LRUCache(maxsize=256)  # emptied by gradxform.clear_caches() too
 
 
 def program_for(key, fn, scalar_avals, vector_dtypes):
@@ -119,10 +96,10 @@ def program_for(key, fn, scalar_avals, vector_dtypes):
         try:
             return programs.build(fn, scalar_avals, vector_dtypes)
         except programs.Unsupported as e:
-            note(f"program {len(programs_cache.data)}", f"not run by the kernel: {e}")
+            note(f"program {len(programs_cache)}", f"not run by the kernel: {e}")
             return None
 
-    return programs_cache.get(key, make)
+    return programs_cache.get_or_compute(key, make)
 
 
 # -- the call --------------------------------------------------------------------------------------

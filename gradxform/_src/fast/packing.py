@@ -36,7 +36,7 @@ import numpy as np
 
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.fields import child
-from gradxform._src.protocol.transformation import Transformation
+from gradxform._src.protocol.transformation import Transformation, require_transformation
 
 
 class _Slot(NamedTuple):
@@ -179,11 +179,7 @@ class flatten(Transformation):
     inner: Transformation = child()
 
     def _validate(self) -> None:
-        if not (hasattr(self.inner, "init") and hasattr(self.inner, "update")):
-            raise TypeError(
-                f"flatten: inner must be a transformation (an object with init and update), "
-                f"got {self.inner!r}"
-            )
+        require_transformation(self.inner, "flatten", "inner")
 
     def init(self, params):
         return self.inner.init(pack(params))

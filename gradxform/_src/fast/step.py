@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from gradxform._src.fast import fusion, kernel
+from gradxform._src.protocol import caches
+from gradxform._src.protocol.transformation import require_transformation
 from gradxform._src.protocol.updates import apply_updates
 
 
@@ -53,7 +55,7 @@ def _step(treedef, fused: bool, donate: bool, hyper, params, state, grads, extra
     return update_and_apply(optimizer, grads, state, params, **extra_args)
 
 
-@functools.lru_cache(maxsize=256)
+@caches.lru_cache(maxsize=256)
 def _compiled(treedef, fused: bool, donate: bool):
     """The jitted step of a recipe: every `make_step` of the same recipe (the optimizer's
     structure) shares it and its compilations, and its numeric hyperparameters are arguments,
@@ -105,11 +107,7 @@ def make_step(optimizer, *, donate: bool = True, fused: bool = True
     Returns:
       `step(grads, state, params, **extra_args) -> (params, state)`.
     """
-    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
-        raise TypeError(
-            f"make_step: optimizer must be a transformation (an object with init and update), "
-            f"got {optimizer!r}"
-        )
+    require_transformation(optimizer, "make_step", "optimizer")
     # Flattened once here rather than on every call: a chain's Python-level flattening costs
     # more than the whole step of a small model. Numbers become arrays once, for the same reason.
     leaves, treedef = jax.tree_util.tree_flatten(optimizer)

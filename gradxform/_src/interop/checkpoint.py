@@ -24,20 +24,16 @@ import jax
 import numpy as np
 
 from gradxform._src.protocol import tree_utils
-from gradxform._src.protocol.transformation import Transformation
+from gradxform._src.protocol.transformation import is_transformation
 
 _RECIPES_KEY = "gradxform_optimizers"
-
-
-def _is_transformation(x) -> bool:
-    return isinstance(x, Transformation)
 
 
 def _recipes(tree) -> dict[str, str]:
     """The repr of every optimizer inside `tree`, by its path: what the checkpoint was made with."""
     out = {}
-    for path, node in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_transformation)[0]:
-        if _is_transformation(node):
+    for path, node in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_transformation)[0]:
+        if is_transformation(node):
             out[tree_utils.path_str(path)] = repr(node)
     return out
 

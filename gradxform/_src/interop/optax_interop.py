@@ -13,14 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.fields import static
-from gradxform._src.protocol.transformation import Transformation
+from gradxform._src.protocol.transformation import Transformation, require_transformation
 
 if TYPE_CHECKING:
     import optax
-
-
-def _has_protocol(tx) -> bool:
-    return callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))
 
 
 def _optax_name(tx) -> str:
@@ -59,11 +55,7 @@ class from_optax(Transformation):
     tx: Any = static()
 
     def __post_init__(self):
-        if not _has_protocol(self.tx):
-            raise TypeError(
-                f"from_optax: tx must be an optax.GradientTransformation (an object with init and "
-                f"update), got {self.tx!r}"
-            )
+        require_transformation(self.tx, "from_optax", "tx", "an optax.GradientTransformation")
         super().__post_init__()
 
     def init(self, params):
@@ -100,9 +92,5 @@ def to_optax(transformation: Transformation) -> optax.GradientTransformationExtr
     """
     import optax
 
-    if not _has_protocol(transformation):
-        raise TypeError(
-            f"to_optax: expected a transformation (an object with init and update), got "
-            f"{transformation!r}"
-        )
+    require_transformation(transformation, "to_optax", "transformation")
     return optax.GradientTransformationExtraArgs(transformation.init, transformation.update)

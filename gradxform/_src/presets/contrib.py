@@ -19,6 +19,7 @@ from gradxform._src.primitives.curvature import scale_by_sophia
 from gradxform._src.primitives.newton_schulz import DEFAULT_NS_COEFFS, StaticDims
 from gradxform._src.primitives.orthogonal import MuonLabels, scale_by_muon, scale_by_shape
 from gradxform._src.primitives.scaling import add_decayed_weights, scale_by_learning_rate
+from gradxform._src.protocol.fields import check_argument, integer_at_least
 from gradxform._src.protocol.masks import MaskLike
 from gradxform._src.protocol.schedule import ScalarOrSchedule
 from gradxform._src.schedules.polynomial import linear_schedule
@@ -119,12 +120,12 @@ def sophia(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.965,
     )
 
 
-def warmup_learning_rate(learning_rate: float, warmup_steps: int | None) -> ScalarOrSchedule:
+def warmup_learning_rate(learning_rate: float, warmup_steps: int | None, owner: str
+                         ) -> ScalarOrSchedule:
     """γ_t = γ min(1, (t + 1)/W): the reference implementation's warmup (step 0 already moves)."""
     if warmup_steps is None:
         return learning_rate
-    if not (isinstance(warmup_steps, int) and warmup_steps >= 1):
-        raise ValueError(f"warmup_steps must be an integer >= 1 or None, got {warmup_steps!r}")
+    check_argument(owner, "warmup_steps", warmup_steps, integer_at_least(1))
     return linear_schedule(learning_rate / warmup_steps, learning_rate, warmup_steps - 1)
 
 
@@ -139,7 +140,7 @@ def schedule_free_sgd(learning_rate: float = 1.0, *, warmup_steps: int | None = 
     arguments and gives the same numbers without warmup (see `schedule_free` for the difference
     with one).
     """
-    lr = warmup_learning_rate(learning_rate, warmup_steps)
+    lr = warmup_learning_rate(learning_rate, warmup_steps, "schedule_free_sgd")
     return schedule_free(sgd(lr, weight_decay=weight_decay), lr, b1=b1,
                          weight_lr_power=weight_lr_power, state_dtype=state_dtype)
 
@@ -163,7 +164,7 @@ def schedule_free_adamw(learning_rate: float = 0.0025, *, warmup_steps: int | No
     References:
       Defazio et al., "The Road Less Scheduled", NeurIPS 2024, Algorithm 1 (Schedule-Free AdamW).
     """
-    lr = warmup_learning_rate(learning_rate, warmup_steps)
+    lr = warmup_learning_rate(learning_rate, warmup_steps, "schedule_free_adamw")
     base = chain(
         scale_by_rms(b2, eps=eps, eps_in_sqrt=False, bias_correction=True),
         add_decayed_weights(weight_decay),

@@ -35,7 +35,14 @@ import jax.numpy as jnp
 from gradxform._src.primitives.moments import bias_correction, ema_step
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
-from gradxform._src.protocol.fields import hyperparameter, in_interval, positive, static
+from gradxform._src.protocol.fields import (
+    check_argument,
+    hyperparameter,
+    in_interval,
+    integer_at_least,
+    positive,
+    static,
+)
 from gradxform._src.protocol.transformation import Transformation, safe_increment, zero_count
 
 # -- estimators of the Hessian's diagonal --------------------------------------------------------
@@ -77,9 +84,7 @@ def hutchinson_diagonal(fn, params, key, *, num_samples: int = 1):
       Liu et al., "Sophia: A Scalable Stochastic Second-order Optimizer for Language Model
       Pre-training", ICLR 2024, Algorithm 1 ("Sophia-H").
     """
-    if not (isinstance(num_samples, int) and num_samples >= 1):
-        raise ValueError(f"hutchinson_diagonal: num_samples must be an integer >= 1, "
-                         f"got {num_samples!r}")
+    check_argument("hutchinson_diagonal", "num_samples", num_samples, integer_at_least(1))
 
     def one(k):
         u = _rademacher_like(k, params)

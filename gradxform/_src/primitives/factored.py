@@ -24,7 +24,7 @@ import numpy as np
 from gradxform._src.primitives.adaptive import abs_sq, real_moment_dtype
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
-from gradxform._src.protocol.fields import hyperparameter, non_negative, static
+from gradxform._src.protocol.fields import constant, hyperparameter, non_negative, static
 from gradxform._src.protocol.transformation import (
     EmptyState,
     Transformation,
@@ -184,14 +184,15 @@ class scale_by_param_block_rms(Transformation):
     keeps zero-initialised blocks (biases) moving.
 
     Args:
-      min_scale: ε2 ≥ 0 (1e-3).
+      min_scale: ε2 ≥ 0 (1e-3), a number or an array, not a schedule (the transform keeps no
+        step count to evaluate one at).
 
     References:
       Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
       ICML 2018, §8 (relative step size, α_t = max(ε2, RMS(X_{t-1})) ρ_t).
     """
 
-    min_scale: float = hyperparameter(1e-3, check=non_negative)
+    min_scale: float = constant(1e-3, check=non_negative)
 
     def init(self, params):
         return EmptyState()

@@ -37,7 +37,14 @@ from gradxform._src.primitives.newton_schulz import (
 from gradxform._src.primitives.newton_schulz import MuonDimensionNumbers as MuonDimensionNumbers
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
-from gradxform._src.protocol.fields import hyperparameter, in_interval, non_negative, static
+from gradxform._src.protocol.fields import (
+    constant,
+    hyperparameter,
+    in_interval,
+    integer_at_least,
+    non_negative,
+    static,
+)
 from gradxform._src.protocol.transformation import (
     EmptyState,
     Transformation,
@@ -93,8 +100,7 @@ class scale_by_muon(Transformation):
     """
 
     ns_coeffs: Any = hyperparameter(DEFAULT_NS_COEFFS)
-    ns_steps: int = static(5, check=lambda n: None if isinstance(n, int) and n >= 1 else
-                           "an integer >= 1")
+    ns_steps: int = static(5, check=integer_at_least(1))
     beta: float = hyperparameter(0.95, check=in_interval(0, 1, "[)"))
     eps: float = hyperparameter(1e-8, check=non_negative)
     mu_dtype: Any = static(None)
@@ -165,7 +171,7 @@ class scale_by_shape(Transformation):
     """
 
     weight_dimension_numbers: Any = static(None)
-    consistent_rms: float | None = hyperparameter(None, check=non_negative)
+    consistent_rms: float | None = constant(None, check=non_negative)
 
     def __post_init__(self):
         object.__setattr__(self, "weight_dimension_numbers",

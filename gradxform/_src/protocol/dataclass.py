@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 import jax
 import numpy as np
 
-from gradxform._src.protocol.fields import validate_field
+from gradxform._src.protocol.fields import check_argument, validate_field
+from gradxform._src.protocol.tree_check import checked_update
 
 T = TypeVar("T")
 
@@ -42,8 +43,9 @@ def is_plain_callable(value) -> bool:
 class PytreeDataclass:
     """Base of frozen dataclasses registered as JAX pytrees (transformations and schedules).
 
-    Subclasses are declared with `@pytree_dataclass`. Fields made with `hyperparameter(...)` and
-    `child(...)` are pytree children; fields made with `static(...)` are static data.
+    Subclasses are declared with `@pytree_dataclass`. Fields made with `hyperparameter(...)`,
+    `constant(...)` and `child(...)` are pytree children; fields made with `static(...)` are
+    static data.
     """
 
     _hyper_fields: ClassVar[tuple[str, ...]] = ()
@@ -62,13 +64,10 @@ class PytreeDataclass:
         owner = type(self).__name__
         for f in dataclasses.fields(self):
             if f.metadata.get("kind") == "static" and f.metadata.get("check") is not None:
-                problem = f.metadata["check"](getattr(self, f.name))
-                if problem is not None:
-                    value = getattr(self, f.name)
-                    raise ValueError(f"{owner}: {f.name} must be {problem}, got {value!r}")
-            elif f.metadata.get("kind") == "hyper":
+                check_argument(owner, f.name, getattr(self, f.name), f.metadata["check"])
+            elif f.metadata.get("kind") in ("hyper", "constant"):
                 validate_field(owner, f.name, getattr(self, f.name), f.metadata.get("check"),
-                                f.default)
+                               f.default, schedulable=f.metadata["kind"] == "hyper")
         self._validate()
 
     def _validate(self) -> None:
@@ -136,7 +135,7 @@ class PytreeDataclass:
             kind = f.metadata.get("kind")
             if kind == "static" and f.default is not dataclasses.MISSING and value == f.default:
                 continue
-            if kind == "hyper" and value is None and f.default is None:
+            if kind in ("hyper", "constant") and value is None and f.default is None:
                 continue  # an optional hyperparameter left out
             parts.append(f"{f.name}={format_value(value)}")
         return f"{type(self).__name__}({', '.join(parts)})"
@@ -156,6 +155,10 @@ def pytree_dataclass(cls: Any = None, *, positional: int = 1) -> Any:
     The first `positional` fields may be given by position; the others are keyword-only. One by
     default (a transformation's hyperparameters are keyword-only after the first); schedules
     that keep optax's signatures use `@pytree_dataclass(positional=k)`.
+
+    For a transformation (a class with `init` and `update`), the `update` it defines or inherits
+    is wrapped with `tree_check.checked_update`: the outermost `update` of a step checks the
+    trees it is given and names the first mismatch (see `gradxform._src.protocol.tree_check`).
     """
     if cls is None:
         return lambda c: pytree_dataclass(c, positional=positional)
@@ -168,14 +171,16 @@ def pytree_dataclass(cls: Any = None, *, positional: int = 1) -> Any:
     for f in dataclasses.fields(cls):
         kind = f.metadata.get("kind")
         if kind is None:
-            raise TypeError(
-                f"{cls.__name__}.{f.name}: declare it with hyperparameter(), static() or child()"
-            )
-        kinds[kind].append(f.name)
+            raise TypeError(f"{cls.__name__}.{f.name}: declare it with hyperparameter(), "
+                            f"constant(), static() or child()")
+        # A constant is a numeric leaf like a hyperparameter; only its validation differs.
+        kinds["hyper" if kind == "constant" else kind].append(f.name)
     cls._hyper_fields = tuple(kinds["hyper"])
     cls._child_fields = tuple(kinds["child"])
     cls._static_fields = tuple(kinds["static"])
     jax.tree_util.register_pytree_with_keys(
         cls, cls._tree_flatten_with_keys, cls._tree_unflatten
     )
+    if callable(getattr(cls, "init", None)) and callable(getattr(cls, "update", None)):
+        cls.update = checked_update(cls.update)
     return cls

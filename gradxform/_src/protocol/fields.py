@@ -1,8 +1,13 @@
 """Field kinds of a transformation or schedule, and the validation of their concrete values.
 
-A numeric hyperparameter (`hyperparameter`) is a pytree leaf: a float, an array or a schedule.
-A structural option (`static`) is static data that keys the jit cache. A field holding other
-transformations (`child`) is a pytree child.
+- `hyperparameter`: a numeric hyperparameter, a pytree leaf: a float, an array or a schedule of
+  the step count.
+- `constant`: a number that is a pytree leaf (changing it does not recompile) but may not be a
+  schedule, for transformations that keep no step count to evaluate one at, or that use the
+  value where a schedule cannot stand.
+- `static`: a structural option (flag, dtype, mask, callable, size), static data that keys the
+  jit cache.
+- `child`: a field holding other transformations, pytree children.
 """
 
 from __future__ import annotations
@@ -27,6 +32,16 @@ def hyperparameter(default: Any = dataclasses.MISSING, *, check: Callable | None
     return dataclasses.field(default=default, metadata={"kind": "hyper", "check": check})
 
 
+def constant(default: Any = dataclasses.MISSING, *, check: Callable | None = None) -> Any:
+    """Declares a number that is a pytree leaf but may not be a schedule (or any callable).
+
+    Like `hyperparameter` (a float or an array; changing it reuses the compiled step; `check`
+    validates concrete values), for a transformation that has no step count to evaluate a
+    schedule at. A schedule given here is refused when the transformation is built.
+    """
+    return dataclasses.field(default=default, metadata={"kind": "constant", "check": check})
+
+
 def static(default: Any = dataclasses.MISSING, *, check: Callable | None = None) -> Any:
     """Declares a structural option: part of the pytree's static data (must be hashable)."""
     return dataclasses.field(default=default, metadata={"kind": "static", "check": check})
@@ -37,7 +52,7 @@ def child(default: Any = dataclasses.MISSING) -> Any:
     return dataclasses.field(default=default, metadata={"kind": "child", "check": None})
 
 
-# -- range checks used by `hyperparameter(check=...)` ---------------------------------------------
+# -- checks used by `hyperparameter(check=...)`, `constant(check=...)` and `static(check=...)` --
 
 
 def in_interval(lo: float, hi: float, closed: str = "[)") -> Callable:
@@ -63,31 +78,61 @@ def finite(x):
     return None if math.isfinite(x) else "finite"
 
 
-def concrete_values(value) -> list[float] | None:
-    """The values of a concrete number or array as Python floats, or None for anything else."""
+def integer_at_least(lo: int) -> Callable:
+    """A check that a value is an integer >= `lo` (a Python or NumPy int, or an integer array;
+    not a bool, not a float such as 2.0): for step counts, periods and sizes.
+
+    Usable as `static(..., check=...)` and `hyperparameter(..., check=...)`.
+    """
+
+    def check(x):
+        whole = isinstance(x, numbers.Integral) and not isinstance(x, bool | np.bool_)
+        return None if whole and x >= lo else f"an integer >= {lo}"
+
+    return check
+
+
+def check_argument(owner: str, name: str, value, check: Callable) -> None:
+    """Raises a ValueError `owner: name must be <allowed>, got <value>` when `check(value)`
+    describes what is allowed (for arguments of functions, and `static(..., check=...)`)."""
+    problem = check(value)
+    if problem is not None:
+        raise ValueError(f"{owner}: {name} must be {problem}, got {value!r}")
+
+
+def concrete_values(value) -> list[float | int] | None:
+    """The values of a concrete number or array as Python numbers (ints stay ints), or None for
+    anything else (traced values, schedules, bools)."""
     if isinstance(value, bool):
         return None
+    if isinstance(value, numbers.Integral):
+        return [int(value)]
     if isinstance(value, numbers.Real):
         return [float(value)]
     if isinstance(value, np.ndarray | np.generic) and value.dtype.kind in "fiu":
-        return [float(v) for v in np.ravel(value)]
+        return np.ravel(value).tolist()
     if isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer):
         try:
             if value.is_fully_addressable and jnp.issubdtype(value.dtype, jnp.number):
-                return [float(v) for v in np.ravel(np.asarray(value)).real]
+                return np.ravel(np.asarray(value)).real.tolist()
         except Exception:  # deleted or donated buffers: nothing to check
             return None
     return None
 
 
 def validate_field(owner: str, name: str, value, check: Callable | None,
-                    default: Any = None) -> None:
+                   default: Any = None, *, schedulable: bool = True) -> None:
+    """Validates the value of a `hyperparameter` (or, with `schedulable=False`, a `constant`)."""
     # A string, or None for a hyperparameter without a default, would only fail later, inside
     # the step, with a message about arrays; say here which argument is wrong. (None stays
     # allowed where a default exists: it may mean "off", as a clipping threshold of None.)
+    allowed = "a number, an array or a schedule" if schedulable else "a number or an array"
     if isinstance(value, str | bytes) or (value is None and default is dataclasses.MISSING):
+        raise TypeError(f"{owner}: {name} must be {allowed}, got {value!r}")
+    if not schedulable and callable(value):
         raise TypeError(
-            f"{owner}: {name} must be a number, an array or a schedule, got {value!r}"
+            f"{owner}: {name} must be {allowed}, got {value!r}; {name} is a constant of "
+            f"{owner} and cannot be scheduled (build the transformation again to change it)"
         )
     values = concrete_values(value)
     if values is None:

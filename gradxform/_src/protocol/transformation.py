@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import PytreeDataclass
 from gradxform._src.protocol.schedule import resolve
 
@@ -25,9 +23,6 @@ class EmptyState(NamedTuple):
 
 
 
-_checking = threading.local()
-
-
 class Transformation(PytreeDataclass):
     """A gradient transformation: `init(params) -> state`, `update(updates, state, params)`.
 
@@ -37,7 +32,9 @@ class Transformation(PytreeDataclass):
     Before the outermost `update` runs, the trees are checked: `updates` and `params` must have
     the same structure and shapes, `state` must have the structure that `init` gives for such
     params, and updates must be floating point. The check happens when the function is traced,
-    so a jitted step pays nothing for it.
+    so a jitted step pays nothing for it. `pytree_dataclass` adds it, by wrapping each
+    transformation class's `update` with `tree_check.checked_update`; see
+    `gradxform._src.protocol.tree_check` for when it runs.
     """
 
     def init(self, params: Params) -> OptState:
@@ -46,11 +43,6 @@ class Transformation(PytreeDataclass):
     def update(self, updates: Updates, state: OptState, params: Params | None = None,
                **extra_args: Any) -> tuple[Updates, OptState]:
         raise NotImplementedError
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if "update" in cls.__dict__:
-            cls.update = _checked_update(cls.__dict__["update"])
 
     def at(self, count):
         """This transformation with every scheduled hyperparameter evaluated at `count`."""
@@ -71,85 +63,31 @@ class Transformation(PytreeDataclass):
         return out
 
 
-def _checked_update(update_fn):
-    def update(self, updates, state, params=None, **extra_args):
-        if getattr(_checking, "active", False):
-            return update_fn(self, updates, state, params, **extra_args)
-        _check_trees(self, updates, state, params)
-        _checking.active = True
-        try:
-            return update_fn(self, updates, state, params, **extra_args)
-        finally:
-            _checking.active = False
-
-    update.__doc__ = update_fn.__doc__
-    update.__name__ = update_fn.__name__
-    update.__qualname__ = update_fn.__qualname__
-    update.__wrapped__ = update_fn
-    return update
+def is_transformation(value) -> bool:
+    """Whether `value` follows the protocol: it has callable `init` and `update` (a gradxform
+    transformation, an optax `GradientTransformation`, or any such object)."""
+    return callable(getattr(value, "init", None)) and callable(getattr(value, "update", None))
 
 
-_STATE_STRUCTURE_CACHE: dict = {}
-
-
-def _expected_state_structure(transformation, updates):
-    """The structure and leaf shapes of `transformation.init(params)` for params like `updates`."""
-    leaves, treedef = jax.tree_util.tree_flatten(updates)
-    key = (
-        jax.tree_util.tree_structure(transformation),
-        treedef,
-        tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves),
-    )
-
-    def compute():
-        shapes = jax.eval_shape(transformation.init, updates)
-        return jax.tree_util.tree_structure(shapes), jax.tree_util.tree_leaves_with_path(shapes)
-
-    try:
-        return _STATE_STRUCTURE_CACHE[key]
-    except KeyError:
-        pass
-    except TypeError:  # unhashable static data: no caching
-        return compute()
-    expected = compute()
-    if len(_STATE_STRUCTURE_CACHE) > 4096:
-        _STATE_STRUCTURE_CACHE.clear()
-    _STATE_STRUCTURE_CACHE[key] = expected
-    return expected
-
-
-def _check_trees(transformation, updates, state, params) -> None:
-    name = type(transformation).__name__
-    tree_utils.check_inexact(updates, f"{name}.update", "updates")
-    if params is not None:
-        tree_utils.check_same_structure(updates, params, f"{name}.update", "updates", "params")
-        tree_utils.check_inexact(params, f"{name}.update", "params")
-    expected, expected_leaves = _expected_state_structure(transformation, updates)
-    actual = jax.tree_util.tree_structure(state)
-    hint = None
-    if actual != expected:
-        hint = tree_utils.first_difference_of_structures(
-            jax.tree_util.tree_unflatten(expected, [0] * expected.num_leaves), state
-        )
-    else:
-        for (path, want), have in zip(expected_leaves, jax.tree_util.tree_leaves(state)):
-            if jnp.shape(have) != want.shape:
-                hint = (f"state leaf '{tree_utils.path_str(path)}' has shape {jnp.shape(have)}, "
-                        f"init gives {want.shape}")
-                break
-    if hint is not None:
-        raise ValueError(
-            f"{name}.update: state does not match the state that init gives for these updates "
-            f"({hint}). Was the state created by this optimizer, for params of this structure? "
-            f"Call init(params) again after changing the model or the optimizer."
+def require_transformation(value, where: str, what: str, expected: str = "a transformation"
+                           ) -> None:
+    """Raises a TypeError naming `what` (an argument of `where`) when `value` is not a
+    transformation (`is_transformation`); `expected` names what is expected there."""
+    if not is_transformation(value):
+        raise TypeError(
+            f"{where}: {what} must be {expected} (an object with init and update), got {value!r}"
         )
 
 
-def require_params(params, where: str) -> None:
-    """Raises a ValueError when a transformation that reads the params was not given them."""
+def require_params(params, where: str, meaning: str = "") -> None:
+    """Raises a ValueError when a transformation that reads the params was not given them.
+
+    `meaning` says what the params are to it, e.g. "the fast weights".
+    """
     if params is None:
+        what = f"params ({meaning})" if meaning else "params"
         raise ValueError(
-            f"{where}.update: params are required (pass them as update(updates, state, params))"
+            f"{where}.update: {what} are required (pass them as update(updates, state, params))"
         )
 
 
