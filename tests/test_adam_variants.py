@@ -258,6 +258,24 @@ def test_bfloat16_params_keep_their_dtype_with_float32_buffers(name):
         assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(p16))
 
 
+@pytest.mark.parametrize("name", sorted(DIRECTIONS))
+def test_donating_step_gives_the_numbers_of_update_and_apply(name):
+    """make_step donates params and state: every buffer must be its own array (one tree of
+    zeros shared by two buffers cannot be donated twice), and the step keeps the numbers."""
+    opt = DIRECTIONS[name]()
+    params = {k: v for k, v in _params(jnp.float32).items() if v is not None}
+    reference = jax.jit(gx.update_and_apply)
+    step = gx.make_step(opt)
+    p_ref, s_ref = params, opt.init(params)
+    p, s = jax.tree.map(jnp.copy, params), opt.init(params)
+    for t in range(3):
+        g = {k: v for k, v in _grads(p_ref, t).items() if v is not None}
+        p_ref, s_ref = reference(opt, g, s_ref, p_ref)
+        p, s = step(g, s, p)
+    for a, b in zip(jax.tree.leaves((p, s)), jax.tree.leaves((p_ref, s_ref))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_hyperparameters_are_leaves_and_arrays_give_the_same_numbers(trajectories):
     opt = gx.scale_by_adan(0.9, b2=0.8, b3=0.95, eps=1e-6, eps_root=1e-9)
     assert jax.tree.leaves(opt) == [0.9, 0.8, 0.95, 1e-6, 1e-9]

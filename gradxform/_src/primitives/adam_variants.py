@@ -211,8 +211,9 @@ class scale_by_adan(ElementwiseTransformation):
     state_type = ScaleByAdanState
 
     def init_buffers(self, params):
-        zeros = tree_utils.zeros_like(params)
-        return zeros, zeros, tree_utils.real_zeros_like(params), zeros
+        # One fresh array per buffer: buffers that share an array cannot be donated to a step.
+        return (tree_utils.zeros_like(params), tree_utils.zeros_like(params),
+                tree_utils.real_zeros_like(params), tree_utils.zeros_like(params))
 
     def step_scalars(self, h, t):
         return dict(b1=h.b1, b2=h.b2, b3=h.b3, eps=h.eps, eps_root=h.eps_root,
