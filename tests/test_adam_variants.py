@@ -11,6 +11,7 @@ import optax
 import pytest
 
 import gradxform as gx
+from gradxform._src.fast import kernel
 
 STEPS = 100
 
@@ -274,6 +275,42 @@ def test_donating_step_gives_the_numbers_of_update_and_apply(name):
         p, s = step(g, s, p)
     for a, b in zip(jax.tree.leaves((p, s)), jax.tree.leaves((p_ref, s_ref))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.skipif(not kernel.available(),
+                    reason=f"the vector kernel does not run here: {kernel.status()}")
+@pytest.mark.parametrize("name", ["adabelief_nesterov", "yogi", "adan", "adan_paper"])
+def test_vector_kernel_runs_them_with_the_numbers_of_the_xla_program(name):
+    """The fast path traces each element equation into the kernel's register program; its
+    results are those of the XLA program up to where XLA contracts a product and a sum."""
+    opt = {"adabelief_nesterov": lambda: gx.adabelief(1e-2, nesterov=True),
+           "yogi": lambda: gx.yogi(1e-2),
+           "adan": lambda: gx.adan(1e-2, weight_decay=1e-2),
+           "adan_paper": lambda: gx.adan(1e-2, lookahead="paper")}[name]()
+    rng = np.random.default_rng(0)
+    sizes = (70_001, 1 << 14, 10)  # the last leaf is below the kernel's threshold
+
+    def tree(scale=1.0):
+        return {f"l{i}": jnp.asarray(scale * rng.normal(size=n), jnp.float32)
+                for i, n in enumerate(sizes)}
+
+    fused = gx.make_step(opt, donate=False)
+    plain = gx.make_step(opt, donate=False, fused=False)
+    p = tree()
+    s = opt.init(p)
+    hlo = jax.jit(fused).lower(tree(), s, p).as_text()
+    assert hlo.count(kernel.TARGET) >= 1, "the step did not call the kernel"
+    for _ in range(4):  # each step from the same inputs, so that differences do not compound
+        g = tree(1e-2)
+        (p1, s1), (p2, s2) = fused(g, s, p), plain(g, s, p)
+        for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p2, s2)), strict=True):
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            # Within 4 ulp of the leaf's largest value. Where XLA fuses a multiply-add, a sum
+            # (β m + (1 - β) g, θ - η u) differs by an ulp of its terms, as for Adam (2 ulp);
+            # the second moments here square a quantity built from such a sum (g - m_t,
+            # g + w Δ), which doubles its relative difference, then add it to β s: up to 4.
+            assert np.max(np.abs(a - b)) <= 4 * np.spacing(np.float32(np.max(np.abs(b))))
+        p, s = p1, s1
 
 
 def test_hyperparameters_are_leaves_and_arrays_give_the_same_numbers(trajectories):
