@@ -15,7 +15,7 @@ import pytest
 
 from gradxform.__main__ import main
 from gradxform.demo import cli
-from gradxform.demo.experiments.rosenbrock import run_rosenbrock, seed_optimizers
+from gradxform.demo.experiments.rosenbrock import classic_optimizers, run_rosenbrock
 
 STEPS = 500
 
@@ -135,7 +135,7 @@ def test_rosenbrock_matches_the_numpy_reference(name):
     """In float64 the whole trajectory agrees with the numpy run's to rounding: 1e-13 absolute on
     coordinates of order 1, ~500 ulps (measured: at most 1e-15; the runs differ only in the
     order of floating-point operations and jax.grad's form of the gradient)."""
-    ours = run_rosenbrock(seed_optimizers()[name], steps=STEPS).params
+    ours = run_rosenbrock(classic_optimizers()[name], steps=STEPS).params
     ref = numpy_trajectory(name)
     assert ours.dtype == np.float64
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-13)
@@ -146,7 +146,7 @@ def test_rosenbrock_rmsprop_matches_the_numpy_reference_to_its_rounding_sensitiv
     the start moves the numpy run by up to ~1e-2. gradxform's run must be no further from
     the numpy run than that, at every step (measured: at most 0.3 of the envelope); before the
     amplification sets in (~step 95) this means agreement to rounding."""
-    ours = run_rosenbrock(seed_optimizers()["RMSprop"], steps=STEPS).params
+    ours = run_rosenbrock(classic_optimizers()["RMSprop"], steps=STEPS).params
     ref = numpy_trajectory("RMSprop")
     envelope = rounding_envelope("RMSprop")
     deviation = np.abs(ours - ref).max(axis=1)
@@ -166,7 +166,7 @@ def test_rosenbrock_float32_is_close_to_the_numpy_reference():
     """In float32 the three stable runs agree with the float64 numpy run to float32 accuracy grown
     over 500 steps (measured: at most 7e-7; bounded at 5e-6)."""
     for name in ["SGD", "Momentum", "Adam"]:
-        ours = run_rosenbrock(seed_optimizers()[name], steps=STEPS, x64=False).params
+        ours = run_rosenbrock(classic_optimizers()[name], steps=STEPS, x64=False).params
         assert ours.dtype == np.float32
         np.testing.assert_allclose(ours[-1], numpy_trajectory(name)[-1], rtol=0, atol=5e-6)
 
@@ -279,7 +279,7 @@ def test_experiments_print_nothing(capsys):
     """Only the command line prints: the experiment functions return their results silently."""
     from gradxform.demo.experiments.xor import train_xor, xor_optimizers
 
-    run_rosenbrock(seed_optimizers()["Adam"], steps=10)
+    run_rosenbrock(classic_optimizers()["Adam"], steps=10)
     train_xor(xor_optimizers()["Adam"], epochs=1)
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""

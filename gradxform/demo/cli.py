@@ -19,7 +19,11 @@ import numpy as np
 
 from gradxform.demo.experiments.common import format_table
 from gradxform.demo.experiments.noisy_features import run_noisy_features, weight_decay_optimizers
-from gradxform.demo.experiments.rosenbrock import run_rosenbrock, seed_optimizers, tour_optimizers
+from gradxform.demo.experiments.rosenbrock import (
+    classic_optimizers,
+    run_rosenbrock,
+    tour_optimizers,
+)
 from gradxform.demo.experiments.schedules import schedule_gallery, warmup_optimizers
 from gradxform.demo.experiments.xor import train_xor, xor_loss_per_step, xor_optimizers
 
@@ -66,7 +70,7 @@ def rosenbrock_section(progress: Progress, *, steps: int = 500) -> Section:
         (name, float(r.final[0]), float(r.final[1]), f"{r.losses[-1]:.3e}")
         for name, r in runs.items()
     ]
-    seed = ", ".join(seed_optimizers())
+    classic = ", ".join(classic_optimizers())
     from gradxform.demo.experiments import plotting
 
     return Section(
@@ -74,8 +78,8 @@ def rosenbrock_section(progress: Progress, *, steps: int = 500) -> Section:
               f"(float64)",
         table=format_table(["optimizer", "x", "y", "f(x, y)"], rows),
         notes=[
-            f"{seed}: seed 002's settings; they reproduce its numpy run "
-            "(the true minimum is (1, 1)).",
+            f"{classic}: the settings of the classic numpy comparison; they reproduce its "
+            "numbers (the true minimum is (1, 1)).",
             "Momentum (EMA form) at η/(1-β) takes the same steps as the torch form at η.",
         ],
         figures={
@@ -98,7 +102,7 @@ def xor_section(progress: Progress, *, epochs: int = 100) -> Section:
     from gradxform.demo.experiments import plotting
 
     return Section(
-        title=f"XOR MLP 2-16-16-1, 1000 points, batch 32, {epochs} epochs (seed 002's torch "
+        title=f"XOR MLP 2-16-16-1, 1000 points, batch 32, {epochs} epochs (torch.optim's "
               "settings)",
         table=format_table(["optimizer", "final loss", "train acc", "test acc"], rows),
         notes=["Each run is one jitted lax.scan over epochs and mini-batches."],
@@ -198,8 +202,9 @@ def run(out: str | Path = DEFAULT_OUT, *, quick: bool = False, plots: bool = Tru
         stdout: TextIO | None = None, stderr: TextIO | None = None) -> dict[str, Section]:
     """Runs every section, prints its table to `stdout` and writes its figures under `out`.
 
-    `quick` shortens the XOR, noisy-features and warmup runs (the Rosenbrock runs are the seed's and
-    stay at 500 steps). Progress goes to `stderr`. Returns the sections, with their results.
+    `quick` shortens the XOR, noisy-features and warmup runs (the Rosenbrock runs reproduce a
+    numpy comparison and stay at 500 steps). Progress goes to `stderr`. Returns the sections,
+    with their results.
     """
     stdout = sys.stdout if stdout is None else stdout
     stderr = sys.stderr if stderr is None else stderr

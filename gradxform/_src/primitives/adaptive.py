@@ -2,7 +2,7 @@
 
 Where ε goes differs between libraries, and both forms are offered:
 - inside the square root, g / √(s + ε): optax's default (`eps_in_sqrt=True`);
-- outside, g / (√s + ε): torch.optim and the seed texts (`eps_in_sqrt=False`).
+- outside, g / (√s + ε): torch.optim and most textbooks (`eps_in_sqrt=False`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Momentum: exponential moving averages, the heavy-ball trace, Nesterov, bias correction.
 
 Two conventions for momentum exist and both are here:
-- EMA form (seed texts, Adam's first moment): v_t = β v_{t-1} + (1 - β) g_t  -> `ema`
+- EMA form (textbooks, Adam's first moment): v_t = β v_{t-1} + (1 - β) g_t  -> `ema`
 - torch / heavy-ball form:                     v_t = μ v_{t-1} + g_t         -> `trace`
 They differ by the factor (1 - β) on the gradient, i.e. by a rescaled learning rate: with a
 constant learning rate, `chain(ema(β, debias=False), scale(-η))` equals
@@ -104,7 +104,7 @@ class ema(Transformation):
 
         v_t = β v_{t-1} + (1 - β) g_t,     u_t = v_t / (1 - β^t)  (if debias)  else v_t
 
-    With `debias=False` this is the momentum of the seed texts (Ng's "gradient descent with
+    With `debias=False` this is the textbook momentum (Ng's "gradient descent with
     momentum"); `trace` gives torch's form v_t = μ v_{t-1} + g_t.
 
     Args:

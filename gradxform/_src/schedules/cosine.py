@@ -216,8 +216,9 @@ class cosine_annealing_warm_restarts_schedule(ScheduleBase):
         η_t = η_min + (η_0 - η_min) (1 + cos(π T_cur / T_i)) / 2
 
     T_cur counts the steps since the last restart; the i-th cycle lasts T_i = T_0 T_mult^i steps.
-    With T_mult = 1 it is seed 002's `CosineAnnealingSchedule(lr_max=η_0, lr_min=η_min,
-    T_max=T_0)`: η_min + (η_0 - η_min)(1 + cos(π (t mod T_0) / T_0)) / 2.
+    With T_mult = 1 it is the plain cosine annealing with restarts of period T_0 (as a
+    `CosineAnnealingSchedule(lr_max=η_0, lr_min=η_min, T_max=T_0)` class would write it):
+    η_min + (η_0 - η_min)(1 + cos(π (t mod T_0) / T_0)) / 2.
 
     Args:
       init_value: η_0, the value at each restart (torch's base learning rate).

@@ -158,7 +158,7 @@ class join_schedules(ScheduleBase):
         η_t = S_0(t)                 t < b_1
         η_t = S_k(t - b_k)           b_k ≤ t < b_{k+1}
 
-    Seed 004's three phases (linear warmup, cosine decay, then a constant) are
+    Three phases of training (linear warmup, cosine decay, then a constant) are
     `join_schedules([linear_schedule(0.0, 1e-3, 1000), cosine_decay_schedule(1e-3, 9000, alpha=0.1),
     constant_schedule(1e-4)], [1000, 10000])`.
 

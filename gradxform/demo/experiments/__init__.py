@@ -1,16 +1,17 @@
-"""The experiments of the seed texts, run with gradxform.
+"""Classic optimizer experiments, run with gradxform.
 
 Written once and used twice: by the notebooks in `notebooks/` and by `python -m gradxform demo`.
 Each experiment is a pure function of its optimizer and a PRNG key that returns numpy arrays;
 `gradxform.experiments.plotting` draws them (matplotlib is imported only there, and only when
 a figure is asked for).
 
-- `rosenbrock`: seed 002's Rosenbrock comparison from (-0.5, 0.5).
-- `xor`: seed 002's XOR classification with a 2-16-16-1 MLP.
-- `noisy_features`: seeds 000 and 001's regression with uninformative, high-variance features,
-  where coupled L2 in Adam and AdamW's decoupled weight decay part ways.
-- `schedules`: every learning-rate schedule, seed 004's three phases, and what warmup does to
-  Adam's first steps (seeds 002, 004).
+- `rosenbrock`: SGD, momentum, RMSprop and Adam on the Rosenbrock function from (-0.5, 0.5),
+  500 steps, as a numpy comparison of them runs it, and the other classics beside them.
+- `xor`: XOR classification with a 2-16-16-1 MLP, trained with five torch.optim optimizers.
+- `noisy_features`: a regression with uninformative, high-variance features, where coupled L2
+  in Adam and AdamW's decoupled weight decay part ways.
+- `schedules`: every learning-rate schedule, a three-phase schedule (warmup, cosine decay,
+  constant), and what warmup does to Adam's first steps.
 """
 
 from gradxform.demo.experiments.common import float64, format_table
@@ -26,9 +27,9 @@ from gradxform.demo.experiments.rosenbrock import (
     MINIMUM,
     START,
     Trajectory,
+    classic_optimizers,
     rosenbrock,
     run_rosenbrock,
-    seed_optimizers,
     tour_optimizers,
 )
 from gradxform.demo.experiments.schedules import (
@@ -62,7 +63,7 @@ __all__ = [
     "rosenbrock",
     "run_rosenbrock",
     "schedule_gallery",
-    "seed_optimizers",
+    "classic_optimizers",
     "three_phase_schedule",
     "tour_optimizers",
     "train_regression",

@@ -10,8 +10,8 @@ import jax
 def float64():
     """A context in which JAX computes in float64 (`jax_enable_x64`), restored on exit.
 
-    The seed texts run their numpy experiments in float64; runs inside this context can be
-    compared with them to rounding error.
+    numpy computes in float64; runs inside this context can be compared with numpy
+    re-derivations of the same experiments to rounding error.
     """
     enable = getattr(jax, "enable_x64", None)
     if enable is not None:

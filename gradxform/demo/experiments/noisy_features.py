@@ -1,7 +1,7 @@
-"""Seeds 000 and 001's noisy-features regression: where coupled L2 and decoupled decay part ways.
+"""A noisy-features regression: where coupled L2 and decoupled weight decay part ways.
 
 A linear model sees a few informative features and many uninformative ones of higher variance
-("noisy features exhibit high variance", seed 000). With about as many features as training
+(noisy features exhibit high variance). With about as many features as training
 points, least squares can fit the label noise by leaning on the noisy features, giving them
 sizeable weights that do not generalize.
 

@@ -1,4 +1,4 @@
-"""Seed 002's comparison of optimizers on the Rosenbrock function.
+"""A comparison of optimizers on the Rosenbrock function, from (-0.5, 0.5), 500 steps.
 
     f(x, y) = (1 - x)² + 100 (y - x²)²,   minimum f(1, 1) = 0,
 
@@ -44,11 +44,12 @@ class Trajectory(NamedTuple):
         return self.params[-1]
 
 
-def seed_optimizers() -> dict:
-    """The four optimizers of seed 002's numpy comparison, with the seed's settings.
+def classic_optimizers() -> dict:
+    """SGD, momentum, RMSprop and Adam with the settings of the classic numpy comparison on the
+    Rosenbrock function (SGD and momentum at 1e-3, RMSprop and Adam at 1e-2).
 
-    Momentum is the seed's torch form v = βv + g; the seed's RMSprop puts ε outside the root,
-    lr / (√s + ε).
+    Momentum is torch's form v = βv + g; RMSprop puts ε outside the root, lr / (√s + ε), as
+    that numpy code does.
     """
     return {
         "SGD": sgd(1e-3),
@@ -59,7 +60,7 @@ def seed_optimizers() -> dict:
 
 
 def tour_optimizers() -> dict:
-    """The seed's four plus the other classics, each at a learning rate natural to its family.
+    """The four classic optimizers plus the others, each at a learning rate natural to its family.
 
     - Momentum (EMA form) v = βv + (1 - β)g at η/(1 - β) = 1e-2 takes exactly the steps of the
       torch form at η = 1e-3: the two conventions differ by a rescaled learning rate.
@@ -70,15 +71,15 @@ def tour_optimizers() -> dict:
     - Lion moves every coordinate by exactly η per step, so it runs 3× below Adam (its paper
       advises 3-10×), without weight decay.
     """
-    seed = seed_optimizers()
+    classic = classic_optimizers()
     return {
-        "SGD": seed["SGD"],
-        "Momentum": seed["Momentum"],
+        "SGD": classic["SGD"],
+        "Momentum": classic["Momentum"],
         "Momentum (EMA form)": chain(ema(0.9, debias=False), scale_by_learning_rate(1e-2)),
         "Nesterov": sgd(1e-3, momentum=0.9, nesterov=True),
         "AdaGrad": adagrad(1e-1, initial_accumulator_value=0.0, eps=1e-10, eps_in_sqrt=False),
-        "RMSprop": seed["RMSprop"],
-        "Adam": seed["Adam"],
+        "RMSprop": classic["RMSprop"],
+        "Adam": classic["Adam"],
         "AdamW": adamw(1e-2, weight_decay=1e-2),
         "Lion": lion(3e-3, weight_decay=0.0),
     }
@@ -102,7 +103,7 @@ def run_rosenbrock(optimizer, *, start=START, steps: int = 500, x64: bool = True
 
     The loop is one `lax.scan` inside `jit`; the optimizer is an argument of the jitted function,
     so optimizers of the same recipe share the compiled loop. With `x64=True` (the default) it
-    runs in float64, like the seed's numpy code, whose numbers it then reproduces to rounding.
+    runs in float64, like the numpy comparison, whose numbers it then reproduces to rounding.
     """
     with float64() if x64 else contextlib.nullcontext():
         dtype = jnp.float64 if x64 else jnp.float32

@@ -1,4 +1,4 @@
-"""Learning-rate schedules (seeds 002 and 004): a gallery of them and a run showing warmup.
+"""Learning-rate schedules: a gallery of them and a run showing warmup.
 
 Every schedule is evaluated with `schedule.values(num_steps)`, the curve as one array.
 """
@@ -33,7 +33,7 @@ from gradxform._src.schedules.warmup import transformer_schedule, warmup_stable_
 
 def three_phase_schedule(peak: float = 0.1, floor: float = 0.01, *, warmup_steps: int = 100,
                          decay_steps: int = 600):
-    """Seed 004's three phases of training: linear warmup, cosine decay, then a constant.
+    """Three phases of training: linear warmup, cosine decay, then a constant.
 
     join_schedules([linear 0 → peak, cosine peak → floor, constant floor],
                    boundaries=[warmup_steps, warmup_steps + decay_steps])
@@ -67,7 +67,7 @@ def schedule_gallery(peak: float = 0.1, total: int = 1000) -> dict[str, dict]:
         "Warmup": {
             "warmup + constant": warmup_constant_schedule(0.0, peak, t // 10),
             "warmup + cosine": warmup_cosine_decay_schedule(0.0, peak, t // 10, t),
-            "warmup + cosine + constant (seed 004)": three_phase_schedule(
+            "warmup + cosine + constant": three_phase_schedule(
                 peak, peak / 10, warmup_steps=t // 10, decay_steps=6 * t // 10),
             "warmup-stable-decay": warmup_stable_decay_schedule(
                 0.0, peak, t // 10, 6 * t // 10, 3 * t // 10),
@@ -75,7 +75,7 @@ def schedule_gallery(peak: float = 0.1, total: int = 1000) -> dict[str, dict]:
                 1.0, t // 10, factor=peak * (t // 10) ** 0.5),
         },
         "Restarts (SGDR)": {
-            "cosine restarts, T = 250 (seed 002)": cosine_annealing_warm_restarts_schedule(
+            "cosine restarts, T = 250": cosine_annealing_warm_restarts_schedule(
                 peak, t // 4, eta_min=peak / 100),
             "cosine restarts, T_0 = 100, T_mult = 2": cosine_annealing_warm_restarts_schedule(
                 peak, t // 10, 2, eta_min=peak / 100),

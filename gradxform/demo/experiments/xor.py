@@ -1,7 +1,7 @@
-"""Seed 002's small classification network: XOR of the signs of two Gaussian coordinates.
+"""A small classification network: XOR of the signs of two Gaussian coordinates.
 
 Label y = [x₀ > 0] ≠ [x₁ > 0] for x ~ N(0, I₂); a 2-16-16-1 ReLU MLP with a sigmoid output and
-binary cross-entropy, mini-batches of 32, as in the seed's torch code.
+binary cross-entropy, mini-batches of 32, trained as torch.nn and torch.optim would.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def xor_data(key, n: int = 1000):
 
 def init_mlp(key, sizes=(2, 16, 16, 1)) -> list:
     """Layers [{"w": (fan_in, fan_out), "b": (fan_out,)}, ...] with torch.nn.Linear's default
-    initialisation, W, b ~ U(-1/√fan_in, 1/√fan_in), so the seed's network is reproduced."""
+    initialisation, W, b ~ U(-1/√fan_in, 1/√fan_in), so a torch network is reproduced."""
     layers = []
     for k, fan_in, fan_out in zip(jax.random.split(key, len(sizes) - 1), sizes[:-1], sizes[1:]):
         kw, kb = jax.random.split(k)
@@ -66,7 +66,7 @@ class XorRun(NamedTuple):
 
 
 def xor_optimizers() -> dict:
-    """The five optimizers of seed 002's torch comparison, with torch's arithmetic.
+    """SGD, SGD with momentum, AdaGrad, RMSprop and Adam with torch.optim's arithmetic.
 
     torch.optim.RMSprop's defaults are decay 0.99 and ε outside the root.
     """
@@ -103,12 +103,13 @@ def train_xor(
     optimizer, *, seed: int = 0, epochs: int = 100, batch_size: int = 32, n: int = 1000,
     n_test: int = 1000,
 ) -> XorRun:
-    """Trains the seed's MLP on `n` XOR points with `optimizer`, reshuffling every epoch.
+    """Trains the 2-16-16-1 MLP on `n` XOR points with `optimizer`, reshuffling every epoch.
 
     The whole run (epochs × mini-batches) is two nested `lax.scan`s in one `jit`. The data, the
     initial weights and the shuffles depend only on `seed`, so optimizers are compared on
-    identical runs. Each epoch takes n // batch_size full batches (31 for the seed's sizes): the
-    last 8 points of a shuffle wait for the next epoch instead of making a short batch.
+    identical runs. Each epoch takes n // batch_size full batches (31 for 1000 points in batches
+    of 32): the last 8 points of a shuffle wait for the next epoch instead of making a short
+    batch.
     Accuracy is measured on the training points and on `n_test` fresh ones.
     """
     k_data, k_test, k_init, k_shuffle = jax.random.split(jax.random.key(seed), 4)
