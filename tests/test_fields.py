@@ -166,3 +166,17 @@ def test_every_hyperparameter_can_be_scheduled_and_no_constant_can():
 def test_constant_and_hyperparameter_are_public_field_kinds():
     assert inspect.signature(gx.constant).parameters.keys() == {"default", "check"}
     assert {"constant", "hyperparameter", "static"} <= set(gx.__all__)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: gx.masked(0.1, {"w": True}), r"masked: inner must be a transformation"),
+    (lambda: gx.MultiSteps("adam", 2), r"MultiSteps: opt must be a transformation .*got 'adam'"),
+    (lambda: gx.lookahead(None, 2, 0.5), r"lookahead: fast_optimizer must be a transformation"),
+    (lambda: gx.partition({"a": gx.sgd(0.1), "b": 1.0}, {"w": "a"}),
+     r"partition: transforms\['b'\] must be a transformation .*got 1.0"),
+    (lambda: gx.quantize_state(gx.adam, block_size=4),
+     r"quantize_state: inner must be a transformation"),
+])
+def test_child_fields_hold_transformations(make, message):
+    with pytest.raises(TypeError, match=message):
+        make()

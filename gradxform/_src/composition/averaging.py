@@ -28,7 +28,6 @@ from gradxform._src.protocol.transformation import (
     Transformation,
     float_count,
     require_params,
-    require_transformation,
     safe_increment,
     zero_count,
 )
@@ -84,10 +83,6 @@ class lookahead(Transformation):
     sync_period: int = hyperparameter(check=integer_at_least(1))
     slow_step_size: float = hyperparameter(check=in_interval(0, 1, "[]"))
     reset_state: bool = static(False)
-
-    def __post_init__(self):
-        require_transformation(self.fast_optimizer, "lookahead", "fast_optimizer")
-        super().__post_init__()
 
     def init(self, params):
         return LookaheadState(

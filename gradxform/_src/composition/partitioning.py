@@ -22,11 +22,12 @@ from gradxform._src.protocol.fields import child, static
 from gradxform._src.protocol.masks import (
     MaskLike,
     StaticMask,
+    StaticValue,
     broadcast_mask,
     path_segments,
     prefix_values,
 )
-from gradxform._src.protocol.transformation import Transformation, require_transformation
+from gradxform._src.protocol.transformation import Transformation
 
 _is_none = tree_utils.is_none
 
@@ -91,7 +92,6 @@ class masked(Transformation):
     mask: Any = static()
 
     def __post_init__(self):
-        require_transformation(self.inner, "masked", "inner")
         if self.mask is None:
             raise ValueError("masked: mask is None; give a tree of bools or a function of params")
         if not isinstance(self.mask, StaticMask):
@@ -216,30 +216,19 @@ def _pattern_labels(patterns: dict, tree, where: str) -> list:
     return labels
 
 
-class _StaticLabels:
+class _StaticLabels(StaticValue):
     """Labels held as static (hashable) data: a tree of labels, path patterns or a callable."""
 
-    __slots__ = ("value", "_key")
+    __slots__ = ()
 
     def __init__(self, value):
-        self.value = value
         if callable(value):
-            self._key = ("callable", value)
+            key: tuple = ("callable", value)
         elif _is_patterns(value):
-            self._key = ("patterns", tuple(value.items()))
+            key = ("patterns", tuple(value.items()))
         else:
-            leaves, treedef = jax.tree_util.tree_flatten(value)
-            self._key = ("tree", treedef, tuple(leaves))
-        hash(self._key)
-
-    def __eq__(self, other):
-        return isinstance(other, _StaticLabels) and self._key == other._key
-
-    def __hash__(self):
-        return hash(self._key)
-
-    def __repr__(self):
-        return getattr(self.value, "__name__", None) or repr(self.value)
+            key = self.tree_key(value)
+        super().__init__(value, key)
 
     def resolve(self, tree, where: str) -> list:
         """One label per leaf of `tree` (None for None leaves)."""
@@ -296,8 +285,6 @@ class partition(Transformation):
                 f"partition: transforms must be a non-empty mapping from label to "
                 f"transformation, got {self.transforms!r}"
             )
-        for label, t in self.transforms.items():
-            require_transformation(t, "partition", f"transforms[{label!r}]")
         object.__setattr__(self, "transforms", dict(self.transforms))
         if not isinstance(self.param_labels, _StaticLabels):
             object.__setattr__(self, "param_labels", _StaticLabels(self.param_labels))

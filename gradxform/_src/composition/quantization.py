@@ -32,7 +32,7 @@ from jax.typing import ArrayLike
 
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.fields import child, integer_at_least, static
-from gradxform._src.protocol.transformation import Transformation, require_transformation
+from gradxform._src.protocol.transformation import Transformation
 
 
 def dynamic_map(signed: bool = True) -> np.ndarray:
@@ -211,7 +211,6 @@ class quantize_state(Transformation):
     unsigned_fields: tuple = static(("nu", "nu_max", "sum_of_squares"))
 
     def __post_init__(self):
-        require_transformation(self.inner, "quantize_state", "inner")
         object.__setattr__(self, "signed_fields", tuple(self.signed_fields))
         object.__setattr__(self, "unsigned_fields", tuple(self.unsigned_fields))
         super().__post_init__()

@@ -33,7 +33,6 @@ from gradxform._src.protocol.transformation import (
     Params,
     Transformation,
     require_params,
-    require_transformation,
     safe_increment,
     zero_count,
 )
@@ -93,10 +92,6 @@ class schedule_free(Transformation):
     b1: float = hyperparameter(0.9, check=in_interval(0, 1, "(]"))
     weight_lr_power: float = hyperparameter(2.0, check=non_negative)
     state_dtype: Any = static(None)
-
-    def __post_init__(self):
-        require_transformation(self.base_optimizer, "schedule_free", "base_optimizer")
-        super().__post_init__()
 
     def init(self, params):
         dt = _scalar_dtype(params)

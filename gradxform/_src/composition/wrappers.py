@@ -17,7 +17,6 @@ from gradxform._src.protocol.transformation import (
     Params,
     Transformation,
     Updates,
-    require_transformation,
     safe_increment,
     zero_count,
 )
@@ -117,10 +116,6 @@ class MultiSteps(Transformation):
     use_grad_mean: bool = static(True)
     should_skip_update_fn: Callable | None = static(None)
     accumulator_dtype: Any = static(None)
-
-    def __post_init__(self):
-        require_transformation(self.opt, "MultiSteps", "opt")
-        super().__post_init__()
 
     @property
     def inner_opt(self):
@@ -239,10 +234,6 @@ class apply_if_finite(Transformation):
 
     inner: Transformation = child()
     max_consecutive_errors: int = static(check=integer_at_least(0))
-
-    def __post_init__(self):
-        require_transformation(self.inner, "apply_if_finite", "inner")
-        super().__post_init__()
 
     def init(self, params):
         return ApplyIfFiniteState(

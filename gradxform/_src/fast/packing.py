@@ -36,7 +36,7 @@ import numpy as np
 
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.fields import child
-from gradxform._src.protocol.transformation import Transformation, require_transformation
+from gradxform._src.protocol.transformation import Transformation
 
 
 class _Slot(NamedTuple):
@@ -177,9 +177,6 @@ class flatten(Transformation):
     """
 
     inner: Transformation = child()
-
-    def _validate(self) -> None:
-        require_transformation(self.inner, "flatten", "inner")
 
     def init(self, params):
         return self.inner.init(pack(params))

@@ -76,18 +76,11 @@ def _is_array_like(x) -> bool:
 
 def _first_mismatch(stored, like) -> str | None:
     """Where `like` and the checkpoint's tree first differ in keys, shapes or dtypes."""
-    stored_leaves = {
-        tree_utils.path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]
-    }
-    like_leaves = {
-        tree_utils.path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(like)[0]
-    }
-    for key in like_leaves:
-        if key not in stored_leaves:
-            return f"'{key}' is in `like` but not in the checkpoint"
-    for key in stored_leaves:
-        if key not in like_leaves:
-            return f"'{key}' is in the checkpoint but not in `like`"
+    stored_leaves = tree_utils.leaves_by_path(stored)
+    like_leaves = tree_utils.leaves_by_path(like)
+    missing = tree_utils.first_missing_path(like_leaves, stored_leaves, "`like`", "the checkpoint")
+    if missing is not None:
+        return missing
     for key, want in like_leaves.items():
         have = stored_leaves[key]
         have_shape = tuple(getattr(have, "shape", ()) or ())

@@ -10,35 +10,53 @@ import jax
 from gradxform._src.protocol import tree_utils
 
 
-class StaticMask:
-    """A mask held as static (hashable) data: a tree of Python bools or a callable on params."""
+class StaticValue:
+    """A user's tree or callable held as static (hashable) data of a transformation.
+
+    Compared and hashed by `key` (a callable by identity, a tree by its structure and leaves),
+    so that it can key the jit cache; shown as the value itself in the transformation's repr.
+    """
 
     __slots__ = ("value", "_key")
 
     _key: tuple
 
-    def __init__(self, value: Any):
+    def __init__(self, value: Any, key: tuple):
         self.value = value
-        if callable(value):
-            self._key = ("callable", value)
-        else:
-            leaves, treedef = jax.tree_util.tree_flatten(value)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(value):
-                if not isinstance(leaf, bool):
-                    raise TypeError(
-                        f"mask leaf '{tree_utils.path_str(path)}' is {leaf!r}; mask leaves must be "
-                        f"Python bools (True: the transformation applies to that subtree)"
-                    )
-            self._key = ("tree", treedef, tuple(leaves))
+        self._key = key
+        hash(key)
+
+    @staticmethod
+    def tree_key(value: Any) -> tuple:
+        leaves, treedef = jax.tree_util.tree_flatten(value)
+        return ("tree", treedef, tuple(leaves))
 
     def __eq__(self, other):
-        return isinstance(other, StaticMask) and self._key == other._key
+        return type(other) is type(self) and self._key == other._key
 
     def __hash__(self):
         return hash(self._key)
 
     def __repr__(self):
         return getattr(self.value, "__name__", None) or repr(self.value)
+
+
+class StaticMask(StaticValue):
+    """A mask held as static (hashable) data: a tree of Python bools or a callable on params."""
+
+    __slots__ = ()
+
+    def __init__(self, value: Any):
+        if callable(value):
+            super().__init__(value, ("callable", value))
+            return
+        for path, leaf in jax.tree_util.tree_leaves_with_path(value):
+            if not isinstance(leaf, bool):
+                raise TypeError(
+                    f"mask leaf '{tree_utils.path_str(path)}' is {leaf!r}; mask leaves must be "
+                    f"Python bools (True: the transformation applies to that subtree)"
+                )
+        super().__init__(value, self.tree_key(value))
 
     def resolve(self, params, where: str):
         """The mask as a full tree of bools with the structure of `params`."""

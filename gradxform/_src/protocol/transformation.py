@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -36,6 +37,22 @@ class Transformation(PytreeDataclass):
     transformation class's `update` with `tree_check.checked_update`; see
     `gradxform._src.protocol.tree_check` for when it runs.
     """
+
+    def __post_init__(self) -> None:
+        # A `child()` field holds a transformation, or a tuple or mapping of them: one check for
+        # every combinator and wrapper, naming the field.
+        owner = type(self).__name__
+        for name in self._child_fields:
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                for i, t in enumerate(value):
+                    require_transformation(t, owner, f"{name}[{i}]")
+            elif isinstance(value, Mapping):
+                for key, t in value.items():
+                    require_transformation(t, owner, f"{name}[{key!r}]")
+            else:
+                require_transformation(value, owner, name)
+        super().__post_init__()
 
     def init(self, params: Params) -> OptState:
         raise NotImplementedError

@@ -88,7 +88,8 @@ def check_trees(transformation, updates, state, params) -> None:
     hint = None
     if actual != expected:
         hint = tree_utils.first_difference_of_structures(
-            jax.tree_util.tree_unflatten(expected, [0] * expected.num_leaves), state
+            jax.tree_util.tree_unflatten(expected, [0] * expected.num_leaves), state,
+            "the state init gives", "this state",
         )
     else:
         for (path, want), have in zip(expected_leaves, jax.tree_util.tree_leaves(state)):

@@ -92,16 +92,28 @@ def check_inexact(tree, where: str, what: str) -> None:
             )
 
 
-def first_difference_of_structures(a, b) -> str:
+def leaves_by_path(tree) -> dict:
+    """The leaves of `tree` keyed by their paths as `path_str` writes them."""
+    return {path_str(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def first_missing_path(leaves_a: dict, leaves_b: dict, name_a: str, name_b: str) -> str | None:
+    """The first path (of `leaves_by_path` dicts) that only one of two trees has, described."""
+    for key in leaves_a:
+        if key not in leaves_b:
+            return f"'{key}' is in {name_a} but not in {name_b}"
+    for key in leaves_b:
+        if key not in leaves_a:
+            return f"'{key}' is in {name_b} but not in {name_a}"
+    return None
+
+
+def first_difference_of_structures(a, b, name_a: str = "the first tree",
+                                   name_b: str = "the second") -> str:
     """Describes the first place where two trees differ in structure (or shape)."""
-    paths_a = {path_str(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(a)}
-    paths_b = {path_str(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(b)}
-    for key in paths_a:
-        if key not in paths_b:
-            return f"'{key}' is in the first tree but not the second"
-    for key in paths_b:
-        if key not in paths_a:
-            return f"'{key}' is in the second tree but not the first"
+    missing = first_missing_path(leaves_by_path(a), leaves_by_path(b), name_a, name_b)
+    if missing is not None:
+        return missing
     ta, tb = jax.tree_util.tree_structure(a), jax.tree_util.tree_structure(b)
     return f"same leaf paths but different node types: {ta} vs {tb}"
 
