@@ -1,4 +1,19 @@
-"""Learning-rate schedules (also exported from `gradxform`), and `plot` to draw them."""
+"""Learning-rate schedules (also exported from `gradxform`), and `plot` to draw them.
+
+Schedules map the step count to a hyperparameter's value.
+
+A schedule is a frozen pytree dataclass like a transformation: its numbers are leaves (changing
+one reuses the compiled step, `jax.vmap` over them sweeps), its repr is the recipe, and
+`schedule(count)` works under jit and vmap. Any numeric hyperparameter of any transformation
+accepts one; it is evaluated at the transformation's own step count before that count is
+incremented (as in optax), so the first update uses `schedule(0)`.
+
+optax's schedules keep optax's names, arguments and values; the torch.optim.lr_scheduler forms
+optax lacks (`StepLR`, `MultiStepLR`, `CyclicLR`, `CosineAnnealingWarmRestarts`) and the
+Transformer and warmup-stable-decay schedules are here under the names below.
+`schedule.values(num_steps)` is the curve as an array and `plot(*schedules, num_steps=...)` draws
+it with matplotlib.
+"""
 
 from gradxform._src.schedules.common import function_schedule
 from gradxform._src.schedules.cosine import (

@@ -18,7 +18,7 @@ import optax
 import pytest
 
 import gradxform as gx
-import gradxform._src.schedules as S
+import gradxform.schedules as S
 
 COUNTS = np.concatenate([np.arange(2600), [10**4, 10**5, 10**6, 2**24 + 1, 2**31 - 1]])
 COUNTS = COUNTS.astype(np.int32)

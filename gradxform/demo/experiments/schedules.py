@@ -6,29 +6,24 @@ Every schedule is evaluated with `schedule.values(num_steps)`, the curve as one 
 from __future__ import annotations
 
 from gradxform._src.presets.alias import adam
-from gradxform._src.schedules.cosine import (
+from gradxform.schedules import (
+    constant_schedule,
     cosine_annealing_warm_restarts_schedule,
     cosine_decay_schedule,
-    warmup_cosine_decay_schedule,
-)
-from gradxform._src.schedules.cyclic import (
     cosine_onecycle_schedule,
     cyclic_lr_schedule,
-    linear_onecycle_schedule,
-)
-from gradxform._src.schedules.exponential import (
     exponential_decay,
-    multistep_lr_schedule,
-    step_lr_schedule,
-)
-from gradxform._src.schedules.piecewise import join_schedules
-from gradxform._src.schedules.polynomial import (
-    constant_schedule,
+    join_schedules,
+    linear_onecycle_schedule,
     linear_schedule,
+    multistep_lr_schedule,
     polynomial_schedule,
+    step_lr_schedule,
+    transformer_schedule,
     warmup_constant_schedule,
+    warmup_cosine_decay_schedule,
+    warmup_stable_decay_schedule,
 )
-from gradxform._src.schedules.warmup import transformer_schedule, warmup_stable_decay_schedule
 
 
 def three_phase_schedule(peak: float = 0.1, floor: float = 0.01, *, warmup_steps: int = 100,
