@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-_F = TypeVar("_F", bound=Callable[..., Any])
+_T = TypeVar("_T")
 
 _CLEARERS: list[Callable[[], None]] = []
 
@@ -87,12 +87,13 @@ class LRUCache:
             self._data.clear()
 
 
-def lru_cache(maxsize: int) -> Callable[[_F], _F]:
+def lru_cache(maxsize: int
+              ) -> Callable[[Callable[..., _T]], functools._lru_cache_wrapper[_T]]:
     """`functools.lru_cache(maxsize)`, emptied by `clear_caches`."""
 
-    def decorate(fn: _F) -> _F:
+    def decorate(fn: Callable[..., _T]) -> functools._lru_cache_wrapper[_T]:
         cached = functools.lru_cache(maxsize=maxsize)(fn)
         register(cached.cache_clear)
-        return cached  # type: ignore[return-value]
+        return cached
 
     return decorate
