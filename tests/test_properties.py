@@ -36,12 +36,13 @@ _specs = st.recursive(
 
 
 def _realise(spec, salt=0):
-    """Arrays for a tree spec: (shape, dtype, seed) leaves become deterministic normal arrays."""
+    """Arrays for a tree spec: (shape, dtype, stream) leaves become deterministic normal arrays,
+    drawn from the numpy generator numbered `stream + salt`."""
     def leaf(s):
         if s is None:
             return None
-        shape, dtype, seed = s
-        values = np.random.RandomState(seed + salt).standard_normal(shape)
+        shape, dtype, stream = s
+        values = np.random.RandomState(stream + salt).standard_normal(shape)
         return jnp.asarray(values, jnp.float32).astype(dtype)
 
     return jax.tree.map(leaf, spec, is_leaf=lambda s: s is None or (
