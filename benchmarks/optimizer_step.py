@@ -1,7 +1,7 @@
 """Optimizer-step benchmark: gradxform vs optax vs torch, in one process, on the same trees.
 
     python benchmarks/optimizer_step.py            # full run (several minutes)
-    python benchmarks/optimizer_step.py --quick    # < 2 minutes
+    python benchmarks/optimizer_step.py --quick    # a few minutes (also on a GPU)
     python benchmarks/optimizer_step.py --json     # machine-readable output on stdout
     python benchmarks/optimizer_step.py --smoke    # tiny sizes, seconds (checks that it runs)
 
@@ -13,9 +13,10 @@ numbers vary with the machine and its load; the ratios between libraries measure
 run, with their calls interleaved, are the stable figures.
 
 Implementations (rows):
-  gradxform          gradxform.make_step(opt): update + apply_updates in one jitted call, through
-                     the one-pass kernel where there is one (Adam, AdamW, Lion on XLA:CPU)
+  gradxform          gradxform.make_step(opt): update + apply_updates in one jitted call, each run
+                     of elementwise transformations through the vector kernel (XLA:CPU)
   gradxform-xla      the same as compiled by XLA alone (make_step(opt, fused=False))
+  gradxform-plain    jax.jit of opt.update + gradxform.apply_updates, as a user writes it
   gradxform-packed   the same with params kept packed (gradxform.pack): one buffer per dtype
   gradxform-flatten  gradxform.flatten(opt) on the unpacked tree (many-leaf tree only)
   optax              jax.jit of optax's update + optax.apply_updates
@@ -46,7 +47,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import gradxform as gx  # noqa: E402
 from gradxform._src.fast import kernel
-from gradxform._src.fast import step as gx_step
 from gradxform._src.fast.packing import flatten, pack
 from gradxform._src.fast.step import make_step
 
@@ -151,6 +151,19 @@ def optimizer_cases() -> dict[str, OptimizerCase]:
             lambda: gx.chain(gx.clip_by_global_norm(1.0), gx.adam(lr)),
             lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr)), torch_clip,
         ),
+        **{
+            name: OptimizerCase(
+                name, traffic_bytes, traffic,
+                lambda name=name: getattr(gx, name)(lr), lambda name=name: getattr(optax, name)(lr),
+                None,
+            )
+            for name, traffic_bytes, traffic in (
+                ("adabelief", 28, "read p g m s, write p m s"),
+                ("yogi", 28, "read p g m v, write p m v"),
+                ("adan", 44, "read p g m v n g_prev, write p m v n g_prev"),
+            )
+            if hasattr(gx, name) and hasattr(optax, name)
+        },
         "adam_bf16_mu": OptimizerCase(
             "adam_bf16_mu", 24, "read p g v (4 B) m (2 B), write p v (4 B) m (2 B)",
             lambda: gx.adam(lr, mu_dtype=jnp.bfloat16),
@@ -190,8 +203,10 @@ def jax_runner(impl: str, step_fn, params, state, grads, note="") -> Runner:
     """Runs `params, state = step_fn(grads, state, params)`, feeding results back."""
     # make_step's compiled steps are shared by every step it makes: start each implementation
     # from an empty cache so that its first call pays its own compilation.
-    gx_step.clear_caches()
-    box = {"params": params, "state": state}
+    gx.clear_caches()
+    # A state may hold one array twice (an init that reuses its zeros); donation needs each
+    # buffer once.
+    box = {"params": params, "state": jax.tree.map(jnp.copy, state)}
 
     def call():
         box["params"], box["state"] = step_fn(grads, box["state"], box["params"])
@@ -203,6 +218,16 @@ def jax_runner(impl: str, step_fn, params, state, grads, note="") -> Runner:
     runner = Runner(impl, call, note=note)
     runner.compile_s = first  # corrected to first - median step once timed
     return runner
+
+
+def plain_step(opt, donate: bool, apply):
+    """The step as a user writes it: jit of update + apply_updates, params and state donated."""
+    def step(params, state, grads):
+        updates, state = opt.update(grads, state, params)
+        return apply(params, updates), state
+
+    jitted = jax.jit(step, donate_argnums=(0, 1) if donate else ())
+    return lambda grads, state, params: jitted(params, state, grads)
 
 
 def optax_step(opt, donate: bool):
@@ -267,6 +292,10 @@ def run_case(tree_name, case: OptimizerCase, donate: bool, smoke: bool, reps: in
     if variants and donate and kernel.available():
         params = fresh(params_np)
         runners.append(jax_runner("gradxform-xla", make_step(opt, donate=donate, fused=False),
+                                  params, opt.init(params), fresh(grads_np)))
+    if variants:
+        params = fresh(params_np)
+        runners.append(jax_runner("gradxform-plain", plain_step(opt, donate, gx.apply_updates),
                                   params, opt.init(params), fresh(grads_np)))
     if n_leaves > 1:
         packed = pack(fresh(params_np))
@@ -407,7 +436,8 @@ def main(argv=None) -> int:
     elif args.smoke:
         names = ["adam"]
     elif args.quick:
-        names = ["sgd_momentum", "adam", "adamw", "lion", "adam_clip"]
+        names = ["sgd_momentum", "adam", "adamw", "lion", "adam_clip"] + [
+            n for n in ("adabelief", "yogi", "adan") if n in cases]
     else:
         names = list(cases)
     unknown = [n for n in names if n not in cases]
@@ -415,7 +445,8 @@ def main(argv=None) -> int:
         parser.error(f"unknown optimizers {unknown}; choose from {sorted(cases)}")
     trees = (args.trees or ("big,many" if args.smoke else "big,mlp,many,small")).split(",")
     reps, min_seconds = (3, 0.0) if args.smoke else (10, 0.2) if args.quick else (30, 1.0)
-    with_torch = torch is not None and not args.no_torch
+    # torch's rows are CPU steps: next to JAX on an accelerator they would compare devices.
+    with_torch = torch is not None and not args.no_torch and jax.default_backend() == "cpu"
     if with_torch and not args.smoke:
         torch.set_num_threads(os.cpu_count() or 1)
 
@@ -428,6 +459,8 @@ def main(argv=None) -> int:
             # ~30 s: --quick runs it for AdamW only, without variants; the full run without
             # donation for AdamW only. --quick runs without donation on the big tree only.
             if args.quick and not args.smoke and tree_name == "many" and name != "adamw":
+                continue
+            if args.quick and name in ("adabelief", "yogi", "adan") and tree_name != "big":
                 continue
             donations = [True]
             if args.quick:

@@ -9,8 +9,9 @@ function is traced once into a register program for the vector kernel, which upd
 leaf's params and buffers in one pass over memory. Nothing here knows any optimizer: a new
 elementwise transformation is fused as soon as it declares its `element`.
 
-Members that are not elementwise run their own `update` between the runs; leaves the kernel
-does not take (too small, other dtypes) run the same composed function through XLA.
+make_step runs the last run of a chain, the one that ends in θ + u, through the kernel, in
+place; members before it run their own `update`, and leaves the kernel does not take (too
+small, other dtypes) run the same composed function through XLA.
 """
 
 from __future__ import annotations
@@ -233,7 +234,10 @@ def update_and_apply(optimizer, grads, state, params, *, in_place: bool):
     except (TypeError, ValueError):  # a state that is not the chain's: let update say so
         return None
     ts = [t for t, _ in members]
-    spans = runs(ts)
+    # Only the run that ends the chain: it updates θ and its buffers in place. An earlier run
+    # would write its u into a fresh array, which XLA's program never materializes (it fuses u
+    # into what follows); measured 2x slower for Adam before an XLA learning rate.
+    spans = [span for span in runs(ts) if span[1] == len(ts)]
     if not spans or jax.tree_util.tree_structure(grads) != jax.tree_util.tree_structure(params):
         return None
     # Checked once, while tracing: a state of another structure gets update's error message.
