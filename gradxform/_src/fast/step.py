@@ -4,10 +4,11 @@
     params, state = step(grads, state, params)
 
 is `updates, state = opt.update(grads, state, params); params = apply_updates(params, updates)`
-compiled as one XLA computation, so the update never exists as a separate array: XLA fuses
-the last transformations of the chain into the addition to the params. The params and the
-state are donated (their buffers are reused for the results), which avoids allocating and
-page-faulting fresh output buffers on every step (4-5x on CPU for large trees).
+compiled as one computation, so the update never exists as a separate array. The params and
+the state are donated (their buffers are reused for the results), which avoids allocating and
+page-faulting fresh output buffers on every step (4-5x on CPU for large trees). On the CPU the
+run of elementwise transformations that ends the chain goes through the vector kernel
+(fusion.py), in place, as one pass over memory.
 """
 
 from __future__ import annotations
