@@ -61,11 +61,18 @@ class Section:
     results: dict = field(default_factory=dict)
 
 
-def rosenbrock_section(progress: Progress, *, steps: int = 500) -> Section:
+def _run_each(optimizers: dict, run: Callable, progress: Progress, label: str) -> dict:
+    """`run(optimizer)` for each named optimizer, reporting progress as `label: name`."""
     runs = {}
-    for name, opt in tour_optimizers().items():
-        runs[name] = run_rosenbrock(opt, steps=steps)
-        progress.advance(f"Rosenbrock: {name}")
+    for name, opt in optimizers.items():
+        runs[name] = run(opt)
+        progress.advance(f"{label}: {name}")
+    return runs
+
+
+def rosenbrock_section(progress: Progress, *, steps: int = 500) -> Section:
+    runs = _run_each(tour_optimizers(), lambda opt: run_rosenbrock(opt, steps=steps), progress,
+                     "Rosenbrock")
     rows = [
         (name, float(r.final[0]), float(r.final[1]), f"{r.losses[-1]:.3e}")
         for name, r in runs.items()
@@ -91,10 +98,8 @@ def rosenbrock_section(progress: Progress, *, steps: int = 500) -> Section:
 
 
 def xor_section(progress: Progress, *, epochs: int = 100) -> Section:
-    runs = {}
-    for name, opt in xor_optimizers().items():
-        runs[name] = train_xor(opt, epochs=epochs)
-        progress.advance(f"XOR MLP: {name}")
+    runs = _run_each(xor_optimizers(), lambda opt: train_xor(opt, epochs=epochs), progress,
+                     "XOR MLP")
     rows = [
         (name, float(r.losses[-1]), f"{r.train_accuracy:.1%}", f"{r.test_accuracy:.1%}")
         for name, r in runs.items()
@@ -148,10 +153,9 @@ def noisy_features_section(progress: Progress, *, seeds: int = 8, steps: int = 2
 
 def schedules_section(progress: Progress, *, seeds: int = 8, steps: int = 500) -> Section:
     peak, warmup_steps = 0.3, 100
-    runs = {}
-    for name, opt in warmup_optimizers(peak, warmup_steps, steps).items():
-        runs[name] = xor_loss_per_step(opt, seeds=seeds, steps=steps)
-        progress.advance(f"warmup: {name}")
+    runs = _run_each(warmup_optimizers(peak, warmup_steps, steps),
+                     lambda opt: xor_loss_per_step(opt, seeds=seeds, steps=steps), progress,
+                     "warmup")
     rows = [
         (name, float(r[:, 0].mean()), float(r[:, :warmup_steps].max(axis=1).mean()),
          float(r[:, -1].mean()))
