@@ -12,12 +12,17 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from gradxform._src.primitives.adaptive import abs_sq
-from gradxform._src.primitives.moments import bias_correction, ema_step, one_minus_power
+from gradxform._src.primitives.moments import ema_step, one_minus_power
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
-from gradxform._src.protocol.elementwise import ElementwiseTransformation
+from gradxform._src.protocol.elementwise import (
+    ElementwiseTransformation,
+    map_leaves,
+    scalars_per_precision,
+)
 from gradxform._src.protocol.fields import (
     hyperparameter,
     in_interval,
@@ -27,6 +32,7 @@ from gradxform._src.protocol.fields import (
 )
 from gradxform._src.protocol.transformation import (
     Transformation,
+    Updates,
     float_count,
     safe_increment,
     zero_count,
@@ -35,43 +41,50 @@ from gradxform._src.protocol.transformation import (
 _unit = in_interval(0, 1, "[)")
 
 
-def _first_moment(g, m, b1):
-    """m_t = β1 m_{t-1} + (1 - β1) g_t, in the wider precision of g and m (the state stores it
-    back in m's dtype)."""
-    return ema_step(g, m, b1)
-
-
-def _second_moment(g, v, b2):
-    """v_t = β2 v_{t-1} + (1 - β2) |g_t|², in the wider precision of g and v."""
-    v = tree_utils.in_update_precision(v, g)
-    b2 = tree_utils.coef(b2, v)
-    return (1 - b2) * abs_sq(tree_utils.widen(g, v)) + b2 * v
-
-
 def _moments_init(params, mu_dtype, nu_dtype=None):
     mu = tree_utils.zeros_like(params, mu_dtype)
     nu = tree_utils.real_zeros_like(params, nu_dtype)
     return mu, nu
 
 
-def nesterov_mu_hat(mu, updates, b1, count):
+def _moments(lookup, g, m, v):
+    """m_t and v_t of one leaf, each in the wider precision of g and its moment (the state
+    stores them back in their own dtypes)."""
+    m = tree_utils.in_update_precision(m, g)
+    m = ema_step(m, tree_utils.widen(g, m), lookup(m).b1)
+    v = tree_utils.in_update_precision(v, g)
+    v = ema_step(v, abs_sq(tree_utils.widen(g, v)), lookup(v).b2)
+    return m, v
+
+
+def _bias_corrections(hp, t) -> dict:
+    """β1, β2 and the factors 1/(1 - β1^t), 1/(1 - β2^t) of the step."""
+    return dict(b1=hp.b1, b2=hp.b2,
+                c1=1 / one_minus_power(hp.b1, t), c2=1 / one_minus_power(hp.b2, t))
+
+
+def nesterov_mu_hat(mu: Updates, updates: Updates, b1: ArrayLike, count: ArrayLike) -> Updates:
     """NAdam's look-ahead first moment (Dozat 2016, as in optax):
-    m̂_t = β1 m_t / (1 - β1^{t+1}) + (1 - β1) g_t / (1 - β1^t)."""
-    ahead = bias_correction(mu, b1, safe_increment(count))
-    now = bias_correction(jax.tree.map(tree_utils.widen, updates, mu), b1, count)
-    return jax.tree.map(
-        lambda m, g: tree_utils.coef(b1, m) * m + (1 - tree_utils.coef(b1, m)) * g, ahead, now
-    )
+    m̂_t = β1 m_t / (1 - β1^{t+1}) + (1 - β1) g_t / (1 - β1^t).
 
+    Args:
+      mu: m_t.
+      updates: g_t.
+      b1: β1.
+      count: t.
 
-def _adam_direction(m_hat, v_hat, eps, eps_root, like):
-    """m̂ / (√(v̂ + ε_root) + ε), cast to the dtype of the incoming updates."""
-    return jax.tree.map(
-        lambda m, v, g: (
-            m / (jnp.sqrt(v + tree_utils.coef(eps_root, v)) + tree_utils.coef(eps, v))
-        ).astype(g.dtype),
-        m_hat, v_hat, like,
-    )
+    Returns:
+      m̂_t, in the precision of m_t.
+    """
+    lookup = scalars_per_precision(dict(
+        b1=b1, c1=1 / one_minus_power(b1, count),
+        c1_next=1 / one_minus_power(b1, safe_increment(count))))
+
+    def look_ahead(m, g):
+        s = lookup(m)
+        return s.b1 * (m * s.c1_next) + (1 - s.b1) * (tree_utils.widen(g, m) * s.c1)
+
+    return jax.tree.map(look_ahead, mu, updates)
 
 
 class ScaleByAdamState(NamedTuple):
@@ -120,16 +133,16 @@ class scale_by_adam(ElementwiseTransformation):
     def init_buffers(self, params):
         return _moments_init(params, self.mu_dtype, self.nu_dtype)
 
-    def step_scalars(self, h, t):
-        scalars = dict(b1=h.b1, b2=h.b2, eps=h.eps, eps_root=h.eps_root,
-                       c1=1 / one_minus_power(h.b1, t), c2=1 / one_minus_power(h.b2, t))
+    def step_scalars(self, hp, t):
+        scalars = dict(b1=hp.b1, b2=hp.b2, eps=hp.eps, eps_root=hp.eps_root,
+                       c1=1 / one_minus_power(hp.b1, t), c2=1 / one_minus_power(hp.b2, t))
         if self.nesterov:
-            scalars["c1_next"] = 1 / one_minus_power(h.b1, safe_increment(t))
+            scalars["c1_next"] = 1 / one_minus_power(hp.b1, safe_increment(t))
         return scalars
 
     def element(self, s, g, m, v):
-        m = (1 - s.b1) * g + s.b1 * m                    # m_t = β1 m_{t-1} + (1 - β1) g_t
-        v = (1 - s.b2) * abs_sq(g) + s.b2 * v            # v_t = β2 v_{t-1} + (1 - β2) g_t²
+        m = ema_step(m, g, s.b1)                         # m_t = β1 m_{t-1} + (1 - β1) g_t
+        v = ema_step(v, abs_sq(g), s.b2)                 # v_t = β2 v_{t-1} + (1 - β2) g_t²
         if self.nesterov:                                # β1 m̂_{t+1} + (1 - β1) ĝ_t
             m_hat = s.b1 * (m * s.c1_next) + (1 - s.b1) * (g * s.c1)
         else:
@@ -146,7 +159,7 @@ class ScaleByAmsgradState(NamedTuple):
 
 
 @pytree_dataclass
-class scale_by_amsgrad(Transformation):
+class scale_by_amsgrad(ElementwiseTransformation):
     """AMSGrad: Adam whose denominator never shrinks.
 
         v_max,t = max(v_max,t-1, v̂_t),           u_t = m̂_t / (√(v_max,t + ε_root) + ε)
@@ -169,32 +182,29 @@ class scale_by_amsgrad(Transformation):
         "debiased", check=lambda x: None if x in ("debiased", "raw") else "'debiased' or 'raw'"
     )
 
-    def init(self, params):
-        mu, nu = _moments_init(params, self.mu_dtype)
-        return ScaleByAmsgradState(count=zero_count(), mu=mu, nu=nu,
-                                   nu_max=tree_utils.zeros_like(nu))
+    state_type = ScaleByAmsgradState
 
-    def update(self, updates, state, params=None, **extra_args):
-        h = self.at(state.count)
-        m = jax.tree.map(lambda g, m: _first_moment(g, m, h.b1), updates, state.mu)
-        v = jax.tree.map(lambda g, v: _second_moment(g, v, h.b2), updates, state.nu)
-        t = safe_increment(state.count)
-        m_hat = bias_correction(m, h.b1, t)
+    def init_buffers(self, params):
+        mu, nu = _moments_init(params, self.mu_dtype)
+        return mu, nu, tree_utils.zeros_like(nu)
+
+    def step_scalars(self, hp, t):
+        return dict(_bias_corrections(hp, t), eps=hp.eps, eps_root=hp.eps_root)
+
+    def element(self, s, g, m, v, v_max):
+        m = ema_step(m, g, s.b1)                         # m_t = β1 m_{t-1} + (1 - β1) g_t
+        v = ema_step(v, abs_sq(g), s.b2)                 # v_t = β2 v_{t-1} + (1 - β2) g_t²
         if self.max_of == "debiased":
-            v_max = jax.tree.map(jnp.maximum, state.nu_max, bias_correction(v, h.b2, t))
+            v_max = jnp.maximum(v_max, v * s.c2)         # v_max,t = max(v_max,t-1, v̂_t)
             v_hat = v_max
         else:
-            v_max = jax.tree.map(jnp.maximum, state.nu_max, v)
-            v_hat = bias_correction(v_max, h.b2, t)
-        updates = _adam_direction(m_hat, v_hat, h.eps, h.eps_root, updates)
-        return updates, ScaleByAmsgradState(
-            count=t, mu=tree_utils.cast_like(m, state.mu), nu=tree_utils.cast_like(v, state.nu),
-            nu_max=tree_utils.cast_like(v_max, state.nu_max),
-        )
+            v_max = jnp.maximum(v_max, v)                # v_max,t = max(v_max,t-1, v_t)
+            v_hat = v_max * s.c2
+        return m * s.c1 / (jnp.sqrt(v_hat + s.eps_root) + s.eps), (m, v, v_max)
 
 
 @pytree_dataclass
-class scale_by_adamax(Transformation):
+class scale_by_adamax(ElementwiseTransformation):
     """AdaMax: Adam with the infinity norm in place of the second moment.
 
         m_t = β1 m_{t-1} + (1 - β1) g_t,    u_t = m̂_t / u∞_t,    u∞_t = max(β2 u∞_{t-1}, |g_t| + ε)
@@ -209,24 +219,18 @@ class scale_by_adamax(Transformation):
     b2: float = hyperparameter(0.999, check=_unit)
     eps: float = hyperparameter(1e-8, check=non_negative)
 
-    def init(self, params):
-        mu, nu = _moments_init(params, None)
-        return ScaleByAdamState(count=zero_count(), mu=mu, nu=nu)
+    state_type = ScaleByAdamState
 
-    def update(self, updates, state, params=None, **extra_args):
-        h = self.at(state.count)
-        m = jax.tree.map(lambda g, m: _first_moment(g, m, h.b1), updates, state.mu)
-        u_inf = jax.tree.map(
-            lambda g, u: jnp.maximum(
-                jnp.abs(tree_utils.widen(g, u)) + tree_utils.coef(h.eps, u),
-                tree_utils.coef(h.b2, u) * u
-            ),
-            updates, state.nu,
-        )
-        t = safe_increment(state.count)
-        m_hat = bias_correction(m, h.b1, t)
-        updates = jax.tree.map(lambda m, u, g: (m / u).astype(g.dtype), m_hat, u_inf, updates)
-        return updates, ScaleByAdamState(count=t, mu=m, nu=u_inf)
+    def init_buffers(self, params):
+        return _moments_init(params, None)
+
+    def step_scalars(self, hp, t):
+        return dict(b1=hp.b1, b2=hp.b2, eps=hp.eps, c1=1 / one_minus_power(hp.b1, t))
+
+    def element(self, s, g, m, u):
+        m = ema_step(m, g, s.b1)                         # m_t = β1 m_{t-1} + (1 - β1) g_t
+        u = jnp.maximum(jnp.abs(g) + s.eps, s.b2 * u)    # u∞_t = max(β2 u∞_{t-1}, |g_t| + ε)
+        return m * s.c1 / u, (m, u)                      # m̂_t / u∞_t
 
 
 def _radam_rho(b2, rho_inf, count):
@@ -285,27 +289,37 @@ class scale_by_radam(Transformation):
         mu, nu = _moments_init(params, None)
         return ScaleByAdamState(count=zero_count(), mu=mu, nu=nu)
 
+    # Not an ElementwiseTransformation: the adaptive direction is rounded to the gradients'
+    # dtype before r_t scales it (for 16-bit params), a rounding an equation computed in the
+    # moments' precision does not have.
     def update(self, updates, state, params=None, **extra_args):
-        h = self.at(state.count)
-        m = jax.tree.map(lambda g, m: _first_moment(g, m, h.b1), updates, state.mu)
-        v = jax.tree.map(lambda g, v: _second_moment(g, v, h.b2), updates, state.nu)
+        hp = self.at(state.count)
         t = safe_increment(state.count)
-        rho_inf = 2.0 / (1.0 - h.b2) - 1.0
-        rho = _radam_rho(h.b2, rho_inf, t)
+        rho_inf = 2.0 / (1.0 - hp.b2) - 1.0
+        rho = _radam_rho(hp.b2, rho_inf, t)
         r = jnp.sqrt(
             (rho - 4.0) * (rho - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho)
         )
+        rectified = rho >= hp.threshold
+        scalars = dict(_bias_corrections(hp, t), eps=hp.eps, eps_root=hp.eps_root, r=r)
         if self.nesterov:
-            m_hat = nesterov_mu_hat(m, updates, h.b1, t)
-        else:
-            m_hat = bias_correction(m, h.b1, t)
-        v_hat = bias_correction(v, h.b2, t)
-        adaptive = _adam_direction(m_hat, v_hat, h.eps, h.eps_root, updates)
-        rectified = rho >= h.threshold
-        updates = jax.tree.map(
-            lambda a, m, g: jnp.where(rectified, tree_utils.coef(r, a) * a, m.astype(g.dtype)),
-            adaptive, m_hat, updates,
-        )
+            scalars["c1_next"] = 1 / one_minus_power(hp.b1, safe_increment(t))
+        lookup = scalars_per_precision(scalars)
+
+        def step(g, m, v):
+            m, v = _moments(lookup, g, m, v)
+            s = lookup(m)
+            if self.nesterov:                            # β1 m̂_{t+1} + (1 - β1) ĝ_t
+                m_hat = s.b1 * (m * s.c1_next) + (1 - s.b1) * (tree_utils.widen(g, m) * s.c1)
+            else:
+                m_hat = m * s.c1                         # m̂_t = m_t / (1 - β1^t)
+            s = lookup(v)
+            v_hat = v * s.c2                             # v̂_t = v_t / (1 - β2^t)
+            a = (m_hat / (jnp.sqrt(v_hat + s.eps_root) + s.eps)).astype(g.dtype)
+            u = jnp.where(rectified, lookup(a).r * a, m_hat.astype(g.dtype))
+            return u, m, v
+
+        updates, m, v = map_leaves(step, updates, state.mu, state.nu, num_outputs=3)
         return updates, ScaleByAdamState(count=t, mu=m, nu=v)
 
 
@@ -345,24 +359,26 @@ class scale_by_nadam(Transformation):
             count=zero_count(), mu_product=jnp.ones([], jnp.float32), mu=mu, nu=nu
         )
 
+    # Not an ElementwiseTransformation: the product Π_t is a number carried in the state from
+    # step to step, not a buffer per leaf.
     def update(self, updates, state, params=None, **extra_args):
-        h = self.at(state.count)
+        hp = self.at(state.count)
         t = safe_increment(state.count)
-        tf = float_count(t, h.momentum_decay)
-        mu_t = h.b1 * (1.0 - 0.5 * 0.96 ** (tf * h.momentum_decay))
-        mu_next = h.b1 * (1.0 - 0.5 * 0.96 ** ((tf + 1) * h.momentum_decay))
+        tf = float_count(t, hp.momentum_decay)
+        mu_t = hp.b1 * (1.0 - 0.5 * 0.96 ** (tf * hp.momentum_decay))
+        mu_next = hp.b1 * (1.0 - 0.5 * 0.96 ** ((tf + 1) * hp.momentum_decay))
         prod = (state.mu_product * mu_t).astype(state.mu_product.dtype)
         prod_next = prod * mu_next
-        m = jax.tree.map(lambda g, m: _first_moment(g, m, h.b1), updates, state.mu)
-        v = jax.tree.map(lambda g, v: _second_moment(g, v, h.b2), updates, state.nu)
-        v_hat = bias_correction(v, h.b2, t)
-        c_g = (1.0 - mu_t) / (1.0 - prod)
-        c_m = mu_next / (1.0 - prod_next)
-        updates = jax.tree.map(
-            lambda g, m, v: (
-                (tree_utils.coef(c_g, m) * tree_utils.widen(g, m) + tree_utils.coef(c_m, m) * m)
-                / (jnp.sqrt(v) + tree_utils.coef(h.eps, v))
-            ).astype(g.dtype),
-            updates, m, v_hat,
-        )
+        lookup = scalars_per_precision(dict(
+            _bias_corrections(hp, t), eps=hp.eps,
+            c_g=(1.0 - mu_t) / (1.0 - prod), c_m=mu_next / (1.0 - prod_next)))
+
+        def step(g, m, v):
+            m, v = _moments(lookup, g, m, v)
+            v_hat = v * lookup(v).c2                     # v̂_t = v_t / (1 - β2^t)
+            s = lookup(m)
+            u = (s.c_g * tree_utils.widen(g, m) + s.c_m * m) / (jnp.sqrt(v_hat) + lookup(v).eps)
+            return u.astype(g.dtype), m, v
+
+        updates, m, v = map_leaves(step, updates, state.mu, state.nu, num_outputs=3)
         return updates, ScaleByNadamState(count=t, mu_product=prod, mu=m, nu=v)

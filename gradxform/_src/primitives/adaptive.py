@@ -11,15 +11,17 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
-from gradxform._src.primitives.moments import bias_correction
+from gradxform._src.primitives.moments import ema_step, one_minus_power
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
+from gradxform._src.protocol.elementwise import ElementwiseTransformation
 from gradxform._src.protocol.fields import hyperparameter, in_interval, non_negative, static
-from gradxform._src.protocol.transformation import Transformation, safe_increment, zero_count
+from gradxform._src.protocol.transformation import zero_count
 
 
-def abs_sq(g):
+def abs_sq(g: ArrayLike) -> jax.Array:
     """|g|², real for complex g (so Adam-family methods work on complex params, as in optax)."""
     if jnp.iscomplexobj(g):
         return (g.conj() * g).real
@@ -27,10 +29,15 @@ def abs_sq(g):
 
 
 def _inv_root(s, eps, eps_in_sqrt: bool):
-    """1/√(s + ε) or 1/(√s + ε)."""
+    """1/√(s + ε) or 1/(√s + ε), with ε in the precision of s."""
     if eps_in_sqrt:
-        return jax.lax.rsqrt(s + tree_utils.coef(eps, s))
-    return 1 / (jnp.sqrt(s) + tree_utils.coef(eps, s))
+        return jax.lax.rsqrt(s + eps)
+    return 1 / (jnp.sqrt(s) + eps)
+
+
+def _full_like(params, value):
+    """Accumulators holding `value`, real (|g|² sums) even for complex params."""
+    return jax.tree.map(lambda p: jnp.full_like(p, value, dtype=real_moment_dtype(p)), params)
 
 
 class ScaleByRssState(NamedTuple):
@@ -39,7 +46,7 @@ class ScaleByRssState(NamedTuple):
 
 
 @pytree_dataclass
-class scale_by_rss(Transformation):
+class scale_by_rss(ElementwiseTransformation):
     """AdaGrad: scale by the root of the sum of all squared gradients so far.
 
     (A schedule given for `initial_accumulator_value` is read at step 0, by `init`.)
@@ -63,35 +70,25 @@ class scale_by_rss(Transformation):
     eps: float = hyperparameter(1e-7, check=non_negative)
     eps_in_sqrt: bool = static(True)
 
-    def init(self, params):
-        return ScaleByRssState(
-            count=zero_count(),
-            sum_of_squares=jax.tree.map(
-                lambda p: jnp.full_like(
-                    p, self.at(zero_count()).initial_accumulator_value,
-                    dtype=real_moment_dtype(p),
-                ),
-                params,
-            ),
-        )
+    state_type = ScaleByRssState
 
-    def update(self, updates, state, params=None, **extra_args):
-        eps = self.at(state.count).eps
-        G = jax.tree.map(lambda g, G: abs_sq(tree_utils.widen(g, G)) + G, updates,
-                         state.sum_of_squares)
-        if self.eps_in_sqrt:
-            scaling = jax.tree.map(
-                lambda G: jnp.where(G > 0, jax.lax.rsqrt(G + tree_utils.coef(eps, G)), 0.0), G
-            )
+    def init_buffers(self, params):
+        return (_full_like(params, self.at(zero_count()).initial_accumulator_value),)
+
+    def step_scalars(self, hp, t):
+        return dict(eps=hp.eps)
+
+    def element(self, s, g, G):
+        G = abs_sq(g) + G                                # G_t = G_{t-1} + g_t²
+        if self.eps_in_sqrt:                             # G = 0 (not yet updated): u = 0
+            scaling = jnp.where(G > 0, jax.lax.rsqrt(G + s.eps), 0.0)
         else:
-            scaling = jax.tree.map(lambda G: _inv_root(G, eps, False), G)
-        updates = jax.tree.map(
-            lambda s, g: (s * tree_utils.widen(g, s)).astype(g.dtype), scaling, updates
-        )
-        return updates, ScaleByRssState(count=safe_increment(state.count), sum_of_squares=G)
+            scaling = _inv_root(G, s.eps, False)
+        return scaling * g, (G,)                         # u_t = g_t / √(G_t + ε)
 
 
-def real_moment_dtype(p, dtype=None):
+def real_moment_dtype(p: ArrayLike, dtype=None) -> jnp.dtype:
+    """The dtype of a moment of |g|² for a leaf like `p`: `moment_dtype`, real for complex p."""
     dt = tree_utils.moment_dtype(p, dtype)
     return jnp.finfo(dt).dtype if jnp.issubdtype(dt, jnp.complexfloating) else dt
 
@@ -102,7 +99,7 @@ class ScaleByRmsState(NamedTuple):
 
 
 @pytree_dataclass
-class scale_by_rms(Transformation):
+class scale_by_rms(ElementwiseTransformation):
     """RMSProp: scale by the root of an EMA of squared gradients.
 
         s_t = ρ s_{t-1} + (1 - ρ) g_t²
@@ -128,37 +125,19 @@ class scale_by_rms(Transformation):
     eps_in_sqrt: bool = static(True)
     bias_correction: bool = static(False)
 
-    def init(self, params):
-        return ScaleByRmsState(
-            count=zero_count(),
-            nu=jax.tree.map(
-                lambda p: jnp.full_like(
-                    p, self.at(zero_count()).initial_scale, dtype=real_moment_dtype(p)
-                ),
-                params,
-            ),
-        )
+    state_type = ScaleByRmsState
 
-    def update(self, updates, state, params=None, **extra_args):
-        h = self.at(state.count)
-        nu = jax.tree.map(
-            lambda g, s: (
-                (1 - tree_utils.coef(h.decay, s)) * abs_sq(tree_utils.widen(g, s))
-                + tree_utils.coef(h.decay, s) * s
-            ),
-            updates,
-            state.nu,
-        )
-        count = safe_increment(state.count)
-        nu_hat = bias_correction(nu, h.decay, count) if self.bias_correction else nu
-        updates = jax.tree.map(
-            lambda g, s: (tree_utils.widen(g, s) * _inv_root(s, h.eps, self.eps_in_sqrt)).astype(
-                g.dtype
-            ),
-            updates,
-            nu_hat,
-        )
-        return updates, ScaleByRmsState(count=count, nu=nu)
+    def init_buffers(self, params):
+        return (_full_like(params, self.at(zero_count()).initial_scale),)
+
+    def step_scalars(self, hp, t):
+        c = 1 / one_minus_power(hp.decay, t) if self.bias_correction else None
+        return dict(decay=hp.decay, eps=hp.eps, c=c)
+
+    def element(self, s, g, nu):
+        nu = ema_step(nu, abs_sq(g), s.decay)            # s_t = ρ s_{t-1} + (1 - ρ) g_t²
+        nu_hat = nu * s.c if self.bias_correction else nu   # ŝ_t = s_t / (1 - ρ^t)
+        return g * _inv_root(nu_hat, s.eps, self.eps_in_sqrt), (nu,)
 
 
 class ScaleByStddevState(NamedTuple):
@@ -168,7 +147,7 @@ class ScaleByStddevState(NamedTuple):
 
 
 @pytree_dataclass
-class scale_by_stddev(Transformation):
+class scale_by_stddev(ElementwiseTransformation):
     """Centered RMSProp: scale by the root of an EMA estimate of the gradient's variance.
 
         m_t = ρ m_{t-1} + (1 - ρ) g_t,     s_t = ρ s_{t-1} + (1 - ρ) g_t²
@@ -186,50 +165,18 @@ class scale_by_stddev(Transformation):
     eps_in_sqrt: bool = static(True)
     bias_correction: bool = static(False)
 
-    def init(self, params):
-        return ScaleByStddevState(
-            count=zero_count(),
-            mu=tree_utils.zeros_like(params),
-            nu=jax.tree.map(
-                lambda p: jnp.full_like(
-                    p, self.at(zero_count()).initial_scale, dtype=real_moment_dtype(p)
-                ),
-                params,
-            ),
-        )
+    state_type = ScaleByStddevState
 
-    def update(self, updates, state, params=None, **extra_args):
-        h = self.at(state.count)
-        mu = jax.tree.map(
-            lambda g, m: (
-                (1 - tree_utils.coef(h.decay, m)) * tree_utils.widen(g, m)
-                + tree_utils.coef(h.decay, m) * m
-            ),
-            updates,
-            state.mu,
-        )
-        nu = jax.tree.map(
-            lambda g, s: (
-                (1 - tree_utils.coef(h.decay, s)) * abs_sq(tree_utils.widen(g, s))
-                + tree_utils.coef(h.decay, s) * s
-            ),
-            updates,
-            state.nu,
-        )
-        count = safe_increment(state.count)
-        if self.bias_correction:
-            mu_hat, nu_hat = (
-                bias_correction(mu, h.decay, count),
-                bias_correction(nu, h.decay, count),
-            )
-        else:
-            mu_hat, nu_hat = mu, nu
-        updates = jax.tree.map(
-            lambda g, m, s: (
-                tree_utils.widen(g, s) * _inv_root(s - abs_sq(m), h.eps, self.eps_in_sqrt)
-            ).astype(g.dtype),
-            updates,
-            mu_hat,
-            nu_hat,
-        )
-        return updates, ScaleByStddevState(count=count, mu=mu, nu=nu)
+    def init_buffers(self, params):
+        nu = _full_like(params, self.at(zero_count()).initial_scale)
+        return tree_utils.zeros_like(params), nu
+
+    def step_scalars(self, hp, t):
+        c = 1 / one_minus_power(hp.decay, t) if self.bias_correction else None
+        return dict(decay=hp.decay, eps=hp.eps, c=c)
+
+    def element(self, s, g, m, nu):
+        m = ema_step(m, g, s.decay)                      # m_t = ρ m_{t-1} + (1 - ρ) g_t
+        nu = ema_step(nu, abs_sq(g), s.decay)            # s_t = ρ s_{t-1} + (1 - ρ) g_t²
+        m_hat, nu_hat = (m * s.c, nu * s.c) if self.bias_correction else (m, nu)
+        return g * _inv_root(nu_hat - abs_sq(m_hat), s.eps, self.eps_in_sqrt), (m, nu)

@@ -18,6 +18,11 @@ from gradxform._src.primitives.adaptive import abs_sq
 from gradxform._src.primitives.scaling import CountState
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
+from gradxform._src.protocol.elementwise import (
+    ElementwiseTransformation,
+    cast_scalars,
+    scalars_per_precision,
+)
 from gradxform._src.protocol.fields import (
     concrete_values,
     hyperparameter,
@@ -65,7 +70,7 @@ def global_norm(updates) -> jax.Array:
 
 
 @pytree_dataclass
-class clip(Transformation):
+class clip(ElementwiseTransformation):
     """Clips every coordinate of the updates to [-δ, δ]: u_t = min(max(g_t, -δ), δ).
 
     Args:
@@ -77,15 +82,10 @@ class clip(Transformation):
 
     max_delta: float = hyperparameter(check=non_negative)
 
-    def init(self, params):
-        return CountState(count=zero_count())
+    state_type = CountState
 
-    def update(self, updates, state, params=None, **extra_args):
-        delta = self.at(state.count).max_delta
-        updates = jax.tree.map(
-            lambda g: jnp.clip(g, -tree_utils.coef(delta, g), tree_utils.coef(delta, g)), updates
-        )
-        return updates, CountState(count=safe_increment(state.count))
+    def element(self, s, g):
+        return jnp.clip(g, -s.max_delta, s.max_delta), ()   # u_t = min(max(g_t, -δ), δ)
 
 
 @pytree_dataclass
@@ -107,11 +107,11 @@ class clip_by_block_rms(Transformation):
         return CountState(count=zero_count())
 
     def update(self, updates, state, params=None, **extra_args):
-        tau = self.at(state.count).threshold
+        lookup = scalars_per_precision(dict(tau=self.at(state.count).threshold))
 
         def clip_block(g):
             w = _widen_to(g, norm_dtype(g))
-            denom = jnp.maximum(1.0, jnp.sqrt(jnp.mean(abs_sq(w))) / tree_utils.coef(tau, w))
+            denom = jnp.maximum(1.0, jnp.sqrt(jnp.mean(abs_sq(w))) / lookup(w).tau)
             return (w / denom).astype(g.dtype)
 
         updates = jax.tree.map(clip_block, updates)
@@ -157,16 +157,15 @@ class clip_by_global_norm(Transformation):
 
     def update(self, updates, state, params=None, **extra_args):
         scalars, new_state = self.tree_scalars(updates, state)
-        factor = scalars["factor"]
-        updates = jax.tree.map(lambda g: g * tree_utils.coef(factor, g), updates)
+        lookup = scalars_per_precision(scalars)
+        updates = jax.tree.map(lambda g: g * lookup(g).factor, updates)   # g c / max(‖g‖, c)
         return updates, new_state
 
     # The two halves of update, for the fast path (see protocol/elementwise.py).
     def tree_scalars(self, updates, state):
         """The factor c / max(‖g‖, c) from the whole tree, and the new state."""
-        c = self.at(state.count).max_norm
         norm = global_norm(updates).astype(state.global_norm.dtype)
-        c = tree_utils.coef(c, norm)
+        c = cast_scalars(dict(c=self.at(state.count).max_norm), norm.dtype).c
         factor = c / jnp.maximum(norm, c)
         return {"factor": factor}, ClipByGlobalNormState(count=safe_increment(state.count),
                                                          global_norm=norm)
@@ -205,7 +204,7 @@ def _check_clip_norm(owner: str, name: str, value) -> None:
 def _clip_examples(grads, clip_norm):
     """Σ_i c_i g_i with c_i = min(1, C / ‖g_i‖) (1 where ‖g_i‖ = 0), and how many c_i < 1."""
     norms = jax.vmap(global_norm)(grads)
-    c = tree_utils.coef(clip_norm, norms)
+    c = cast_scalars(dict(c=clip_norm), norms.dtype).c
     factors = jnp.where(norms > c, c / jnp.where(norms > c, norms, 1), 1)
     clipped = jax.tree.map(
         lambda g: jnp.tensordot(factors.astype(g.dtype), g, axes=1), grads
@@ -347,15 +346,16 @@ class adaptive_grad_clip(Transformation):
 
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, "adaptive_grad_clip")
-        h = self.at(state.count)
+        hp = self.at(state.count)
+        lookup = scalars_per_precision(dict(clipping=hp.clipping, eps=hp.eps))
 
         def clip_units(g, p):
             dt = norm_dtype(g)
             w = _widen_to(g, dt)
             g_norm = unitwise_norm(w, self.axis)
             p_norm = unitwise_norm(_widen_to(p, dt), self.axis)
-            max_norm = tree_utils.coef(h.clipping, w) * jnp.maximum(
-                p_norm, tree_utils.coef(h.eps, w))
+            s = lookup(w)
+            max_norm = s.clipping * jnp.maximum(p_norm, s.eps)   # λ max(‖θ_i‖, ε)
             # 1e-6 only guards the division; the select keeps g where it is not clipped.
             clipped = w * (max_norm / jnp.maximum(g_norm, 1e-6))
             return jnp.where(g_norm < max_norm, w, clipped).astype(g.dtype)

@@ -32,9 +32,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform._src.primitives.moments import bias_correction, ema_step
+from gradxform._src.primitives.moments import ema_step, one_minus_power
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
+from gradxform._src.protocol.elementwise import map_leaves, scalars_per_precision
 from gradxform._src.protocol.fields import (
     check_argument,
     hyperparameter,
@@ -137,6 +138,7 @@ def gauss_newton_bartlett_diagonal(logits_fn, params, key):
 # -- the update -----------------------------------------------------------------------------------
 
 
+
 class SophiaState(NamedTuple):
     count: Any
     mu: Any  # m, the EMA of gradients
@@ -202,29 +204,32 @@ class scale_by_sophia(Transformation):
             hessian=tree_utils.zeros_like(params),
         )
 
+    # Not an ElementwiseTransformation: a refresh step reads a second tree, the estimate ĥ_t
+    # passed to `update`, and whether it is passed decides the equation of h when tracing.
     def update(self, updates, state, params=None, *, hessian=None, **extra_args):
-        h = self.at(state.count)
-        m = jax.tree.map(lambda g, m: ema_step(g, m, h.b1), updates, state.mu)
+        hp = self.at(state.count)
         t = safe_increment(state.count)
-        m_hat = bias_correction(m, h.b1, t) if self.debias else m
-        curvature = state.hessian
+        lookup = scalars_per_precision(dict(
+            b1=hp.b1, b2=hp.b2, eps=hp.eps, gamma=hp.gamma, rho=hp.clip_threshold,
+            c1=1 / one_minus_power(hp.b1, t) if self.debias else None))
+        trees = (updates, state.mu, state.hessian)
         if hessian is not None:
             tree_utils.check_same_structure(updates, hessian, "scale_by_sophia.update", "updates",
-                                       "hessian")
-            curvature = jax.tree.map(
-                lambda e, c: (1 - tree_utils.coef(h.b2, c)) * e.astype(c.dtype)
-                + tree_utils.coef(h.b2, c) * c,
-                hessian, state.hessian,
-            )
+                                            "hessian")
+            trees = (*trees, hessian)
 
-        def step(m, c, g):
-            z = m / jnp.maximum(tree_utils.coef(h.gamma, c) * c,
-                                tree_utils.coef(h.eps, c)).astype(m.dtype)
-            if h.clip_threshold is not None:
-                rho = tree_utils.coef(h.clip_threshold, z)
+        def step(g, m_stored, h, h_hat=None):
+            m = tree_utils.in_update_precision(m_stored, g)
+            m = ema_step(m, tree_utils.widen(g, m), lookup(m).b1)  # β1 m_{t-1} + (1 - β1) g_t
+            m_hat = m * lookup(m).c1 if self.debias else m          # m_t / (1 - β1^t)
+            s = lookup(h)
+            if h_hat is not None:                                   # β2 h_{t-1} + (1 - β2) ĥ_t
+                h = ema_step(h, h_hat.astype(h.dtype), s.b2)
+            z = m_hat / jnp.maximum(s.gamma * h, s.eps).astype(m_hat.dtype)
+            if hp.clip_threshold is not None:                       # clip(z, ρ)
+                rho = lookup(z).rho
                 z = jnp.clip(z, -rho, rho)
-            return z.astype(g.dtype)
+            return z.astype(g.dtype), m.astype(m_stored.dtype), h
 
-        updates = jax.tree.map(step, m_hat, curvature, updates)
-        return updates, SophiaState(count=t, mu=tree_utils.cast_like(m, state.mu),
-                                    hessian=curvature)
+        updates, mu, h = map_leaves(step, *trees, num_outputs=3)
+        return updates, SophiaState(count=t, mu=mu, hessian=h)

@@ -22,8 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradxform._src.primitives.adaptive import abs_sq, real_moment_dtype
+from gradxform._src.primitives.moments import ema_step
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
+from gradxform._src.protocol.elementwise import map_leaves, scalars_per_precision
 from gradxform._src.protocol.fields import constant, hyperparameter, non_negative, static
 from gradxform._src.protocol.transformation import (
     EmptyState,
@@ -60,15 +62,6 @@ class FactoredState(NamedTuple):
     v_row: Any  # per leaf: the mean of g² over the largest axis (factored leaves), else [0]
     v_col: Any  # per leaf: the mean of g² over the second largest axis, else [0]
     v: Any  # per leaf: the full second moment (leaves that are not factored), else [0]
-
-
-class _Result:
-    """Per-leaf results, opaque to tree mapping (params may themselves hold tuples)."""
-
-    __slots__ = ("values",)
-
-    def __init__(self, values):
-        self.values = values
 
 
 def _placeholder(dtype):
@@ -144,33 +137,32 @@ class scale_by_factored_rms(Transformation):
         )
 
     def update(self, updates, state, params=None, **extra_args):
-        h = self.at(state.count)
-        decay = self.decay_rate_fn(state.count - h.step_offset, h.decay_rate)
+        hp = self.at(state.count)
+        decay = self.decay_rate_fn(state.count - hp.step_offset, hp.decay_rate)
+        lookup = scalars_per_precision(dict(beta=decay, eps=hp.epsilon))
 
         def one(g, v_row, v_col, v):
             dt = v.dtype
-            beta = tree_utils.coef(decay, v)
+            s = lookup(v)
             g_w = tree_utils.widen(g, v)
-            g2 = abs_sq(g_w) + tree_utils.coef(h.epsilon, v)
+            g2 = abs_sq(g_w) + s.eps                       # g_t² + ε1
             dims = self._dims(g)
             if dims is None:
-                v = beta * v + (1 - beta) * g2
+                v = ema_step(v, g2, s.beta, decay_first=True)  # β̂ v_{t-1} + (1 - β̂)(g_t² + ε1)
                 return (g_w * v ** -0.5).astype(g.dtype), v_row, v_col, v
             d1, d0 = dims
-            v_row = beta * v_row + (1 - beta) * jnp.mean(g2, axis=d0)
-            v_col = beta * v_col + (1 - beta) * jnp.mean(g2, axis=d1)
+            v_row = ema_step(v_row, jnp.mean(g2, axis=d0), s.beta, decay_first=True)
+            v_col = ema_step(v_col, jnp.mean(g2, axis=d1), s.beta, decay_first=True)
             reduced_d1 = d1 - 1 if d1 > d0 else d1
             row_factor = (v_row / jnp.mean(v_row, axis=reduced_d1, keepdims=True)) ** -0.5
             col_factor = v_col ** -0.5
             u = g_w * jnp.expand_dims(row_factor, d0) * jnp.expand_dims(col_factor, d1)
             return u.astype(g.dtype), v_row, v_col, v.astype(dt)
 
-        out = jax.tree.map(lambda *a: _Result(one(*a)), updates, state.v_row, state.v_col,
-                           state.v)
-        is_out = lambda x: isinstance(x, _Result)  # noqa: E731
-        pick = lambda i: jax.tree.map(lambda o: o.values[i], out, is_leaf=is_out)  # noqa: E731
-        return pick(0), FactoredState(
-            count=safe_increment(state.count), v_row=pick(1), v_col=pick(2), v=pick(3)
+        updates, v_row, v_col, v = map_leaves(one, updates, state.v_row, state.v_col, state.v,
+                                              num_outputs=4)
+        return updates, FactoredState(
+            count=safe_increment(state.count), v_row=v_row, v_col=v_col, v=v
         )
 
 
@@ -199,11 +191,11 @@ class scale_by_param_block_rms(Transformation):
 
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, "scale_by_param_block_rms")
-        eps2 = self.min_scale
+        lookup = scalars_per_precision(dict(eps2=self.min_scale))
 
         def rescale(g, p):
             wide = p.astype(tree_utils.moment_dtype(p))  # float32 for 16-bit params
             rms = jnp.sqrt(jnp.mean(abs_sq(wide)))
-            return (jnp.maximum(rms, tree_utils.coef(eps2, rms)).astype(g.dtype)) * g
+            return (jnp.maximum(rms, lookup(rms).eps2).astype(g.dtype)) * g   # max(rms(θ), ε2) g
 
         return jax.tree.map(rescale, updates, params), state

@@ -15,30 +15,47 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
+from gradxform._src.protocol.elementwise import ElementwiseTransformation, scalars_per_precision
 from gradxform._src.protocol.fields import hyperparameter, in_interval, static
-from gradxform._src.protocol.transformation import (
-    Transformation,
-    float_count,
-    safe_increment,
-    zero_count,
-)
+from gradxform._src.protocol.transformation import Params, Updates, float_count
 
 
-def ema_step(g, m, decay):
-    """One EMA step of a leaf, v_t = β v_{t-1} + (1 - β) g_t, in the wider precision of g and v.
+def ema_step(m: ArrayLike, g: ArrayLike, decay: ArrayLike, *,
+             decay_first: bool = False) -> jax.Array:
+    """One step of an exponential moving average: m_t = β m_{t-1} + (1 - β) g_t.
 
-    A moment stored in a narrower dtype (`mu_dtype=bfloat16`) is widened first; the caller uses
-    the result as it is and stores it back in the moment's dtype (`tree_utils.cast_like`), so it is
-    rounded once per step.
+    Every EMA of the library (Adam's moments, Lion, RMSProp, Sophia, Muon, Adafactor, `ema`,
+    `ema_params`, schedule-free's interpolation) is this line. The arguments are one leaf's
+    values already in a common precision, with β in that precision (elementwise
+    transformations receive them so); a moment stored in a narrower dtype (`mu_dtype=bfloat16`)
+    is updated in the gradients' precision and rounded once, when stored.
+
+    The sum is written (1 - β) g + β m. Compiled, one of the two products is fused with the
+    addition into one multiply-add (one rounding fewer), and which one depends on the order in
+    which the sum is written, so the two orders differ in the last bit of about a fifth of the
+    elements (float32). Adafactor's moments and the parameter averages have always been computed
+    in the order β m + (1 - β) g (optax's order for Adafactor); `decay_first=True` keeps them
+    so, bit for bit.
+
+    Args:
+      m: m_{t-1}, the average so far.
+      g: g_t, the new value.
+      decay: β.
+      decay_first: write the sum as β m + (1 - β) g.
+
+    Returns:
+      m_t.
     """
-    m = tree_utils.in_update_precision(m, g)
-    return (1 - tree_utils.coef(decay, m)) * tree_utils.widen(g, m) + tree_utils.coef(decay, m) * m
+    if decay_first:
+        return decay * m + (1 - decay) * g
+    return (1 - decay) * g + decay * m
 
 
-def bias_correction(moment, decay, count):
+def bias_correction(moment: Updates, decay: ArrayLike, count: ArrayLike) -> Updates:
     """m̂_t = m_t / (1 - β^t): undoes the pull of a zero-initialised EMA toward zero.
 
     `1 - β^t` is computed in the precision of the hyperparameter (in 16 bits β^t would round to 1)
@@ -50,13 +67,21 @@ def bias_correction(moment, decay, count):
     (`gradxform.pack`) results that differ in the last bit from the unpacked one. The product
     leaves XLA nothing to rewrite; it agrees with the quotient to float32 rounding.
 
+    Args:
+      moment: m_t, a tree of arrays.
+      decay: β.
+      count: t, the number of steps averaged.
+
+    Returns:
+      m̂_t, in the dtypes of `moment`.
+
     References: Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, §3.
     """
-    inverse = 1 / one_minus_power(decay, count)
-    return jax.tree.map(lambda m: m * tree_utils.coef(inverse, m), moment)
+    lookup = scalars_per_precision(dict(c=1 / one_minus_power(decay, count)))
+    return jax.tree.map(lambda m: m * lookup(m).c, moment)
 
 
-def one_minus_power(decay, count):
+def one_minus_power(decay: ArrayLike, count: ArrayLike) -> jax.Array:
     """1 - β^t, written -expm1(t ln β) so that it keeps its digits when β is near 1.
 
     In float32, `1 - β**t` loses up to 2e-5 of 1 - 0.999^t at small t: 0.999 is stored as
@@ -99,7 +124,7 @@ class EmaState(NamedTuple):
 
 
 @pytree_dataclass
-class ema(Transformation):
+class ema(ElementwiseTransformation):
     """Exponential moving average of the updates, the EMA form of momentum.
 
         v_t = β v_{t-1} + (1 - β) g_t,     u_t = v_t / (1 - β^t)  (if debias)  else v_t
@@ -111,24 +136,27 @@ class ema(Transformation):
       decay: β in [0, 1).
       debias: divide by 1 - β^t so that early averages are not biased toward zero.
       accumulator_dtype: dtype of v (default: the params' dtype, float32 for 16-bit params).
+
+    References:
+      Polyak, "Some methods of speeding up the convergence of iteration methods", 1964.
+      Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, §3 (debiasing).
     """
 
     decay: float = hyperparameter(check=in_interval(0, 1, "[)"))
     debias: bool = static(True)
     accumulator_dtype: Any = static(None)
 
-    def init(self, params):
-        return EmaState(count=zero_count(),
-                        ema=tree_utils.zeros_like(params, self.accumulator_dtype))
+    state_type = EmaState
 
-    def update(self, updates, state, params=None, **extra_args):
-        beta = self.at(state.count).decay
-        v = jax.tree.map(lambda g, v: ema_step(g, v, beta), updates, state.ema)
-        count = safe_increment(state.count)
-        out = bias_correction(v, beta, count) if self.debias else v
-        return tree_utils.cast_like(out, updates), EmaState(
-            count=count, ema=tree_utils.cast_like(v, state.ema)
-        )
+    def init_buffers(self, params):
+        return (tree_utils.zeros_like(params, self.accumulator_dtype),)
+
+    def step_scalars(self, hp, t):
+        return dict(decay=hp.decay, c=1 / one_minus_power(hp.decay, t) if self.debias else None)
+
+    def element(self, s, g, v):
+        v = ema_step(v, g, s.decay)                      # v_t = β v_{t-1} + (1 - β) g_t
+        return (v * s.c if self.debias else v), (v,)     # v̂_t = v_t / (1 - β^t)
 
 
 class TraceState(NamedTuple):
@@ -137,7 +165,7 @@ class TraceState(NamedTuple):
 
 
 @pytree_dataclass
-class trace(Transformation):
+class trace(ElementwiseTransformation):
     """Heavy-ball momentum in torch's form, with optional dampening and Nesterov.
 
         v_t = μ v_{t-1} + (1 - d) g_t      (v_1 = g_1, as torch initialises the buffer)
@@ -166,47 +194,47 @@ class trace(Transformation):
     dampening: float = hyperparameter(0.0, check=in_interval(0, 1, "[)"))
     accumulator_dtype: Any = static(None)
 
-    def init(self, params):
-        return TraceState(
-            count=zero_count(), trace=tree_utils.zeros_like(params, self.accumulator_dtype)
-        )
+    state_type = TraceState
 
-    def update(self, updates, state, params=None, **extra_args):
-        h = self.at(state.count)
-        first = state.count == 0
+    def init_buffers(self, params):
+        return (tree_utils.zeros_like(params, self.accumulator_dtype),)
 
-        def velocity(g, v):
-            mu, d = tree_utils.coef(h.decay, v), tree_utils.coef(h.dampening, v)
-            g = tree_utils.widen(g, v)
-            return jnp.where(first, g, mu * v + (1 - d) * g)
+    def step_scalars(self, hp, t):
+        return dict(decay=hp.decay, dampening=hp.dampening, first=t == 1)
 
-        v = jax.tree.map(velocity, updates,
-                         jax.tree.map(tree_utils.in_update_precision, state.trace, updates))
+    def element(self, s, g, v):
+        v = jnp.where(s.first, g, s.decay * v + (1 - s.dampening) * g)  # v_1 = g_1
         if self.nesterov:
-            updates = jax.tree.map(
-                lambda g, v: (tree_utils.widen(g, v)
-                              + tree_utils.coef(h.decay, v) * v).astype(g.dtype),
-                updates,
-                v,
-            )
-        else:
-            updates = tree_utils.cast_like(v, updates)
-        return updates, TraceState(
-            count=safe_increment(state.count), trace=tree_utils.cast_like(v, state.trace)
-        )
+            return g + s.decay * v, (v,)                 # u_t = g_t + μ v_t
+        return v, (v,)                                   # u_t = v_t
 
 
-def nesterov_lookahead_params(params, velocity, *, learning_rate, decay):
+def nesterov_lookahead_params(params: Params, velocity: Updates, *, learning_rate: ArrayLike,
+                              decay: ArrayLike) -> Params:
     """The look-ahead point θ - η μ v at which Nesterov's original method takes the gradient.
 
     With `opt = chain(trace(μ), scale_by_learning_rate(η))` and the gradient evaluated at
     `nesterov_lookahead_params(params, state[0].trace, learning_rate=η, decay=μ)`, the params
     follow Nesterov's accelerated gradient in its look-ahead form
         v_t = μ v_{t-1} + ∇L(θ_{t-1} - η μ v_{t-1}),   θ_t = θ_{t-1} - η v_t.
+
+    Args:
+      params: θ_{t-1}.
+      velocity: v_{t-1}, `trace`'s state.
+      learning_rate: η.
+      decay: μ.
+
+    Returns:
+      θ_{t-1} - η μ v_{t-1}, in the params' dtypes.
+
+    References:
+      Sutskever, Martens, Dahl & Hinton, "On the importance of initialization and momentum in
+      deep learning", ICML 2013, eq. (3)-(4).
     """
-    return jax.tree.map(
-        lambda p, v: p - (tree_utils.coef(learning_rate, p) * tree_utils.coef(decay, p))
-        * v.astype(p.dtype),
-        params,
-        velocity,
-    )
+    lookup = scalars_per_precision(dict(lr=learning_rate, mu=decay))
+
+    def lookahead(p, v):
+        s = lookup(p)
+        return p - (s.lr * s.mu) * v.astype(p.dtype)
+
+    return jax.tree.map(lookahead, params, velocity)

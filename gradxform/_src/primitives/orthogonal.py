@@ -37,6 +37,7 @@ from gradxform._src.primitives.newton_schulz import (
 from gradxform._src.primitives.newton_schulz import MuonDimensionNumbers as MuonDimensionNumbers
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
+from gradxform._src.protocol.elementwise import scalars_per_precision
 from gradxform._src.protocol.fields import (
     constant,
     hyperparameter,
@@ -53,6 +54,7 @@ from gradxform._src.protocol.transformation import (
 )
 
 # -- the transformations --------------------------------------------------------------------------
+
 
 
 class MuonState(NamedTuple):
@@ -126,18 +128,24 @@ class scale_by_muon(Transformation):
         return MuonState(count=zero_count(), mu=tree_utils.zeros_like(params, self.mu_dtype))
 
     def update(self, updates, state, params=None, **extra_args):
-        h = self.at(state.count)
-        m = jax.tree.map(lambda g, m: ema_step(g, m, h.beta), updates, state.mu)
+        hp = self.at(state.count)
+        lookup = scalars_per_precision(dict(beta=hp.beta))
+
+        def momentum(g, m):  # m_t = β m_{t-1} + (1 - β) g_t, in the wider precision of g and m
+            m = tree_utils.in_update_precision(m, g)
+            return ema_step(m, tree_utils.widen(g, m), lookup(m).beta)
+
+        m = jax.tree.map(momentum, updates, state.mu)
         t = safe_increment(state.count)
         if self.nesterov and self.debias:
-            m_tilde = nesterov_mu_hat(m, updates, h.beta, t)
+            m_tilde = nesterov_mu_hat(m, updates, hp.beta, t)
         elif self.nesterov:  # β m_t + (1 - β) g_t: one more EMA step with the same gradient
-            m_tilde = jax.tree.map(lambda g, m: ema_step(g, m, h.beta), updates, m)
+            m_tilde = jax.tree.map(momentum, updates, m)
         else:
-            m_tilde = bias_correction(m, h.beta, t) if self.debias else m
+            m_tilde = bias_correction(m, hp.beta, t) if self.debias else m
 
         def direction(x, dims):
-            o = orthogonalize_via_newton_schulz(x, h.ns_coeffs, self.ns_steps, h.eps, dims,
+            o = orthogonalize_via_newton_schulz(x, hp.ns_coeffs, self.ns_steps, hp.eps, dims,
                                                 self.ns_dtype)
             if self.adaptive:
                 o = jnp.sum(jnp.conj(x) * o).real.astype(o.dtype) * o
@@ -182,13 +190,13 @@ class scale_by_shape(Transformation):
         return EmptyState()
 
     def update(self, updates, state, params=None, **extra_args):
-        rho = self.consistent_rms
+        lookup = scalars_per_precision(dict(rho=self.consistent_rms))
 
         def rescale(g, dims):
             fan_in, fan_out = fan_in_fan_out(g.shape, dims)
-            if rho is None:
+            if self.consistent_rms is None:
                 return math.sqrt(max(1.0, fan_out / fan_in)) * g
-            return (tree_utils.coef(rho, g) * math.sqrt(max(fan_in, fan_out))) * g
+            return (lookup(g).rho * math.sqrt(max(fan_in, fan_out))) * g
 
         out = map_matrices(rescale, updates, self.weight_dimension_numbers, "scale_by_shape")
         return out, state

@@ -7,17 +7,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
+from gradxform._src.protocol.elementwise import ElementwiseTransformation
 from gradxform._src.protocol.fields import hyperparameter, non_negative, static
 from gradxform._src.protocol.masks import as_static_mask
-from gradxform._src.protocol.transformation import (
-    EmptyState,
-    Transformation,
-    require_params,
-    safe_increment,
-    zero_count,
-)
+from gradxform._src.protocol.transformation import EmptyState, Transformation
 
 
 class CountState(NamedTuple):
@@ -49,7 +43,7 @@ class set_to_zero(Transformation):
 
 
 @pytree_dataclass
-class scale(Transformation):
+class scale(ElementwiseTransformation):
     """Multiplies the updates by a constant: u_t = α g_t.
 
     `scale(-lr)` turns a descent direction into an update; `scale_by_learning_rate(lr)` says the
@@ -61,17 +55,14 @@ class scale(Transformation):
 
     step_size: float = hyperparameter()
 
-    def init(self, params):
-        return CountState(count=zero_count())
+    state_type = CountState
 
-    def update(self, updates, state, params=None, **extra_args):
-        alpha = self.at(state.count).step_size
-        updates = jax.tree.map(lambda g: tree_utils.coef(alpha, g) * g, updates)
-        return updates, CountState(count=safe_increment(state.count))
+    def element(self, s, g):
+        return s.step_size * g, ()                       # u_t = α g_t
 
 
 @pytree_dataclass
-class scale_by_learning_rate(Transformation):
+class scale_by_learning_rate(ElementwiseTransformation):
     """Scales the updates by the negated learning rate: u_t = -η g_t.
 
     The sign makes the chain a descent step; `flip_sign=False` gives u_t = η g_t (for ascent or
@@ -85,14 +76,11 @@ class scale_by_learning_rate(Transformation):
     learning_rate: float = hyperparameter(check=non_negative)
     flip_sign: bool = static(True)
 
-    def init(self, params):
-        return CountState(count=zero_count())
+    state_type = CountState
 
-    def update(self, updates, state, params=None, **extra_args):
-        eta = self.at(state.count).learning_rate
+    def element(self, s, g):
         sign = -1 if self.flip_sign else 1
-        updates = jax.tree.map(lambda g: (sign * tree_utils.coef(eta, g)) * g, updates)
-        return updates, CountState(count=safe_increment(state.count))
+        return (sign * s.learning_rate) * g, ()          # u_t = -η g_t
 
 
 @pytree_dataclass
@@ -107,7 +95,7 @@ class scale_by_sign(Transformation):
 
 
 @pytree_dataclass
-class add_decayed_weights(Transformation):
+class add_decayed_weights(ElementwiseTransformation):
     """Adds weight decay to the updates: u_t = g_t + λ θ_{t-1}.
 
     Where it sits in a chain decides which weight decay it is (Loshchilov & Hutter, 2019):
@@ -120,7 +108,7 @@ class add_decayed_weights(Transformation):
     Args:
       weight_decay: λ ≥ 0, a float, an array or a schedule of the step count.
       mask: which params decay: a tree of bools (a prefix of params is enough) or a function
-        of params that returns one. None decays every param.
+        of params that returns one. None decays every param. On the other leaves u_t = g_t.
 
     References:
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
@@ -133,19 +121,11 @@ class add_decayed_weights(Transformation):
         object.__setattr__(self, "mask", as_static_mask(self.mask))
         super().__post_init__()
 
-    def init(self, params):
-        return CountState(count=zero_count())
+    state_type = CountState
+    needs_params = True
 
-    def update(self, updates, state, params=None, **extra_args):
-        require_params(params, "add_decayed_weights")
-        lam = self.at(state.count).weight_decay
-        mask = (
-            jax.tree.map(lambda _: True, params)
-            if self.mask is None
-            else self.mask.resolve(params, "add_decayed_weights")
-        )
-        updates = jax.tree.map(
-            lambda g, p, m: g + tree_utils.coef(lam, g) * p.astype(g.dtype) if m else g,
-            updates, params, mask,
-        )
-        return updates, CountState(count=safe_increment(state.count))
+    def leaf_mask(self, params):
+        return None if self.mask is None else self.mask.resolve(params, "add_decayed_weights")
+
+    def element(self, s, g, p=None):
+        return g + s.weight_decay * p.astype(g.dtype), ()    # u_t = g_t + λ θ_{t-1}

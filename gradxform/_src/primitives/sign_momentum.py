@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from gradxform._src.primitives.moments import ema_step
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
+from gradxform._src.protocol.elementwise import ElementwiseTransformation
 from gradxform._src.protocol.fields import hyperparameter, in_interval, static
-from gradxform._src.protocol.transformation import Transformation, safe_increment, zero_count
 
 
 class ScaleByLionState(NamedTuple):
@@ -20,7 +19,7 @@ class ScaleByLionState(NamedTuple):
 
 
 @pytree_dataclass
-class scale_by_lion(Transformation):
+class scale_by_lion(ElementwiseTransformation):
     """Lion's direction: one sign per coordinate, one moment buffer.
 
         u_t = sign(β1 m_{t-1} + (1 - β1) g_t)
@@ -43,17 +42,12 @@ class scale_by_lion(Transformation):
     b2: float = hyperparameter(0.99, check=in_interval(0, 1, "[)"))
     mu_dtype: Any = static(None)
 
-    def init(self, params):
-        return ScaleByLionState(count=zero_count(), mu=tree_utils.zeros_like(params, self.mu_dtype))
+    state_type = ScaleByLionState
 
-    def update(self, updates, state, params=None, **extra_args):
-        h = self.at(state.count)
-        # Both are interpolations β m + (1 - β) g (ema_step), in the wider precision of g and m;
-        # m is stored back in its own dtype.
-        direction = jax.tree.map(
-            lambda g, m: jnp.sign(ema_step(g, m, h.b1)).astype(g.dtype), updates, state.mu
-        )
-        m = jax.tree.map(lambda g, m: ema_step(g, m, h.b2), updates, state.mu)
-        return direction, ScaleByLionState(
-            count=safe_increment(state.count), mu=tree_utils.cast_like(m, state.mu)
-        )
+    def init_buffers(self, params):
+        return (tree_utils.zeros_like(params, self.mu_dtype),)
+
+    def element(self, s, g, m):
+        u = jnp.sign(ema_step(m, g, s.b1))               # u_t = sign(β1 m_{t-1} + (1 - β1) g_t)
+        m = ema_step(m, g, s.b2)                         # m_t = β2 m_{t-1} + (1 - β2) g_t
+        return u, (m,)

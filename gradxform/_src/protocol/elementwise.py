@@ -9,9 +9,9 @@ for all of them:
     class scale_by_adam(ElementwiseTransformation):
         state_type = ScaleByAdamState          # (count, mu, nu): the buffers follow the count
 
-        def step_scalars(self, h, t):          # once per step: h at this step, t = count + 1
-            return dict(b1=h.b1, b2=h.b2, eps=h.eps, eps_root=h.eps_root,
-                        c1=1 / one_minus_power(h.b1, t), c2=1 / one_minus_power(h.b2, t))
+        def step_scalars(self, hp, t):         # once per step: hp at this step, t = count + 1
+            return dict(b1=hp.b1, b2=hp.b2, eps=hp.eps, eps_root=hp.eps_root,
+                        c1=1 / one_minus_power(hp.b1, t), c2=1 / one_minus_power(hp.b2, t))
 
         def element(self, s, g, m, v, p=None): # once per leaf, as the paper writes it
             m = s.b1 * m + (1 - s.b1) * g
@@ -48,7 +48,7 @@ ones (the reduction needs the run's input, so it must come first).
 from __future__ import annotations
 
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import jax
@@ -59,20 +59,64 @@ from gradxform._src.protocol.transformation import Transformation, require_param
 
 
 def real_precision(*arrays) -> jnp.dtype:
-    """The widest real floating precision among the arrays (a complex64 leaf counts as float32)."""
+    """The widest real floating precision among the arrays (a complex64 leaf counts as float32).
+
+    Of two precisions of the same width (float16, bfloat16), the first array's wins.
+    """
     dtypes = [jnp.finfo(jnp.result_type(x)).dtype for x in arrays]
     return max(dtypes, key=lambda d: jnp.finfo(d).bits)
 
 
 def cast_scalars(scalars: Mapping[str, Any], dtype) -> types.SimpleNamespace:
-    """The step's scalars for a leaf computed in `dtype`: arrays cast, Python numbers unchanged."""
+    """The step's scalars for a leaf computed in `dtype`: arrays cast, Python numbers unchanged.
+
+    Boolean arrays (a flag such as "this is the first step") stay boolean.
+    """
     out = {}
     for name, value in scalars.items():
         if value is None or isinstance(value, bool | int | float | complex):
             out[name] = value
+        elif jnp.result_type(value) == jnp.bool_:
+            out[name] = value
         else:
             out[name] = jnp.asarray(value).astype(dtype)
     return types.SimpleNamespace(**out)
+
+
+def scalars_per_precision(scalars: Mapping[str, Any]) -> Callable[..., types.SimpleNamespace]:
+    """`lookup(*arrays)`: the scalars cast to the arrays' widest real precision, once per precision.
+
+    For transformations that are not elementwise (factored moments, norms, averages): resolve
+    the hyperparameters once per update, then write each leaf's equation with
+    `s = lookup(g, v)`, `v = s.b2 * v + (1 - s.b2) * g * g`, without a cast on every term.
+    """
+    cache: dict = {}
+
+    def lookup(*arrays) -> types.SimpleNamespace:
+        dtype = real_precision(*arrays)
+        if dtype not in cache:
+            cache[dtype] = cast_scalars(scalars, dtype)
+        return cache[dtype]
+
+    return lookup
+
+
+class _LeafResults:
+    """One leaf's results, opaque to tree mapping (params may themselves hold tuples)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values):
+        self.values = values
+
+
+def map_leaves(fn: Callable[..., tuple], tree, *rest, num_outputs: int) -> tuple:
+    """`fn` on each leaf of `tree` and the matching leaves of `rest`, for an `fn` returning a
+    tuple of `num_outputs` arrays: one tree like `tree` per output (None leaves stay None)."""
+    out = jax.tree.map(lambda *leaves: _LeafResults(fn(*leaves)), tree, *rest)
+    is_result = lambda x: isinstance(x, _LeafResults)  # noqa: E731
+    return tuple(jax.tree.map(lambda r, i=i: r.values[i], out, is_leaf=is_result)
+                 for i in range(num_outputs))
 
 
 class ElementwiseTransformation(Transformation):
@@ -83,11 +127,14 @@ class ElementwiseTransformation(Transformation):
     them, and define:
 
     - `init_buffers(params) -> tuple` of buffer trees (none by default);
-    - `step_scalars(h, t) -> dict` of the numbers the step needs, from the hyperparameters `h`
+    - `step_scalars(hp, t) -> dict` of the numbers the step needs, from the hyperparameters `hp`
       resolved at this step and the new count t = count + 1 (by default the numeric
       hyperparameters themselves);
     - `element(s, g, *buffers, p=None) -> (u, buffers)`: the equation for one leaf, with the
-      scalars as attributes of `s`. `p` is the leaf of params when `needs_params` is set.
+      scalars as attributes of `s`. `p` is the leaf of params when `needs_params` is set;
+    - optionally `leaf_mask(params)`: a tree of Python bools like the updates saying on which
+      leaves the equation applies (a weight-decay mask); elsewhere the update passes g through
+      unchanged and the buffers are kept. It is decided when the update is traced.
     """
 
     state_type: ClassVar[type]
@@ -97,11 +144,14 @@ class ElementwiseTransformation(Transformation):
     def init_buffers(self, params) -> tuple:
         return ()
 
-    def step_scalars(self, h, t) -> dict:
-        return {name: getattr(h, name) for name in self._hyper_fields}
+    def step_scalars(self, hp, t) -> dict:
+        return {name: getattr(hp, name) for name in self._hyper_fields}
 
     def element(self, s, g, *buffers, p=None):
         raise NotImplementedError
+
+    def leaf_mask(self, params):
+        return None
 
     # -- the generic protocol --------------------------------------------------------------------
     @property
@@ -133,7 +183,7 @@ class ElementwiseTransformation(Transformation):
         the scalars cast to each precision across the leaves of one update.
         """
         wide = tuple(tree_utils.in_update_precision(b, g) for b in buffers)
-        dtype = real_precision(g, *wide)
+        dtype = real_precision(*wide, g)  # a tie (float16 g, bfloat16 moment): the moment's
         cast = {} if cast is None else cast
         if dtype not in cast:
             cast[dtype] = cast_scalars(scalars, dtype)
@@ -156,11 +206,16 @@ class ElementwiseTransformation(Transformation):
         buffer_leaves = [treedef.flatten_up_to(b) for b in buffers]
         param_leaves = (treedef.flatten_up_to(params) if self.needs_params
                         else [None] * len(leaves))
+        mask = self.leaf_mask(params)
+        applies = [True] * len(leaves) if mask is None else treedef.flatten_up_to(mask)
         out, new_buffers = [], [[] for _ in fields]
         cast: dict = {}  # the scalars cast once per leaf precision, not once per leaf
         for i, g in enumerate(leaves):
-            u, new = self.leaf_update(scalars, g, tuple(b[i] for b in buffer_leaves),
-                                      param_leaves[i], cast=cast)
+            old = tuple(b[i] for b in buffer_leaves)
+            if applies[i]:
+                u, new = self.leaf_update(scalars, g, old, param_leaves[i], cast=cast)
+            else:
+                u, new = g, old
             out.append(u)
             for j, n in enumerate(new):
                 new_buffers[j].append(n)
