@@ -13,8 +13,10 @@ import jax.numpy as jnp
 
 from gradxform._src.composition.combine import find_states
 from gradxform._src.primitives.clipping import norm_dtype
+from gradxform._src.primitives.moments import ema_step
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
+from gradxform._src.protocol.elementwise import cast_scalars, map_leaves, scalars_per_precision
 from gradxform._src.protocol.fields import (
     child,
     hyperparameter,
@@ -103,15 +105,15 @@ class lookahead(Transformation):
         pull = jnp.where(sync, h.slow_step_size, 0.0)          # α at a sync, else 0
         keep = jnp.where(sync, 1.0 - h.slow_step_size, 0.0)   # 1 - α at a sync, else 0
 
-        # d = θ + u - φ, in the slow weights' precision
-        d = jax.tree.map(
-            lambda p, u, phi: tree_utils.widen(p, phi) + tree_utils.widen(u, phi) - phi,
-                         params, updates, state.slow)
-        new_updates = jax.tree.map(
-            lambda u, d: (tree_utils.widen(u, d) - tree_utils.coef(keep, d) * d).astype(u.dtype),
-            updates, d,
-        )
-        slow = jax.tree.map(lambda phi, d: phi + tree_utils.coef(pull, d) * d, state.slow, d)
+        lookup = scalars_per_precision(dict(pull=pull, keep=keep))
+
+        def fold_sync(p, u, phi):
+            # d = θ + u - φ, in the slow weights' precision
+            d = tree_utils.widen(p, phi) + tree_utils.widen(u, phi) - phi
+            s = lookup(d)
+            return (tree_utils.widen(u, d) - s.keep * d).astype(u.dtype), phi + s.pull * d
+
+        new_updates, slow = map_leaves(fold_sync, params, updates, state.slow, num_outputs=2)
         if self.reset_state:
             fresh = self.fast_optimizer.init(params)
             fast_state = jax.tree.map(lambda f, s: jnp.where(sync, f, s), fresh, fast_state)
@@ -201,23 +203,24 @@ class ema_params(Transformation):
 
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, "ema_params")
-        h = self.at(state.count)
-        gamma = h.decay
-        if h.warmup is not None:
+        hp = self.at(state.count)
+        gamma = hp.decay
+        if hp.warmup is not None:
             t = float_count(state.count, like=state.weight)
-            gamma = jnp.minimum(tree_utils.coef(gamma, t),
-                                (1 + t) / (tree_utils.coef(h.warmup, t) + t))
+            s = cast_scalars(dict(gamma=gamma, w=hp.warmup), t.dtype)
+            gamma = jnp.minimum(s.gamma, (1 + t) / (s.w + t))   # γ_t = min(γ, (1 + t) / (w + t))
+        lookup = scalars_per_precision(dict(gamma=gamma))
 
         def average(p, u, e):
             dtype = jnp.promote_types(p.dtype, u.dtype)
             theta = (p.astype(dtype) + u.astype(dtype)).astype(p.dtype)  # as apply_updates
-            g = tree_utils.coef(gamma, e)
-            return g * e + (1 - g) * theta.astype(e.dtype)
+            # θ̄_t = γ_t θ̄_{t-1} + (1 - γ_t) θ_t
+            return ema_step(e, theta.astype(e.dtype), lookup(e).gamma, decay_first=True)
 
         ema = jax.tree.map(average, params, updates, state.ema)
         weight = state.weight
-        if self.debias:
-            weight = tree_utils.coef(gamma, weight) * weight + (1 - tree_utils.coef(gamma, weight))
+        if self.debias:  # 1 - Π γ_s, the weight of the average started from zero
+            weight = ema_step(weight, 1, lookup(weight).gamma, decay_first=True)
         return updates, EmaParamsState(count=safe_increment(state.count), ema=ema, weight=weight)
 
 
@@ -236,4 +239,5 @@ def averaged_params(state: OptState) -> Params:
     """
     s = find_states(state, EmaParamsState, "averaged_params")
     weight = jnp.where(s.weight > 0, s.weight, jnp.ones_like(s.weight))
-    return jax.tree.map(lambda e: e / tree_utils.coef(weight, e), s.ema)
+    lookup = scalars_per_precision(dict(weight=weight))
+    return jax.tree.map(lambda e: e / lookup(e).weight, s.ema)

@@ -25,8 +25,10 @@ import jax
 import jax.numpy as jnp
 
 from gradxform._src.composition.combine import find_states
+from gradxform._src.primitives.moments import ema_step
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
+from gradxform._src.protocol.elementwise import scalars_per_precision
 from gradxform._src.protocol.fields import child, hyperparameter, in_interval, non_negative, static
 from gradxform._src.protocol.transformation import (
     OptState,
@@ -125,12 +127,15 @@ class schedule_free(Transformation):
         z = jax.tree.map(lambda z, d: z + d.astype(z.dtype), state.z, steps)
         b_prev, b = state.b1, jnp.asarray(h.b1).astype(dt)
 
+        lookup = scalars_per_precision(dict(b_prev=b_prev, c=c, b=b))
+
         def new_y(y, z_prev, z):
+            s = lookup(z)
             y_w = y.astype(z.dtype)
-            x_prev = (y_w - (1 - tree_utils.coef(b_prev, z)) * z_prev) / tree_utils.coef(b_prev, z)
-            x = (1 - tree_utils.coef(c, z)) * x_prev + tree_utils.coef(c, z) * z
-            b_ = tree_utils.coef(b, z)
-            return (b_ * x + (1 - b_) * z - y_w).astype(y.dtype)
+            x_prev = (y_w - (1 - s.b_prev) * z_prev) / s.b_prev   # x_t = (y_t - (1 - β) z_t) / β
+            x = (1 - s.c) * x_prev + s.c * z                      # x_{t+1}, the weighted mean of z
+            y_next = ema_step(x, z, s.b, decay_first=True)        # y = β x + (1 - β) z
+            return (y_next - y_w).astype(y.dtype)
 
         updates = jax.tree.map(new_y, params, state.z, z)
         return updates, ScheduleFreeState(
@@ -166,8 +171,10 @@ def schedule_free_eval_params(state: OptState, params: Params) -> Params:
     tree_utils.check_same_structure(params, sf.z, "schedule_free_eval_params", "params",
                                     "state's z")
 
+    lookup = scalars_per_precision(dict(b=sf.b1))
+
     def x(y, z):
-        b = tree_utils.coef(sf.b1, z)
+        b = lookup(z).b
         return ((y.astype(z.dtype) - (1 - b) * z) / b).astype(y.dtype)
 
     return jax.tree.map(x, params, sf.z)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradxform._src.protocol import tree_utils
+from gradxform._src.protocol.elementwise import cast_scalars
 from gradxform._src.protocol.masks import prefix_values
 
 DEFAULT_NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -123,7 +124,8 @@ def _newton_schulz(x, ns_coeffs, ns_steps, eps):
 
     norm = jnp.sqrt(jnp.sum(jnp.square(jnp.abs(x.astype(acc))), axis=(-2, -1), keepdims=True))
     norm = norm.astype(dtype).astype(acc)
-    x = (x.astype(acc) / (norm + tree_utils.coef(eps, norm))).astype(dtype)
+    eps = cast_scalars(dict(eps=eps), norm.dtype).eps
+    x = (x.astype(acc) / (norm + eps)).astype(dtype)
     for a, b, c in _coefficient_rows(ns_coeffs, ns_steps, acc):
         gram = matmul(x, jnp.conj(jnp.swapaxes(x, -1, -2))).astype(dtype)
         poly = (b * gram.astype(acc) + c * matmul(gram, gram)).astype(dtype)
