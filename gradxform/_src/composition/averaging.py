@@ -96,14 +96,14 @@ class lookahead(Transformation):
 
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, "lookahead", "the fast weights")
-        h = self.at(state.count)
-        k = jnp.asarray(h.sync_period).astype(jnp.int32)
+        hp = self.at(state.count)
+        k = jnp.asarray(hp.sync_period).astype(jnp.int32)
         updates, fast_state = self.fast_optimizer.update(
             updates, state.fast_state, params, **extra_args
         )
         sync = state.steps_since_sync == k - 1
-        pull = jnp.where(sync, h.slow_step_size, 0.0)          # α at a sync, else 0
-        keep = jnp.where(sync, 1.0 - h.slow_step_size, 0.0)   # 1 - α at a sync, else 0
+        pull = jnp.where(sync, hp.slow_step_size, 0.0)          # α at a sync, else 0
+        keep = jnp.where(sync, 1.0 - hp.slow_step_size, 0.0)   # 1 - α at a sync, else 0
 
         lookup = scalars_per_precision(dict(pull=pull, keep=keep))
 

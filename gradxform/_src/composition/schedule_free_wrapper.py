@@ -112,11 +112,11 @@ class schedule_free(Transformation):
 
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, "schedule_free", "the y sequence")
-        h = self.at(state.count)
+        hp = self.at(state.count)
         dt = state.weight_sum.dtype
-        lr = jnp.asarray(h.learning_rate).astype(dt)
+        lr = jnp.asarray(hp.learning_rate).astype(dt)
         max_lr = jnp.maximum(state.max_lr, lr)
-        weight = max_lr ** jnp.asarray(h.weight_lr_power).astype(dt)
+        weight = max_lr ** jnp.asarray(hp.weight_lr_power).astype(dt)
         weight_sum = state.weight_sum + weight
         # c = 0 while every learning rate so far is 0 (nothing to average yet); NaNs pass on.
         c = jnp.where(weight_sum == 0, jnp.zeros([], dt),
@@ -125,7 +125,7 @@ class schedule_free(Transformation):
         steps, base_state = self.base_optimizer.update(
             updates, state.base_optimizer_state, params, **extra_args)
         z = jax.tree.map(lambda z, d: z + d.astype(z.dtype), state.z, steps)
-        b_prev, b = state.b1, jnp.asarray(h.b1).astype(dt)
+        b_prev, b = state.b1, jnp.asarray(hp.b1).astype(dt)
 
         lookup = scalars_per_precision(dict(b_prev=b_prev, c=c, b=b))
 

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
 from gradxform._src.primitives.adaptive import abs_sq
 from gradxform._src.primitives.moments import ema_step, one_minus_power
@@ -30,6 +30,7 @@ from gradxform._src.protocol.fields import (
     positive,
     static,
 )
+from gradxform._src.protocol.schedule import ScalarOrSchedule
 from gradxform._src.protocol.transformation import (
     Transformation,
     Updates,
@@ -63,7 +64,7 @@ def _bias_corrections(hp, t) -> dict:
                 c1=1 / one_minus_power(hp.b1, t), c2=1 / one_minus_power(hp.b2, t))
 
 
-def nesterov_mu_hat(mu: Updates, updates: Updates, b1: ArrayLike, count: ArrayLike) -> Updates:
+def nesterov_mu_hat(mu: Updates, updates: Updates, b1: ArrayLike, count: jax.Array) -> Updates:
     """NAdam's look-ahead first moment (Dozat 2016, as in optax):
     m̂_t = β1 m_t / (1 - β1^{t+1}) + (1 - β1) g_t / (1 - β1^t).
 
@@ -120,12 +121,12 @@ class scale_by_adam(ElementwiseTransformation):
       Dozat, "Incorporating Nesterov Momentum into Adam", ICLR workshop 2016.
     """
 
-    b1: float = hyperparameter(0.9, check=_unit)
-    b2: float = hyperparameter(0.999, check=_unit)
-    eps: float = hyperparameter(1e-8, check=non_negative)
-    eps_root: float = hyperparameter(0.0, check=non_negative)
-    mu_dtype: Any = static(None)
-    nu_dtype: Any = static(None)
+    b1: ScalarOrSchedule = hyperparameter(0.9, check=_unit)
+    b2: ScalarOrSchedule = hyperparameter(0.999, check=_unit)
+    eps: ScalarOrSchedule = hyperparameter(1e-8, check=non_negative)
+    eps_root: ScalarOrSchedule = hyperparameter(0.0, check=non_negative)
+    mu_dtype: DTypeLike | None = static(None)
+    nu_dtype: DTypeLike | None = static(None)
     nesterov: bool = static(False)
 
     state_type = ScaleByAdamState
@@ -173,11 +174,11 @@ class scale_by_amsgrad(ElementwiseTransformation):
       Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018.
     """
 
-    b1: float = hyperparameter(0.9, check=_unit)
-    b2: float = hyperparameter(0.999, check=_unit)
-    eps: float = hyperparameter(1e-8, check=non_negative)
-    eps_root: float = hyperparameter(0.0, check=non_negative)
-    mu_dtype: Any = static(None)
+    b1: ScalarOrSchedule = hyperparameter(0.9, check=_unit)
+    b2: ScalarOrSchedule = hyperparameter(0.999, check=_unit)
+    eps: ScalarOrSchedule = hyperparameter(1e-8, check=non_negative)
+    eps_root: ScalarOrSchedule = hyperparameter(0.0, check=non_negative)
+    mu_dtype: DTypeLike | None = static(None)
     max_of: str = static(
         "debiased", check=lambda x: None if x in ("debiased", "raw") else "'debiased' or 'raw'"
     )
@@ -215,9 +216,9 @@ class scale_by_adamax(ElementwiseTransformation):
       Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, §7.1.
     """
 
-    b1: float = hyperparameter(0.9, check=_unit)
-    b2: float = hyperparameter(0.999, check=_unit)
-    eps: float = hyperparameter(1e-8, check=non_negative)
+    b1: ScalarOrSchedule = hyperparameter(0.9, check=_unit)
+    b2: ScalarOrSchedule = hyperparameter(0.999, check=_unit)
+    eps: ScalarOrSchedule = hyperparameter(1e-8, check=non_negative)
 
     state_type = ScaleByAdamState
 
@@ -278,11 +279,11 @@ class scale_by_radam(Transformation):
       Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", ICLR 2020.
     """
 
-    b1: float = hyperparameter(0.9, check=_unit)
-    b2: float = hyperparameter(0.999, check=_unit)
-    eps: float = hyperparameter(1e-8, check=non_negative)
-    eps_root: float = hyperparameter(0.0, check=non_negative)
-    threshold: float = hyperparameter(5.0, check=positive)
+    b1: ScalarOrSchedule = hyperparameter(0.9, check=_unit)
+    b2: ScalarOrSchedule = hyperparameter(0.999, check=_unit)
+    eps: ScalarOrSchedule = hyperparameter(1e-8, check=non_negative)
+    eps_root: ScalarOrSchedule = hyperparameter(0.0, check=non_negative)
+    threshold: ScalarOrSchedule = hyperparameter(5.0, check=positive)
     nesterov: bool = static(False)
 
     def init(self, params):
@@ -348,10 +349,10 @@ class scale_by_nadam(Transformation):
       Dozat, "Incorporating Nesterov Momentum into Adam", ICLR workshop 2016.
     """
 
-    b1: float = hyperparameter(0.9, check=_unit)
-    b2: float = hyperparameter(0.999, check=_unit)
-    eps: float = hyperparameter(1e-8, check=non_negative)
-    momentum_decay: float = hyperparameter(4e-3, check=non_negative)
+    b1: ScalarOrSchedule = hyperparameter(0.9, check=_unit)
+    b2: ScalarOrSchedule = hyperparameter(0.999, check=_unit)
+    eps: ScalarOrSchedule = hyperparameter(1e-8, check=non_negative)
+    momentum_decay: ScalarOrSchedule = hyperparameter(4e-3, check=non_negative)
 
     def init(self, params):
         mu, nu = _moments_init(params, None)

@@ -18,10 +18,11 @@ from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.elementwise import ElementwiseTransformation
 from gradxform._src.protocol.fields import hyperparameter, in_interval, non_negative, static
+from gradxform._src.protocol.schedule import ScalarOrSchedule
 from gradxform._src.protocol.transformation import zero_count
 
 
-def abs_sq(g: ArrayLike) -> jax.Array:
+def abs_sq(g: jax.Array) -> jax.Array:
     """|g|², real for complex g (so Adam-family methods work on complex params, as in optax)."""
     if jnp.iscomplexobj(g):
         return (g.conj() * g).real
@@ -66,8 +67,8 @@ class scale_by_rss(ElementwiseTransformation):
       Optimization", JMLR 2011.
     """
 
-    initial_accumulator_value: float = hyperparameter(0.1, check=non_negative)
-    eps: float = hyperparameter(1e-7, check=non_negative)
+    initial_accumulator_value: ScalarOrSchedule = hyperparameter(0.1, check=non_negative)
+    eps: ScalarOrSchedule = hyperparameter(1e-7, check=non_negative)
     eps_in_sqrt: bool = static(True)
 
     state_type = ScaleByRssState
@@ -119,9 +120,9 @@ class scale_by_rms(ElementwiseTransformation):
       Learning, 2012.
     """
 
-    decay: float = hyperparameter(0.9, check=in_interval(0, 1, "[)"))
-    eps: float = hyperparameter(1e-8, check=non_negative)
-    initial_scale: float = hyperparameter(0.0, check=non_negative)
+    decay: ScalarOrSchedule = hyperparameter(0.9, check=in_interval(0, 1, "[)"))
+    eps: ScalarOrSchedule = hyperparameter(1e-8, check=non_negative)
+    initial_scale: ScalarOrSchedule = hyperparameter(0.0, check=non_negative)
     eps_in_sqrt: bool = static(True)
     bias_correction: bool = static(False)
 
@@ -159,9 +160,9 @@ class scale_by_stddev(ElementwiseTransformation):
       Graves, "Generating Sequences With Recurrent Neural Networks", 2013, eq. (38)-(41).
     """
 
-    decay: float = hyperparameter(0.9, check=in_interval(0, 1, "[)"))
-    eps: float = hyperparameter(1e-8, check=non_negative)
-    initial_scale: float = hyperparameter(0.0, check=non_negative)
+    decay: ScalarOrSchedule = hyperparameter(0.9, check=in_interval(0, 1, "[)"))
+    eps: ScalarOrSchedule = hyperparameter(1e-8, check=non_negative)
+    initial_scale: ScalarOrSchedule = hyperparameter(0.0, check=non_negative)
     eps_in_sqrt: bool = static(True)
     bias_correction: bool = static(False)
 

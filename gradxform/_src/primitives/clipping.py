@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from gradxform._src.primitives.adaptive import abs_sq
 from gradxform._src.primitives.scaling import CountState
@@ -30,15 +31,17 @@ from gradxform._src.protocol.fields import (
     positive,
     static,
 )
+from gradxform._src.protocol.schedule import ScalarOrSchedule
 from gradxform._src.protocol.transformation import (
     Transformation,
+    Updates,
     require_params,
     safe_increment,
     zero_count,
 )
 
 
-def norm_dtype(tree):
+def norm_dtype(tree: Updates) -> jnp.dtype:
     """The real dtype a norm of `tree` is accumulated in: float32 for 16-bit leaves, else widest."""
     dtypes = [tree_utils.moment_dtype(x) for x in jax.tree_util.tree_leaves(tree)]
     reals = [jnp.finfo(d).dtype for d in dtypes if jnp.issubdtype(d, jnp.inexact)]
@@ -52,7 +55,7 @@ def _widen_to(x, real_dtype):
     return x.astype(real_dtype)
 
 
-def global_norm(updates) -> jax.Array:
+def global_norm(updates: Updates) -> jax.Array:
     """The global L2 norm of a tree, the quantity `clip_by_global_norm` bounds.
 
         ‖u‖ = √(Σ_leaves Σ_i |u_i|²)
@@ -80,7 +83,7 @@ class clip(ElementwiseTransformation):
       A transformation; its state holds the step count.
     """
 
-    max_delta: float = hyperparameter(check=non_negative)
+    max_delta: ScalarOrSchedule = hyperparameter(check=non_negative)
 
     state_type = CountState
 
@@ -101,7 +104,7 @@ class clip_by_block_rms(Transformation):
       A transformation; its state holds the step count.
     """
 
-    threshold: float = hyperparameter(check=positive)
+    threshold: ScalarOrSchedule = hyperparameter(check=positive)
 
     def init(self, params):
         return CountState(count=zero_count())
@@ -148,7 +151,7 @@ class clip_by_global_norm(Transformation):
       ICML 2013.
     """
 
-    max_norm: float = hyperparameter(check=positive)
+    max_norm: ScalarOrSchedule = hyperparameter(check=positive)
 
     def init(self, params):
         return ClipByGlobalNormState(
@@ -180,7 +183,7 @@ def _batch_size(grads, owner: str) -> int:
     leaves = jax.tree_util.tree_leaves_with_path(grads)
     if not leaves:
         raise ValueError(f"{owner}: grads is an empty tree; pass per-example gradients")
-    sizes = {}
+    sizes: dict[int, str] = {}
     for path, g in leaves:
         if jnp.ndim(g) == 0:
             raise ValueError(
@@ -212,7 +215,8 @@ def _clip_examples(grads, clip_norm):
     return clipped, jnp.sum(factors < 1).astype(jnp.int32)
 
 
-def per_example_global_norm_clip(grads, l2_norm_clip):
+def per_example_global_norm_clip(grads: Updates,
+                                 l2_norm_clip: ArrayLike) -> tuple[Updates, jax.Array]:
     """Clips each example's gradient to global norm C, then sums over the examples (DP-SGD).
 
         Σ_i g_i · min(1, C / ‖g_i‖),    ‖g_i‖ = √(Σ_leaves Σ_j g_i,j²)
@@ -236,7 +240,8 @@ def per_example_global_norm_clip(grads, l2_norm_clip):
     return _clip_examples(grads, l2_norm_clip)
 
 
-def per_example_layer_norm_clip(grads, global_l2_norm_clip, uniform: bool = True):
+def per_example_layer_norm_clip(grads: Updates, global_l2_norm_clip: ArrayLike,
+                                uniform: bool = True) -> tuple[Updates, Updates]:
     """Clips each example's gradient leaf by leaf ("per layer"), then sums over the examples.
 
         Σ_i g_i,k · min(1, C_k / ‖g_i,k‖)     for each leaf k of K, with
@@ -270,7 +275,7 @@ def per_example_layer_norm_clip(grads, global_l2_norm_clip, uniform: bool = True
             jax.tree.unflatten(treedef, [r[1] for r in results]))
 
 
-def unitwise_norm(x, axis=None):
+def unitwise_norm(x: jax.Array, axis: int | tuple[int, ...] | None = None) -> jax.Array:
     """The L2 norm of each unit of `x`, broadcast back to `x`'s shape (used by AGC).
 
         ‖x_i‖ = √(Σ_{j in unit i} |x_j|²)
@@ -333,8 +338,8 @@ class adaptive_grad_clip(Transformation):
       Normalization", ICML 2021.
     """
 
-    clipping: float = hyperparameter(check=non_negative)
-    eps: float = hyperparameter(1e-3, check=non_negative)
+    clipping: ScalarOrSchedule = hyperparameter(check=non_negative)
+    eps: ScalarOrSchedule = hyperparameter(1e-3, check=non_negative)
     axis: Any = static(None)
 
     def __post_init__(self):

@@ -27,10 +27,12 @@ refresh and passes the estimate in, `update(grads, state, params, hessian=estima
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from gradxform._src.primitives.moments import ema_step, one_minus_power
 from gradxform._src.protocol import tree_utils
@@ -44,7 +46,13 @@ from gradxform._src.protocol.fields import (
     positive,
     static,
 )
-from gradxform._src.protocol.transformation import Transformation, safe_increment, zero_count
+from gradxform._src.protocol.schedule import ScalarOrSchedule
+from gradxform._src.protocol.transformation import (
+    Params,
+    Transformation,
+    safe_increment,
+    zero_count,
+)
 
 # -- estimators of the Hessian's diagonal --------------------------------------------------------
 
@@ -59,7 +67,8 @@ def _rademacher_like(key, params):
     return jax.tree_util.tree_unflatten(treedef, signs)
 
 
-def hutchinson_diagonal(fn, params, key, *, num_samples: int = 1):
+def hutchinson_diagonal(fn: Callable[[Params], jax.Array], params: Params, key: jax.Array, *,
+                        num_samples: int = 1) -> Params:
     """Hutchinson's unbiased estimate of the diagonal of the Hessian of `fn` at `params`.
 
         ĥ = u ⊙ (∇²f(θ) u),     u ~ Rademacher (each entry ±1 with probability ½)
@@ -98,7 +107,8 @@ def hutchinson_diagonal(fn, params, key, *, num_samples: int = 1):
     return jax.tree.map(lambda s: jnp.mean(s, axis=0), samples)
 
 
-def gauss_newton_bartlett_diagonal(logits_fn, params, key):
+def gauss_newton_bartlett_diagonal(logits_fn: Callable[[Params], jax.Array], params: Params,
+                                   key: jax.Array) -> Params:
     """The Gauss-Newton-Bartlett estimate of the Gauss-Newton diagonal for softmax cross-entropy.
 
         ŷ_b ~ softmax(f(θ, x_b))                         (labels sampled from the model)
@@ -189,12 +199,12 @@ class scale_by_sophia(Transformation):
       Pre-training", ICLR 2024, Algorithm 3.
     """
 
-    b1: float = hyperparameter(0.965, check=in_interval(0, 1, "[)"))
-    b2: float = hyperparameter(0.99, check=in_interval(0, 1, "[)"))
-    eps: float = hyperparameter(1e-8, check=positive)
-    gamma: float = hyperparameter(0.01, check=positive)
-    clip_threshold: float | None = hyperparameter(1.0, check=_positive_or_none)
-    mu_dtype: Any = static(None)
+    b1: ScalarOrSchedule = hyperparameter(0.965, check=in_interval(0, 1, "[)"))
+    b2: ScalarOrSchedule = hyperparameter(0.99, check=in_interval(0, 1, "[)"))
+    eps: ScalarOrSchedule = hyperparameter(1e-8, check=positive)
+    gamma: ScalarOrSchedule = hyperparameter(0.01, check=positive)
+    clip_threshold: ScalarOrSchedule | None = hyperparameter(1.0, check=_positive_or_none)
+    mu_dtype: DTypeLike | None = static(None)
     debias: bool = static(True)
 
     def init(self, params):

@@ -27,6 +27,7 @@ from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.elementwise import map_leaves, scalars_per_precision
 from gradxform._src.protocol.fields import constant, hyperparameter, non_negative, static
+from gradxform._src.protocol.schedule import ScalarOrSchedule
 from gradxform._src.protocol.transformation import (
     EmptyState,
     Transformation,
@@ -37,7 +38,7 @@ from gradxform._src.protocol.transformation import (
 )
 
 
-def decay_rate_pow(count, exponent=0.8):
+def decay_rate_pow(count: jax.Array, exponent: float | jax.Array = 0.8) -> jax.Array:
     """Adafactor's increasing second-moment decay: β̂2_t = 1 - t^(-c), t = count + 1.
 
     β̂2_1 = 0, so the first step uses g² alone (no bias correction is needed); later the
@@ -101,10 +102,10 @@ class scale_by_factored_rms(Transformation):
     """
 
     factored: bool = static(True)
-    decay_rate: float = hyperparameter(0.8, check=non_negative)
-    step_offset: int = hyperparameter(0, check=non_negative)
+    decay_rate: ScalarOrSchedule = hyperparameter(0.8, check=non_negative)
+    step_offset: ScalarOrSchedule = hyperparameter(0, check=non_negative)
     min_dim_size_to_factor: int = static(128)
-    epsilon: float = hyperparameter(1e-30, check=non_negative)
+    epsilon: ScalarOrSchedule = hyperparameter(1e-30, check=non_negative)
     decay_rate_fn: Callable = static(decay_rate_pow)
 
     def _dims(self, x):

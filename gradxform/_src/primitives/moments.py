@@ -15,16 +15,17 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.elementwise import ElementwiseTransformation, scalars_per_precision
 from gradxform._src.protocol.fields import hyperparameter, in_interval, static
+from gradxform._src.protocol.schedule import ScalarOrSchedule
 from gradxform._src.protocol.transformation import Params, Updates, float_count
 
 
-def ema_step(m: ArrayLike, g: ArrayLike, decay: ArrayLike, *,
+def ema_step(m: jax.Array, g: jax.Array | float, decay: jax.Array | float, *,
              decay_first: bool = False) -> jax.Array:
     """One step of an exponential moving average: m_t = β m_{t-1} + (1 - β) g_t.
 
@@ -91,7 +92,7 @@ def one_minus_power(decay: ArrayLike, count: ArrayLike) -> jax.Array:
     """
     t = float_count(count, decay)
     if isinstance(decay, int | float):
-        log_decay = math.log(decay) if decay > 0 else -math.inf
+        log_decay: float | jax.Array = math.log(decay) if decay > 0 else -math.inf
     else:
         log_decay = jnp.log(decay)
     return -jnp.expm1(t * log_decay)
@@ -142,9 +143,9 @@ class ema(ElementwiseTransformation):
       Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, §3 (debiasing).
     """
 
-    decay: float = hyperparameter(check=in_interval(0, 1, "[)"))
+    decay: ScalarOrSchedule = hyperparameter(check=in_interval(0, 1, "[)"))
     debias: bool = static(True)
-    accumulator_dtype: Any = static(None)
+    accumulator_dtype: DTypeLike | None = static(None)
 
     state_type = EmaState
 
@@ -189,10 +190,10 @@ class trace(ElementwiseTransformation):
       deep learning", ICML 2013.
     """
 
-    decay: float = hyperparameter(check=in_interval(0, 1, "[)"))
+    decay: ScalarOrSchedule = hyperparameter(check=in_interval(0, 1, "[)"))
     nesterov: bool = static(False)
-    dampening: float = hyperparameter(0.0, check=in_interval(0, 1, "[)"))
-    accumulator_dtype: Any = static(None)
+    dampening: ScalarOrSchedule = hyperparameter(0.0, check=in_interval(0, 1, "[)"))
+    accumulator_dtype: DTypeLike | None = static(None)
 
     state_type = TraceState
 

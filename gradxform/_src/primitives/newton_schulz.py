@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike, DTypeLike
 
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.elementwise import cast_scalars
 from gradxform._src.protocol.masks import prefix_values
+from gradxform._src.protocol.transformation import Updates
 
 DEFAULT_NS_COEFFS = (3.4445, -4.7750, 2.0315)
 """(a, b, c) of the quintic p(σ) = aσ + bσ³ + cσ⁵ from Jordan's reference implementation."""
@@ -135,9 +138,10 @@ def _newton_schulz(x, ns_coeffs, ns_steps, eps):
 
 # Jitted so that eager use runs one compiled kernel rather than dozens of small ones.
 @functools.partial(jax.jit, static_argnames=("ns_steps", "dimension_numbers", "ns_dtype"))
-def orthogonalize_via_newton_schulz(x, ns_coeffs=DEFAULT_NS_COEFFS, ns_steps: int = 5,
-                                    eps=1e-8, dimension_numbers: MuonDimensionNumbers | None = None,
-                                    ns_dtype=None):
+def orthogonalize_via_newton_schulz(x: jax.Array, ns_coeffs: ArrayLike | tuple = DEFAULT_NS_COEFFS,
+                                    ns_steps: int = 5, eps: ArrayLike = 1e-8,
+                                    dimension_numbers: MuonDimensionNumbers | None = None,
+                                    ns_dtype: DTypeLike | None = None) -> jax.Array:
     """An approximately semi-orthogonal matrix with the singular vectors of `x`.
 
         G = U S Vᵀ   ↦   ≈ U Vᵀ   (singular values pushed towards 1 by `_newton_schulz`)
@@ -278,7 +282,8 @@ def _dims_or_raise(dims, leaf, path, where: str) -> MuonDimensionNumbers:
     return dims
 
 
-def map_matrices(fn, tree, spec: StaticDims, where: str):
+def map_matrices(fn: Callable[[jax.Array, MuonDimensionNumbers], jax.Array], tree: Updates,
+                 spec: StaticDims, where: str) -> Updates:
     """fn(leaf, dims) for every non-None leaf of `tree`, with its dimension numbers."""
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=tree_utils.is_none)
     dims = spec.per_leaf(tree, where)
@@ -289,7 +294,7 @@ def map_matrices(fn, tree, spec: StaticDims, where: str):
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def check_coeffs(value):
+def check_coeffs(value: ArrayLike) -> None:
     shape = np.shape(value)
     if not (shape == (3,) or (len(shape) == 2 and shape[1] == 3 and shape[0] >= 1)):
         raise ValueError(

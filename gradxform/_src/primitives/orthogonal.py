@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from gradxform._src.primitives.adam_family import nesterov_mu_hat
 from gradxform._src.primitives.moments import bias_correction, ema_step
@@ -46,6 +47,7 @@ from gradxform._src.protocol.fields import (
     non_negative,
     static,
 )
+from gradxform._src.protocol.schedule import ScalarOrSchedule
 from gradxform._src.protocol.transformation import (
     EmptyState,
     Transformation,
@@ -103,14 +105,14 @@ class scale_by_muon(Transformation):
 
     ns_coeffs: Any = hyperparameter(DEFAULT_NS_COEFFS)
     ns_steps: int = static(5, check=integer_at_least(1))
-    beta: float = hyperparameter(0.95, check=in_interval(0, 1, "[)"))
-    eps: float = hyperparameter(1e-8, check=non_negative)
-    mu_dtype: Any = static(None)
+    beta: ScalarOrSchedule = hyperparameter(0.95, check=in_interval(0, 1, "[)"))
+    eps: ScalarOrSchedule = hyperparameter(1e-8, check=non_negative)
+    mu_dtype: DTypeLike | None = static(None)
     nesterov: bool = static(True)
     debias: bool = static(True)
     adaptive: bool = static(False)
     weight_dimension_numbers: Any = static(None)
-    ns_dtype: Any = static(None)
+    ns_dtype: DTypeLike | None = static(None)
 
     def __post_init__(self):
         object.__setattr__(self, "weight_dimension_numbers",

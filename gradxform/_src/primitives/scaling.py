@@ -11,6 +11,7 @@ from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.elementwise import ElementwiseTransformation
 from gradxform._src.protocol.fields import hyperparameter, non_negative, static
 from gradxform._src.protocol.masks import as_static_mask
+from gradxform._src.protocol.schedule import ScalarOrSchedule
 from gradxform._src.protocol.transformation import EmptyState, Transformation
 
 
@@ -53,7 +54,7 @@ class scale(ElementwiseTransformation):
       step_size: α, a float, an array or a schedule of the step count.
     """
 
-    step_size: float = hyperparameter()
+    step_size: ScalarOrSchedule = hyperparameter()
 
     state_type = CountState
 
@@ -73,7 +74,7 @@ class scale_by_learning_rate(ElementwiseTransformation):
       flip_sign: whether to negate (descent, the default).
     """
 
-    learning_rate: float = hyperparameter(check=non_negative)
+    learning_rate: ScalarOrSchedule = hyperparameter(check=non_negative)
     flip_sign: bool = static(True)
 
     state_type = CountState
@@ -84,14 +85,18 @@ class scale_by_learning_rate(ElementwiseTransformation):
 
 
 @pytree_dataclass
-class scale_by_sign(Transformation):
-    """Keeps only the sign of each update: u_t = sign(g_t) (signSGD, Bernstein et al. 2018)."""
+class scale_by_sign(ElementwiseTransformation):
+    """Keeps only the sign of each update: u_t = sign(g_t).
 
-    def init(self, params):
-        return EmptyState()
+    References:
+      Bernstein, Wang, Azizzadenesheli & Anandkumar, "signSGD: Compressed Optimisation for
+      Non-Convex Problems", ICML 2018.
+    """
 
-    def update(self, updates, state, params=None, **extra_args):
-        return jax.tree.map(jnp.sign, updates), state
+    state_type = EmptyState
+
+    def element(self, s, g):
+        return jnp.sign(g), ()                           # u_t = sign(g_t)
 
 
 @pytree_dataclass
@@ -114,7 +119,7 @@ class add_decayed_weights(ElementwiseTransformation):
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
 
-    weight_decay: float = hyperparameter(0.0, check=non_negative)
+    weight_decay: ScalarOrSchedule = hyperparameter(0.0, check=non_negative)
     mask: object = static(None)
 
     def __post_init__(self):

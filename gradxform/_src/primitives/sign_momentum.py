@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from gradxform._src.primitives.moments import ema_step
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.elementwise import ElementwiseTransformation
 from gradxform._src.protocol.fields import hyperparameter, in_interval, static
+from gradxform._src.protocol.schedule import ScalarOrSchedule
 
 
 class ScaleByLionState(NamedTuple):
@@ -38,9 +40,9 @@ class scale_by_lion(ElementwiseTransformation):
       Chen et al., "Symbolic Discovery of Optimization Algorithms", NeurIPS 2023, Algorithm 2.
     """
 
-    b1: float = hyperparameter(0.9, check=in_interval(0, 1, "[)"))
-    b2: float = hyperparameter(0.99, check=in_interval(0, 1, "[)"))
-    mu_dtype: Any = static(None)
+    b1: ScalarOrSchedule = hyperparameter(0.9, check=in_interval(0, 1, "[)"))
+    b2: ScalarOrSchedule = hyperparameter(0.99, check=in_interval(0, 1, "[)"))
+    mu_dtype: DTypeLike | None = static(None)
 
     state_type = ScaleByLionState
 

@@ -72,7 +72,7 @@ def cast_scalars(scalars: Mapping[str, Any], dtype) -> types.SimpleNamespace:
 
     Boolean arrays (a flag such as "this is the first step") stay boolean.
     """
-    out = {}
+    out: dict[str, Any] = {}
     for name, value in scalars.items():
         if value is None or isinstance(value, bool | int | float | complex):
             out[name] = value
@@ -137,7 +137,7 @@ class ElementwiseTransformation(Transformation):
       unchanged and the buffers are kept. It is decided when the update is traced.
     """
 
-    state_type: ClassVar[type]
+    state_type: ClassVar[Any]  # a NamedTuple class
     needs_params: ClassVar[bool] = False
 
     # -- what a subclass declares ----------------------------------------------------------------
@@ -168,7 +168,7 @@ class ElementwiseTransformation(Transformation):
             return self.state_type(jnp.zeros([], jnp.int32), *buffers)
         return self.state_type(*buffers)
 
-    def scalars_at(self, state) -> dict:
+    def scalars_at(self, state) -> tuple[dict, jax.Array | None]:
         """The step's scalars (before casting to each leaf's precision) and the new count."""
         if self.counts_steps:
             t = safe_increment(state.count)
