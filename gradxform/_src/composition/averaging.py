@@ -16,7 +16,12 @@ from gradxform._src.primitives.clipping import norm_dtype
 from gradxform._src.primitives.moments import ema_step
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
-from gradxform._src.protocol.elementwise import cast_scalars, map_leaves, scalars_per_precision
+from gradxform._src.protocol.elementwise import (
+    cast_scalars,
+    leaf_scalars,
+    map_leaves,
+    real_precision,
+)
 from gradxform._src.protocol.fields import (
     child,
     hyperparameter,
@@ -105,7 +110,7 @@ class lookahead(Transformation):
         pull = jnp.where(sync, hp.slow_step_size, 0.0)          # α at a sync, else 0
         keep = jnp.where(sync, 1.0 - hp.slow_step_size, 0.0)   # 1 - α at a sync, else 0
 
-        lookup = scalars_per_precision(dict(pull=pull, keep=keep))
+        lookup = leaf_scalars(dict(pull=pull, keep=keep))
 
         def fold_sync(p, u, phi):
             # d = θ + u - φ, in the slow weights' precision
@@ -209,7 +214,7 @@ class ema_params(Transformation):
             t = float_count(state.count, like=state.weight)
             s = cast_scalars(dict(gamma=gamma, w=hp.warmup), t.dtype)
             gamma = jnp.minimum(s.gamma, (1 + t) / (s.w + t))   # γ_t = min(γ, (1 + t) / (w + t))
-        lookup = scalars_per_precision(dict(gamma=gamma))
+        lookup = leaf_scalars(dict(gamma=gamma))
 
         def average(p, u, e):
             dtype = jnp.promote_types(p.dtype, u.dtype)
@@ -239,5 +244,5 @@ def averaged_params(state: OptState) -> Params:
     """
     s = find_states(state, EmaParamsState, "averaged_params")
     weight = jnp.where(s.weight > 0, s.weight, jnp.ones_like(s.weight))
-    lookup = scalars_per_precision(dict(weight=weight))
-    return jax.tree.map(lambda e: e / lookup(e).weight, s.ema)
+    # cast per leaf: XLA rewrites a division by a scalar that many leaves share differently
+    return jax.tree.map(lambda e: e / cast_scalars(dict(w=weight), real_precision(e)).w, s.ema)

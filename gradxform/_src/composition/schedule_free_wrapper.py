@@ -28,7 +28,7 @@ from gradxform._src.composition.combine import find_states
 from gradxform._src.primitives.moments import ema_step
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
-from gradxform._src.protocol.elementwise import scalars_per_precision
+from gradxform._src.protocol.elementwise import cast_scalars, real_precision
 from gradxform._src.protocol.fields import child, hyperparameter, in_interval, non_negative, static
 from gradxform._src.protocol.transformation import (
     OptState,
@@ -127,12 +127,16 @@ class schedule_free(Transformation):
         z = jax.tree.map(lambda z, d: z + d.astype(z.dtype), state.z, steps)
         b_prev, b = state.b1, jnp.asarray(hp.b1).astype(dt)
 
-        lookup = scalars_per_precision(dict(b_prev=b_prev, c=c, b=b))
+        # Cast per leaf, and β_prev twice: a divisor cast on its own for one leaf is turned by
+        # XLA into a product with its reciprocal (as it always was here); shared with 1 - β or
+        # with other leaves it stays a division, which differs in the last bit where the state
+        # is float64 and the params float32.
+        scalars = dict(b_prev=b_prev, divisor=b_prev, c=c, b=b)
 
         def new_y(y, z_prev, z):
-            s = lookup(z)
+            s = cast_scalars(scalars, real_precision(z))
             y_w = y.astype(z.dtype)
-            x_prev = (y_w - (1 - s.b_prev) * z_prev) / s.b_prev   # x_t = (y_t - (1 - β) z_t) / β
+            x_prev = (y_w - (1 - s.b_prev) * z_prev) / s.divisor  # x_t = (y_t - (1 - β) z_t) / β
             x = (1 - s.c) * x_prev + s.c * z                      # x_{t+1}, the weighted mean of z
             y_next = ema_step(x, z, s.b, decay_first=True)        # y = β x + (1 - β) z
             return (y_next - y_w).astype(y.dtype)
@@ -171,10 +175,8 @@ def schedule_free_eval_params(state: OptState, params: Params) -> Params:
     tree_utils.check_same_structure(params, sf.z, "schedule_free_eval_params", "params",
                                     "state's z")
 
-    lookup = scalars_per_precision(dict(b=sf.b1))
-
     def x(y, z):
-        b = lookup(z).b
+        b = cast_scalars(dict(b=sf.b1), real_precision(z)).b  # per leaf, as in the update
         return ((y.astype(z.dtype) - (1 - b) * z) / b).astype(y.dtype)
 
     return jax.tree.map(x, params, sf.z)

@@ -20,8 +20,8 @@ from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.elementwise import (
     ElementwiseTransformation,
+    leaf_scalars,
     map_leaves,
-    scalars_per_precision,
 )
 from gradxform._src.protocol.fields import (
     hyperparameter,
@@ -77,7 +77,7 @@ def nesterov_mu_hat(mu: Updates, updates: Updates, b1: ArrayLike, count: jax.Arr
     Returns:
       m̂_t, in the precision of m_t.
     """
-    lookup = scalars_per_precision(dict(
+    lookup = leaf_scalars(dict(
         b1=b1, c1=1 / one_minus_power(b1, count),
         c1_next=1 / one_minus_power(b1, safe_increment(count))))
 
@@ -305,7 +305,7 @@ class scale_by_radam(Transformation):
         scalars = dict(_bias_corrections(hp, t), eps=hp.eps, eps_root=hp.eps_root, r=r)
         if self.nesterov:
             scalars["c1_next"] = 1 / one_minus_power(hp.b1, safe_increment(t))
-        lookup = scalars_per_precision(scalars)
+        lookup = leaf_scalars(scalars)
 
         def step(g, m, v):
             m, v = _moments(lookup, g, m, v)
@@ -370,7 +370,7 @@ class scale_by_nadam(Transformation):
         mu_next = hp.b1 * (1.0 - 0.5 * 0.96 ** ((tf + 1) * hp.momentum_decay))
         prod = (state.mu_product * mu_t).astype(state.mu_product.dtype)
         prod_next = prod * mu_next
-        lookup = scalars_per_precision(dict(
+        lookup = leaf_scalars(dict(
             _bias_corrections(hp, t), eps=hp.eps,
             c_g=(1.0 - mu_t) / (1.0 - prod), c_m=mu_next / (1.0 - prod_next)))
 

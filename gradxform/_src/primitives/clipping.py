@@ -22,7 +22,7 @@ from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.elementwise import (
     ElementwiseTransformation,
     cast_scalars,
-    scalars_per_precision,
+    leaf_scalars,
 )
 from gradxform._src.protocol.fields import (
     concrete_values,
@@ -110,7 +110,7 @@ class clip_by_block_rms(Transformation):
         return CountState(count=zero_count())
 
     def update(self, updates, state, params=None, **extra_args):
-        lookup = scalars_per_precision(dict(tau=self.at(state.count).threshold))
+        lookup = leaf_scalars(dict(tau=self.at(state.count).threshold))
 
         def clip_block(g):
             w = _widen_to(g, norm_dtype(g))
@@ -160,7 +160,7 @@ class clip_by_global_norm(Transformation):
 
     def update(self, updates, state, params=None, **extra_args):
         scalars, new_state = self.tree_scalars(updates, state)
-        lookup = scalars_per_precision(scalars)
+        lookup = leaf_scalars(scalars)
         updates = jax.tree.map(lambda g: g * lookup(g).factor, updates)   # g c / max(‖g‖, c)
         return updates, new_state
 
@@ -352,7 +352,7 @@ class adaptive_grad_clip(Transformation):
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, "adaptive_grad_clip")
         hp = self.at(state.count)
-        lookup = scalars_per_precision(dict(clipping=hp.clipping, eps=hp.eps))
+        lookup = leaf_scalars(dict(clipping=hp.clipping, eps=hp.eps))
 
         def clip_units(g, p):
             dt = norm_dtype(g)

@@ -37,7 +37,7 @@ from jax.typing import DTypeLike
 from gradxform._src.primitives.moments import ema_step, one_minus_power
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
-from gradxform._src.protocol.elementwise import map_leaves, scalars_per_precision
+from gradxform._src.protocol.elementwise import leaf_scalars, map_leaves
 from gradxform._src.protocol.fields import (
     check_argument,
     hyperparameter,
@@ -219,7 +219,7 @@ class scale_by_sophia(Transformation):
     def update(self, updates, state, params=None, *, hessian=None, **extra_args):
         hp = self.at(state.count)
         t = safe_increment(state.count)
-        lookup = scalars_per_precision(dict(
+        lookup = leaf_scalars(dict(
             b1=hp.b1, b2=hp.b2, eps=hp.eps, gamma=hp.gamma, rho=hp.clip_threshold,
             c1=1 / one_minus_power(hp.b1, t) if self.debias else None))
         trees = (updates, state.mu, state.hessian)

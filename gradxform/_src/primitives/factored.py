@@ -25,7 +25,7 @@ from gradxform._src.primitives.adaptive import abs_sq, real_moment_dtype
 from gradxform._src.primitives.moments import ema_step
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
-from gradxform._src.protocol.elementwise import map_leaves, scalars_per_precision
+from gradxform._src.protocol.elementwise import leaf_scalars, map_leaves
 from gradxform._src.protocol.fields import constant, hyperparameter, non_negative, static
 from gradxform._src.protocol.schedule import ScalarOrSchedule
 from gradxform._src.protocol.transformation import (
@@ -140,7 +140,7 @@ class scale_by_factored_rms(Transformation):
     def update(self, updates, state, params=None, **extra_args):
         hp = self.at(state.count)
         decay = self.decay_rate_fn(state.count - hp.step_offset, hp.decay_rate)
-        lookup = scalars_per_precision(dict(beta=decay, eps=hp.epsilon))
+        lookup = leaf_scalars(dict(beta=decay, eps=hp.epsilon))
 
         def one(g, v_row, v_col, v):
             dt = v.dtype
@@ -192,7 +192,7 @@ class scale_by_param_block_rms(Transformation):
 
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, "scale_by_param_block_rms")
-        lookup = scalars_per_precision(dict(eps2=self.min_scale))
+        lookup = leaf_scalars(dict(eps2=self.min_scale))
 
         def rescale(g, p):
             wide = p.astype(tree_utils.moment_dtype(p))  # float32 for 16-bit params

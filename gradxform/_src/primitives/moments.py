@@ -19,7 +19,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
-from gradxform._src.protocol.elementwise import ElementwiseTransformation, scalars_per_precision
+from gradxform._src.protocol.elementwise import ElementwiseTransformation, leaf_scalars
 from gradxform._src.protocol.fields import hyperparameter, in_interval, static
 from gradxform._src.protocol.schedule import ScalarOrSchedule
 from gradxform._src.protocol.transformation import Params, Updates, float_count
@@ -78,7 +78,7 @@ def bias_correction(moment: Updates, decay: ArrayLike, count: ArrayLike) -> Upda
 
     References: Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, §3.
     """
-    lookup = scalars_per_precision(dict(c=1 / one_minus_power(decay, count)))
+    lookup = leaf_scalars(dict(c=1 / one_minus_power(decay, count)))
     return jax.tree.map(lambda m: m * lookup(m).c, moment)
 
 
@@ -232,7 +232,7 @@ def nesterov_lookahead_params(params: Params, velocity: Updates, *, learning_rat
       Sutskever, Martens, Dahl & Hinton, "On the importance of initialization and momentum in
       deep learning", ICML 2013, eq. (3)-(4).
     """
-    lookup = scalars_per_precision(dict(lr=learning_rate, mu=decay))
+    lookup = leaf_scalars(dict(lr=learning_rate, mu=decay))
 
     def lookahead(p, v):
         s = lookup(p)

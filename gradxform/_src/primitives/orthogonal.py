@@ -38,7 +38,7 @@ from gradxform._src.primitives.newton_schulz import (
 from gradxform._src.primitives.newton_schulz import MuonDimensionNumbers as MuonDimensionNumbers
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
-from gradxform._src.protocol.elementwise import scalars_per_precision
+from gradxform._src.protocol.elementwise import leaf_scalars
 from gradxform._src.protocol.fields import (
     constant,
     hyperparameter,
@@ -131,7 +131,7 @@ class scale_by_muon(Transformation):
 
     def update(self, updates, state, params=None, **extra_args):
         hp = self.at(state.count)
-        lookup = scalars_per_precision(dict(beta=hp.beta))
+        lookup = leaf_scalars(dict(beta=hp.beta))
 
         def momentum(g, m):  # m_t = β m_{t-1} + (1 - β) g_t, in the wider precision of g and m
             m = tree_utils.in_update_precision(m, g)
@@ -192,7 +192,7 @@ class scale_by_shape(Transformation):
         return EmptyState()
 
     def update(self, updates, state, params=None, **extra_args):
-        lookup = scalars_per_precision(dict(rho=self.consistent_rms))
+        lookup = leaf_scalars(dict(rho=self.consistent_rms))
 
         def rescale(g, dims):
             fan_in, fan_out = fan_in_fan_out(g.shape, dims)

@@ -83,20 +83,19 @@ def cast_scalars(scalars: Mapping[str, Any], dtype) -> types.SimpleNamespace:
     return types.SimpleNamespace(**out)
 
 
-def scalars_per_precision(scalars: Mapping[str, Any]) -> Callable[..., types.SimpleNamespace]:
-    """`lookup(*arrays)`: the scalars cast to the arrays' widest real precision, once per precision.
+def leaf_scalars(scalars: Mapping[str, Any]) -> Callable[..., types.SimpleNamespace]:
+    """`lookup(*arrays)`: the scalars cast to the arrays' widest real precision.
 
     For transformations that are not elementwise (factored moments, norms, averages): resolve
     the hyperparameters once per update, then write each leaf's equation with
     `s = lookup(g, v)`, `v = s.b2 * v + (1 - s.b2) * g * g`, without a cast on every term.
+    Each call casts anew: XLA turns a division by a scalar cast for one leaf into a product with
+    its reciprocal, but keeps the division when several leaves share the cast, and the two
+    differ in the last bit.
     """
-    cache: dict = {}
 
     def lookup(*arrays) -> types.SimpleNamespace:
-        dtype = real_precision(*arrays)
-        if dtype not in cache:
-            cache[dtype] = cast_scalars(scalars, dtype)
-        return cache[dtype]
+        return cast_scalars(scalars, real_precision(*arrays))
 
     return lookup
 
