@@ -1,6 +1,6 @@
 """Weight averaging for evaluation: Lookahead's slow weights and an EMA of the params.
 
-Both keep a second copy of the params in the optimizer state and read it back with a helper
+Both keep a second copy of the params in the optimizer state and read it back with a function
 (`slow_params`, `averaged_params`), so the params themselves stay the ones to take gradients at.
 """
 
