@@ -85,7 +85,8 @@ def leaf_function(run: _Run, scalars: list[dict], g, buffers: list[tuple], p, ap
     """The run's composed equations on one leaf: (θ + u or u, new buffers of each member).
 
     `applies[k]` False: member k's mask leaves this leaf out (u passes, its buffers stay)."""
-    u, new, cast = g, [], [{} for _ in run.members]
+    u, new = g, []
+    cast: list[dict] = [{} for _ in run.members]
     applies = applies or (True,) * len(run.members)
     for k, (t, sc, bufs) in enumerate(zip(run.members, scalars, buffers, strict=True)):
         if not applies[k]:
@@ -104,7 +105,7 @@ def _scalar_signature(scalars: list[dict]):
     into the program) and the dtypes of array scalars. None where a scalar is not 0-d."""
     sig, flat = [], []
     for sc in scalars:
-        entry = []
+        entry: list[tuple[str, str, Any]] = []
         for name, v in sc.items():
             if v is None or isinstance(v, bool | int | float):
                 entry.append((name, "py", v))

@@ -28,6 +28,7 @@ to concatenate and `flatten` costs nothing.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import jax
@@ -67,11 +68,11 @@ class PackedTree:
 
     __slots__ = ("buffers", "layout")
 
-    def __init__(self, buffers, layout: PackedLayout):
+    def __init__(self, buffers: Iterable[jax.Array], layout: PackedLayout) -> None:
         self.buffers = tuple(buffers)
         self.layout = layout
 
-    def unpack(self):
+    def unpack(self) -> Any:
         """The tree that was packed: its structure and shapes, each leaf in its buffer's dtype."""
         leaves = []
         for slot in self.layout.slots:
@@ -109,7 +110,7 @@ jax.tree_util.register_pytree_with_keys(
 )
 
 
-def pack(tree) -> PackedTree:
+def pack(tree: Any) -> PackedTree:
     """Packs the leaves of `tree` into one contiguous 1-D buffer per dtype.
 
     Leaves keep their dtype (no promotion: a bf16 leaf goes to the bf16 buffer), None leaves
@@ -147,7 +148,7 @@ def pack(tree) -> PackedTree:
     return PackedTree(buffers, layout)
 
 
-def unpack(packed: PackedTree):
+def unpack(packed: PackedTree) -> Any:
     """The tree held by `packed` (the inverse of `pack`); any other tree is returned as it is."""
     return packed.unpack() if isinstance(packed, PackedTree) else packed
 

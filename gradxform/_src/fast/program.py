@@ -232,16 +232,17 @@ def _integer_pow(b: _Builder, x: _Vector, y: int) -> _Vector:
     if y in (1, 2, 3, -1):
         if y == -1:
             return b.emit("div", _FLOAT32, b.as_vector(b.scalar_value(np.float32(1.0))), x)
-        acc = x if y == 1 else b.emit("mul", _FLOAT32, x, x)
-        return b.emit("mul", _FLOAT32, acc, x) if y == 3 else acc
+        low = x if y == 1 else b.emit("mul", _FLOAT32, x, x)
+        return b.emit("mul", _FLOAT32, low, x) if y == 3 else low
     reciprocal, y = y < 0, abs(y)
-    acc = None
+    acc: _Vector | None = None
     while y > 0:
         if y & 1:
             acc = x if acc is None else b.emit("mul", _FLOAT32, acc, x)
         y >>= 1
         if y > 0:
             x = b.emit("mul", _FLOAT32, x, x)
+    assert acc is not None  # y != 0 here, so the loop multiplied x in at least once
     if reciprocal:
         return b.emit("div", _FLOAT32, b.as_vector(b.scalar_value(np.float32(1.0))), acc)
     return acc

@@ -22,11 +22,18 @@ import jax.numpy as jnp
 
 from gradxform._src.fast import fusion
 from gradxform._src.protocol import caches
-from gradxform._src.protocol.transformation import require_transformation
+from gradxform._src.protocol.transformation import (
+    OptState,
+    Params,
+    Transformation,
+    Updates,
+    require_transformation,
+)
 from gradxform._src.protocol.updates import apply_updates
 
 
-def update_and_apply(optimizer, grads, state, params, **extra_args):
+def update_and_apply(optimizer: Transformation, grads: Updates, state: OptState, params: Params,
+                     **extra_args: Any) -> tuple[Params, OptState]:
     """θ_t = θ_{t-1} + u_t with (u_t, state_t) = optimizer.update(g_t, state_{t-1}, θ_{t-1}).
 
     Exactly `update` followed by `apply_updates`; call it inside your own jitted training step
@@ -73,7 +80,7 @@ def _compiled(treedef, fused: bool, donate: bool):
                    donate_argnums=(1, 2) if donate else ())
 
 
-def make_step(optimizer, *, donate: bool = True, fused: bool = True
+def make_step(optimizer: Transformation, *, donate: bool = True, fused: bool = True
               ) -> Callable[..., tuple[Any, Any]]:
     """A jitted `step(grads, state, params, **extra_args) -> (params, state)` for `optimizer`.
 
