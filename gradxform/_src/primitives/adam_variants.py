@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 
 from gradxform._src.primitives.adaptive import abs_sq
-from gradxform._src.primitives.moments import one_minus_power
+from gradxform._src.primitives.moments import ema_step, one_minus_power
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.elementwise import ElementwiseTransformation
@@ -78,8 +78,8 @@ class scale_by_belief(ElementwiseTransformation):
         return scalars
 
     def element(self, s, g, m, v):
-        m = (1 - s.b1) * g + s.b1 * m                    # m_t = β1 m_{t-1} + (1 - β1) g_t
-        v = (1 - s.b2) * abs_sq(g - m) + s.b2 * v        # s_t = β2 s_{t-1} + (1 - β2)(g_t - m_t)²
+        m = ema_step(m, g, s.b1)                         # m_t = β1 m_{t-1} + (1 - β1) g_t
+        v = ema_step(v, abs_sq(g - m), s.b2)             # s_t = β2 s_{t-1} + (1 - β2)(g_t - m_t)²
         v = v + s.eps_root                               #       + ε_root
         if self.nesterov:                                # β1 m̂_{t+1} + (1 - β1) ĝ_t
             m_hat = s.b1 * (m * s.c1_next) + (1 - s.b1) * (g * s.c1)
@@ -144,7 +144,7 @@ class scale_by_yogi(ElementwiseTransformation):
 
     def element(self, s, g, m, v):
         g2 = abs_sq(g)
-        m = (1 - s.b1) * g + s.b1 * m                    # m_t = β1 m_{t-1} + (1 - β1) g_t
+        m = ema_step(m, g, s.b1)                         # m_t = β1 m_{t-1} + (1 - β1) g_t
         v = v - (1 - s.b2) * jnp.sign(v - g2) * g2       # v_t = v_{t-1} - (1 - β2) sign(·) g_t²
         m_hat = m * s.c1                                 # m̂_t = m_t / (1 - β1^t)
         v_hat = v * s.c2                                 # v̂_t = v_t / (1 - β2^t)
@@ -223,8 +223,8 @@ class scale_by_adan(ElementwiseTransformation):
 
     def element(self, s, g, m, v, n, g_prev):
         diff = jnp.where(s.has_prev, g - g_prev, 0)     # Δ_t = g_t - g_{t-1}, 0 at the first step
-        m = (1 - s.b1) * g + s.b1 * m                    # m_t = β1 m_{t-1} + (1 - β1) g_t
-        v = (1 - s.b2) * diff + s.b2 * v                 # v_t = β2 v_{t-1} + (1 - β2) Δ_t
-        n = (1 - s.b3) * abs_sq(g + s.w * diff) + s.b3 * n   # n_t = ... + (1 - β3)(g_t + w Δ_t)²
+        m = ema_step(m, g, s.b1)                         # m_t = β1 m_{t-1} + (1 - β1) g_t
+        v = ema_step(v, diff, s.b2)                      # v_t = β2 v_{t-1} + (1 - β2) Δ_t
+        n = ema_step(n, abs_sq(g + s.w * diff), s.b3)    # n_t = ... + (1 - β3)(g_t + w Δ_t)²
         direction = m * s.c1 + s.w * (v * s.c2)          # m̂_t + w v̂_t
         return direction / (jnp.sqrt(n * s.c3 + s.eps_root) + s.eps), (m, v, n, g)
