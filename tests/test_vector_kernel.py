@@ -30,7 +30,7 @@ needs_kernel = pytest.mark.skipif(
     not kernel.available(), reason=f"the vector kernel does not run here: {kernel.status()}"
 )
 
-SIZES = (1 << 14, (1 << 14) + 7, 70_001)  # the chunk is 512 elements: 16391 and 70001 end partway
+SIZES = (1 << 14, (1 << 14) + 7, 70_001)  # chunks are 64-512 elements: 16391 and 70001 end partway
 
 
 # -- a chain the library has never seen -----------------------------------------------------------
