@@ -90,6 +90,13 @@ from gradxform._src.primitives.scaling import (
     set_to_zero,
 )
 from gradxform._src.primitives.sign_momentum import ScaleByLionState, scale_by_lion
+from gradxform._src.primitives.constraints import keep_params_nonnegative
+from gradxform._src.primitives.layerwise import ScaleByNovogradState, scale_by_novograd
+from gradxform._src.primitives.noise import AddNoiseState, add_noise
+from gradxform._src.primitives.optimistic import (
+    ScaleByOptimisticGradientState,
+    scale_by_optimistic_gradient,
+)
 
 # -- Composition: chains, masks, partitions and wrappers (gradxform/_src/composition/) --
 from gradxform._src.composition.averaging import (
@@ -147,6 +154,17 @@ from gradxform._src.presets.alias import (
     sgd,
     yogi,
 )
+from gradxform._src.presets.alias import (
+    adamaxw,
+    nadamw,
+    noisy_sgd,
+    novograd,
+    optimistic_adam,
+    optimistic_adam_v2,
+    optimistic_gradient_descent,
+    sign_sgd,
+    signum,
+)
 from gradxform._src.presets.contrib import muon, schedule_free_adamw, schedule_free_sgd, sophia
 
 # -- Schedules (gradxform/_src/schedules/) --
@@ -191,6 +209,7 @@ from gradxform._src.interop.optax_interop import from_optax, to_optax
 __version__ = "0.1.0"
 
 __all__ = [
+    "AddNoiseState",
     "ApplyIfFiniteState",
     "ClipByGlobalNormState",
     "CountState",
@@ -215,6 +234,8 @@ __all__ = [
     "ScaleByBeliefState",
     "ScaleByLionState",
     "ScaleByNadamState",
+    "ScaleByNovogradState",
+    "ScaleByOptimisticGradientState",
     "ScaleByRmsState",
     "ScaleByRssState",
     "ScaleByStddevState",
@@ -230,10 +251,12 @@ __all__ = [
     "adagrad",
     "adam",
     "adamax",
+    "adamaxw",
     "adamw",
     "adan",
     "adaptive_grad_clip",
     "add_decayed_weights",
+    "add_noise",
     "amsgrad",
     "apply_if_finite",
     "apply_updates",
@@ -269,6 +292,7 @@ __all__ = [
     "hyperparams",
     "identity",
     "join_schedules",
+    "keep_params_nonnegative",
     "linear_onecycle_schedule",
     "linear_schedule",
     "lion",
@@ -278,8 +302,14 @@ __all__ = [
     "multistep_lr_schedule",
     "muon",
     "nadam",
+    "nadamw",
     "named_chain",
     "nesterov_lookahead_params",
+    "noisy_sgd",
+    "novograd",
+    "optimistic_adam",
+    "optimistic_adam_v2",
+    "optimistic_gradient_descent",
     "orthogonalize_via_newton_schulz",
     "pack",
     "partition",
@@ -306,6 +336,8 @@ __all__ = [
     "scale_by_lion",
     "scale_by_muon",
     "scale_by_nadam",
+    "scale_by_novograd",
+    "scale_by_optimistic_gradient",
     "scale_by_param_block_rms",
     "scale_by_radam",
     "scale_by_rms",
@@ -323,6 +355,8 @@ __all__ = [
     "set_to_zero",
     "sgd",
     "sgdr_schedule",
+    "sign_sgd",
+    "signum",
     "skip_large_updates",
     "skip_not_finite",
     "slow_params",

@@ -7,7 +7,7 @@ computes something else, an option gives torch's form (see README, "Reproducing 
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jax.typing import DTypeLike
+from jax.typing import ArrayLike, DTypeLike
 
 from gradxform._src.composition.combine import chain
 from gradxform._src.primitives.adam_family import (
@@ -21,9 +21,18 @@ from gradxform._src.primitives.adam_variants import scale_by_adan, scale_by_beli
 from gradxform._src.primitives.adaptive import scale_by_rms, scale_by_rss, scale_by_stddev
 from gradxform._src.primitives.clipping import clip_by_block_rms
 from gradxform._src.primitives.factored import scale_by_factored_rms, scale_by_param_block_rms
+from gradxform._src.primitives.layerwise import scale_by_novograd
 from gradxform._src.primitives.moments import ema, trace
-from gradxform._src.primitives.scaling import add_decayed_weights, scale, scale_by_learning_rate
+from gradxform._src.primitives.noise import add_noise
+from gradxform._src.primitives.optimistic import scale_by_optimistic_gradient
+from gradxform._src.primitives.scaling import (
+    add_decayed_weights,
+    scale,
+    scale_by_learning_rate,
+    scale_by_sign,
+)
 from gradxform._src.primitives.sign_momentum import scale_by_lion
+from gradxform._src.protocol.fields import non_negative, validate_field
 from gradxform._src.protocol.masks import MaskLike
 from gradxform._src.protocol.schedule import ScalarOrSchedule
 from gradxform._src.protocol.transformation import Transformation
@@ -150,14 +159,18 @@ def nadam(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
 def amsgrad(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
             b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
             eps_root: ScalarOrSchedule = 0.0, mu_dtype: DTypeLike | None = None,
-            max_of: str = "debiased", weight_decay: ScalarOrSchedule | None = None) -> chain:
+            max_of: str = "debiased", weight_decay: ScalarOrSchedule | None = None,
+            bias_correction_mu: bool = True, bias_correction_nu: bool = True) -> chain:
     """AMSGrad: chain(scale_by_amsgrad(...), scale_by_learning_rate(learning_rate)).
 
-    `max_of="raw"` reproduces torch.optim.Adam(amsgrad=True).
+    `max_of="raw"` reproduces torch.optim.Adam(amsgrad=True);
+    `bias_correction_mu=False, bias_correction_nu=False` the paper's Algorithm 1.
     """
     return chain(
         *_coupled_decay(weight_decay),
-        scale_by_amsgrad(b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, max_of=max_of),
+        scale_by_amsgrad(b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, max_of=max_of,
+                         bias_correction_mu=bias_correction_mu,
+                         bias_correction_nu=bias_correction_nu),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -288,3 +301,180 @@ def adan(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.98,
         add_decayed_weights(weight_decay, mask=mask),
         scale_by_learning_rate(learning_rate),
     )
+
+
+# -- optax's sign, noise, optimistic and layer-wise optimizers, with optax's signatures --------
+
+def sign_sgd(learning_rate: ScalarOrSchedule) -> chain:
+    """signSGD: θ_t = θ_{t-1} - η sign(g_t).
+
+    chain(scale_by_sign(), scale_by_learning_rate(learning_rate))
+
+    References:
+      Bernstein, Wang, Azizzadenesheli & Anandkumar, "signSGD: Compressed Optimisation for
+      Non-Convex Problems", ICML 2018.
+    """
+    return chain(scale_by_sign(), scale_by_learning_rate(learning_rate))
+
+
+def signum(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
+           accumulator_dtype: DTypeLike | None = None) -> chain:
+    """Signum: the sign of the gradients' EMA, θ_t = θ_{t-1} - η sign(m_t).
+
+        m_t = β m_{t-1} + (1 - β) g_t
+
+    chain(ema(beta, debias=False, accumulator_dtype), scale_by_sign(),
+          scale_by_learning_rate(learning_rate))
+
+    No bias correction: dividing m_t by 1 - β^t > 0 does not change its sign.
+
+    References:
+      Bernstein, Wang, Azizzadenesheli & Anandkumar, "signSGD: Compressed Optimisation for
+      Non-Convex Problems", ICML 2018, Algorithm 3.
+    """
+    return chain(
+        ema(beta, debias=False, accumulator_dtype=accumulator_dtype),
+        scale_by_sign(),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def nadamw(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9,
+           b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
+           eps_root: ScalarOrSchedule = 0.0, mu_dtype: DTypeLike | None = None,
+           weight_decay: ScalarOrSchedule = 1e-4, mask: MaskLike = None, *,
+           nesterov: bool = True) -> chain:
+    """NAdamW: NAdam's look-ahead first moment with decoupled weight decay.
+
+    chain(scale_by_adam(b1, b2, eps, eps_root, nesterov=True), add_decayed_weights(weight_decay,
+          mask), scale_by_learning_rate(learning_rate))
+
+    `adamw(..., nesterov=True)`, under optax's name and signature (`nesterov=False` is AdamW).
+
+    References:
+      Dozat, "Incorporating Nesterov Momentum into Adam", ICLR workshop 2016.
+      Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+    """
+    return adamw(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype,
+                 weight_decay=weight_decay, mask=mask, nesterov=nesterov)
+
+
+def adamaxw(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9,
+            b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
+            weight_decay: ScalarOrSchedule = 1e-4, mask: MaskLike = None) -> chain:
+    """AdaMax with decoupled weight decay: θ_t = θ_{t-1} - η (m̂_t / u∞_t + λ θ_{t-1}).
+
+    chain(scale_by_adamax(b1, b2, eps), add_decayed_weights(weight_decay, mask),
+          scale_by_learning_rate(learning_rate))
+
+    References:
+      Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, §7.1.
+      Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+    """
+    return chain(
+        scale_by_adamax(b1, b2=b2, eps=eps),
+        add_decayed_weights(weight_decay, mask=mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def noisy_sgd(learning_rate: ScalarOrSchedule, eta: ScalarOrSchedule = 0.01,
+              gamma: ScalarOrSchedule = 0.55, key: ArrayLike | None = None, *,
+              seed: int | None = None) -> chain:
+    """SGD on gradients with annealed Gaussian noise: θ_t = θ_{t-1} - η_t (g_t + σ_t z_t).
+
+    chain(add_noise(eta, gamma, key), scale_by_learning_rate(learning_rate))
+
+    σ_t² = η / t^γ (t = 1, 2, ...), z_t ~ N(0, I) drawn from `key` as optax draws it (see
+    `add_noise`). Note that `eta` is the noise's variance, not the learning rate.
+
+    References:
+      Neelakantan et al., "Adding Gradient Noise Improves Learning for Very Deep Networks",
+      arXiv:1511.06807, 2015.
+    """
+    return chain(add_noise(eta, gamma, key, seed=seed), scale_by_learning_rate(learning_rate))
+
+
+def optimistic_gradient_descent(learning_rate: ScalarOrSchedule, alpha: ScalarOrSchedule = 1.0,
+                                beta: ScalarOrSchedule = 1.0) -> chain:
+    """Optimistic gradient descent: θ_t = θ_{t-1} - η ((α + β) g_t - β g_{t-1}).
+
+    chain(scale_by_optimistic_gradient(alpha, beta), scale_by_learning_rate(learning_rate))
+
+    For min-max games (descend on one player's params, ascend on the other's by negating its
+    gradients): it converges where gradient descent-ascent cycles.
+
+    References:
+      Mokhtari, Ozdaglar & Pattathil, "A Unified Analysis of Extra-gradient and Optimistic
+      Gradient Methods for Saddle Point Problems: Proximal Point Approach", AISTATS 2020.
+    """
+    return chain(scale_by_optimistic_gradient(alpha, beta), scale_by_learning_rate(learning_rate))
+
+
+def optimistic_adam(learning_rate: ScalarOrSchedule, optimism: ScalarOrSchedule | None = None,
+                    b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
+                    eps: ScalarOrSchedule = 1e-8, eps_root: ScalarOrSchedule = 0.0,
+                    mu_dtype: DTypeLike | None = None, *, nesterov: bool = True) -> chain:
+    """Optimistic Adam: θ_t = θ_{t-1} - η r_t - o (r_t - r_{t-1}), r_t Adam's direction.
+
+    chain(scale_by_adam(b1, b2, eps, eps_root, nesterov=nesterov),
+          scale_by_optimistic_gradient(alpha=learning_rate, beta=optimism), scale(-1))
+
+    With `optimism=None`, o = η, as in the paper. optax's older interface, whose learning rate
+    is α of the optimistic step (optax refuses a schedule there; here it may be one, and
+    `optimism=None` then follows the same schedule); `optimistic_adam_v2` has the learning
+    rate apart from α and β.
+
+    References:
+      Daskalakis, Ilyas, Syrgkanis & Zeng, "Training GANs with Optimism", ICLR 2018,
+      Algorithm 1.
+    """
+    validate_field("optimistic_adam", "learning_rate", learning_rate, non_negative)
+    validate_field("optimistic_adam", "optimism", optimism, non_negative, None)
+    return chain(
+        scale_by_adam(b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype,
+                      nesterov=nesterov),
+        scale_by_optimistic_gradient(learning_rate,
+                                     learning_rate if optimism is None else optimism),
+        scale(-1.0),
+    )
+
+
+def optimistic_adam_v2(learning_rate: ScalarOrSchedule, *, alpha: ScalarOrSchedule = 1.0,
+                       beta: ScalarOrSchedule = 1.0, b1: ScalarOrSchedule = 0.9,
+                       b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
+                       eps_root: ScalarOrSchedule = 0.0, mu_dtype: DTypeLike | None = None,
+                       nesterov: bool = True) -> chain:
+    """Optimistic Adam: θ_t = θ_{t-1} - η ((α + β) r_t - β r_{t-1}), r_t Adam's direction.
+
+    chain(scale_by_adam(b1, b2, eps, eps_root, nesterov=nesterov),
+          scale_by_optimistic_gradient(alpha, beta), scale_by_learning_rate(learning_rate))
+
+    `optimistic_adam(η, o)` is this with learning_rate=1, α = η, β = o.
+
+    References:
+      Daskalakis, Ilyas, Syrgkanis & Zeng, "Training GANs with Optimism", ICLR 2018,
+      Algorithm 1.
+    """
+    return chain(
+        scale_by_adam(b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype,
+                      nesterov=nesterov),
+        scale_by_optimistic_gradient(alpha, beta),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def novograd(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9,
+             b2: ScalarOrSchedule = 0.25, eps: ScalarOrSchedule = 1e-6,
+             eps_root: ScalarOrSchedule = 0.0, weight_decay: ScalarOrSchedule = 0.0) -> chain:
+    """NovoGrad: momentum of gradients normalized per layer, with decoupled weight decay.
+
+    chain(scale_by_novograd(b1, b2, eps, eps_root, weight_decay),
+          scale_by_learning_rate(learning_rate))
+
+    References:
+      Ginsburg et al., "Stochastic Gradient Methods with Layer-wise Adaptive Moments for
+      Training of Deep Networks", arXiv:1905.11286, 2019.
+    """
+    return chain(scale_by_novograd(b1, b2, eps, eps_root, weight_decay),
+                 scale_by_learning_rate(learning_rate))

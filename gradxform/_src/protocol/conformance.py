@@ -64,6 +64,11 @@ def _assert_close(a, b, what: str, rtol: float, atol: float) -> None:
     if ta != tb:
         raise AssertionError(f"{what}: tree structures differ: {ta} vs {tb}")
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
+        if jnp.issubdtype(jnp.result_type(x), jax.dtypes.prng_key):  # a state's random key
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+            if not np.array_equal(np.asarray(x), np.asarray(y)):
+                raise AssertionError(f"{what}: key {jax.tree_util.keystr(path)} differs")
+            continue
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         if x.shape != y.shape or not np.allclose(x, y, rtol=rtol, atol=atol, equal_nan=True):
             err = np.max(np.abs(x - y)) if x.shape == y.shape and x.size else "shape"
