@@ -60,7 +60,8 @@ def _signum_np(lr, beta):
 
 
 def _lion_np(lr, b1, b2, sign):
-    """c_t = β1 m_{t-1} + (1 - β1) g_t, θ_t = θ_{t-1} - η f(c_t), m_t = β2 m_{t-1} + (1 - β2) g_t."""
+    """c_t = β1 m_{t-1} + (1 - β1) g_t, θ_t = θ_{t-1} - η f(c_t),
+    m_t = β2 m_{t-1} + (1 - β2) g_t."""
     def step(t, g, m, p):
         m = 0 * g if m is None else m
         return -lr * sign(b1 * m + (1 - b1) * g), b2 * m + (1 - b2) * g
