@@ -2,6 +2,7 @@
 
 import inspect
 
+import jax
 import optax
 import pytest
 
@@ -95,6 +96,23 @@ CASES = {
     "schedule_free_sgd": lambda: gx.schedule_free_sgd(0.1, warmup_steps=2, weight_decay=1e-3),
     "schedule_free_adamw": lambda: gx.schedule_free_adamw(1e-2),
     "quantize_state": lambda: gx.quantize_state(gx.adamw(1e-3), block_size=4, min_size=2),
+    # optax's sign, noise, optimistic and layer-wise optimizers (optimistic.py, noise.py,
+    # layerwise.py, constraints.py, alias.py)
+    "scale_by_lion_smooth": lambda: gx.scale_by_lion(mode="smooth", smooth_beta=2.0),
+    "sign_sgd": lambda: gx.sign_sgd(1e-3),
+    "signum": lambda: gx.signum(1e-3, 0.8),
+    "nadamw": lambda: gx.nadamw(1e-3, weight_decay=1e-2),
+    "adamaxw": lambda: gx.adamaxw(1e-3, mask={"dense": True, "scale": False, "frozen": False,
+                                              "empty": True}),
+    "add_noise": lambda: gx.add_noise(0.01, 0.55, 0),
+    "noisy_sgd": lambda: gx.noisy_sgd(1e-2, key=jax.random.key(3)),
+    "scale_by_optimistic_gradient": lambda: gx.scale_by_optimistic_gradient(0.5, 2.0),
+    "optimistic_gradient_descent": lambda: gx.optimistic_gradient_descent(1e-2),
+    "optimistic_adam": lambda: gx.optimistic_adam(1e-2),
+    "optimistic_adam_v2": lambda: gx.optimistic_adam_v2(1e-2, alpha=0.5, beta=2.0),
+    "scale_by_novograd": lambda: gx.scale_by_novograd(weight_decay=0.1),
+    "novograd": lambda: gx.novograd(1e-2),
+    "keep_params_nonnegative": lambda: gx.chain(gx.sgd(0.1), gx.keep_params_nonnegative()),
 }
 
 
