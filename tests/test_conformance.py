@@ -98,7 +98,6 @@ CASES = {
     "quantize_state": lambda: gx.quantize_state(gx.adamw(1e-3), block_size=4, min_size=2),
     # optax's sign, noise, optimistic and layer-wise optimizers (optimistic.py, noise.py,
     # layerwise.py, constraints.py, alias.py)
-    "scale_by_lion_smooth": lambda: gx.scale_by_lion(mode="smooth", smooth_beta=2.0),
     "sign_sgd": lambda: gx.sign_sgd(1e-3),
     "signum": lambda: gx.signum(1e-3, 0.8),
     "nadamw": lambda: gx.nadamw(1e-3, weight_decay=1e-2),

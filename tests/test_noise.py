@@ -15,10 +15,8 @@ import gradxform as gx
 from gradxform._src.fast import fusion
 
 PAIRS = {
-    "add_noise": lambda lib: lib.chain(lib.add_noise(0.01, 0.55, 0), lib.scale(-0.01)),
-    "add_noise_args": lambda lib: lib.chain(lib.add_noise(0.3, 1.0, 7), lib.scale(-0.01)),
-    "noisy_sgd": lambda lib: lib.noisy_sgd(0.01, key=3),
-    "noisy_sgd_typed_key": lambda lib: lib.noisy_sgd(0.02, 0.1, 0.3, jax.random.key(5)),
+    "add_noise": lambda lib: lib.chain(lib.add_noise(0.3, 1.0, 7), lib.scale(-0.01)),
+    "noisy_sgd": lambda lib: lib.noisy_sgd(0.02, 0.1, 0.3, jax.random.key(5)),
 }
 
 
@@ -61,13 +59,19 @@ def _noise(opt, steps, n=40_000):
     return np.asarray(a, np.float64), np.asarray(b, np.float64)
 
 
+def _first_noise(opt, n=16):
+    """The first step's noise on a zero leaf, eagerly (no compilation)."""
+    zeros = {"a": jnp.zeros(n)}
+    return np.asarray(opt.update(zeros, opt.init(zeros))[0]["a"])
+
+
 def test_noise_has_the_paper_s_variance_and_is_independent():
     """σ_t² = η / t^γ (Neelakantan et al.: η / (1 + t)^γ with t from 0), zero mean, independent
     across leaves and steps. With 40 000 samples the sample variance is within 5 % (7 standard
     errors) of σ_t²."""
-    eta, gamma, steps = 0.3, 0.55, 60
+    eta, gamma, steps = 0.3, 0.55, 12
     a, b = _noise(gx.add_noise(eta, gamma, 11), steps)
-    for t in (1, 2, 10, 60):
+    for t in (1, 2, 12):
         sigma2 = eta / t**gamma
         for x in (a[t - 1], b[t - 1]):
             assert abs(np.mean(x)) < 5 * np.sqrt(sigma2 / x.size)
@@ -77,14 +81,14 @@ def test_noise_has_the_paper_s_variance_and_is_independent():
 
 
 def test_keys():
-    same = _noise(gx.add_noise(0.1, 0.5, jax.random.key(2)), 2, 16)
-    np.testing.assert_array_equal(same[0], _noise(gx.add_noise(0.1, 0.5, 2), 2, 16)[0])
-    np.testing.assert_array_equal(same[0], _noise(gx.add_noise(0.1, 0.5, seed=2), 2, 16)[0])
+    same = _first_noise(gx.add_noise(0.1, 0.5, jax.random.key(2)))
+    np.testing.assert_array_equal(same, _first_noise(gx.add_noise(0.1, 0.5, 2)))
+    np.testing.assert_array_equal(same, _first_noise(gx.add_noise(0.1, 0.5, seed=2)))
     np.testing.assert_array_equal(   # raw key data, as jax.random.PRNGKey makes it
-        same[0], _noise(gx.add_noise(0.1, 0.5, jax.random.PRNGKey(2)), 2, 16)[0])
-    assert not np.any(same[0] == _noise(gx.add_noise(0.1, 0.5, 3), 2, 16)[0])
-    np.testing.assert_array_equal(_noise(gx.add_noise(0.1, 0.5), 1, 16)[0],
-                                  _noise(gx.add_noise(0.1, 0.5, 0), 1, 16)[0])  # None: key 0
+        same, _first_noise(gx.add_noise(0.1, 0.5, jax.random.PRNGKey(2))))
+    assert not np.any(same == _first_noise(gx.add_noise(0.1, 0.5, 3)))
+    np.testing.assert_array_equal(_first_noise(gx.add_noise(0.1, 0.5)),
+                                  _first_noise(gx.add_noise(0.1, 0.5, 0)))  # None: key 0
     state = gx.add_noise(0.1, 0.5, 2).init({"w": jnp.zeros(2)})
     assert state._fields == ("count", "rng_key")
     assert jnp.issubdtype(state.rng_key.dtype, jax.dtypes.prng_key)

@@ -19,8 +19,7 @@ from gradxform._src.fast import kernel
 
 PAIRS = {
     "sign_sgd": lambda lib: lib.sign_sgd(0.01),
-    "signum": lambda lib: lib.signum(0.01),
-    "signum_beta": lambda lib: lib.signum(0.01, 0.5),
+    "signum": lambda lib: lib.signum(0.01, 0.5),
     "scale_by_lion_smooth": lambda lib: lib.chain(
         lib.scale_by_lion(mode="smooth", smooth_beta=3.0), lib.scale(-0.01)),
     "scale_by_lion_refined": lambda lib: lib.chain(
