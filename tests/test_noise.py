@@ -121,3 +121,18 @@ def test_invalid_hyperparameters_are_named(make, error, message):
     with pytest.raises(error) as info:
         make()
     assert message in str(info.value)
+
+
+def test_a_checkpointed_state_resumes_with_the_same_draws(tmp_path):
+    """The key in the state is a typed PRNG key; orbax stores its data, and restore rebuilds
+    the key from `like`, so the resumed run draws what the uninterrupted one draws."""
+    from gradxform import checkpoint
+
+    opt = gx.noisy_sgd(0.1, key=jax.random.key(1))
+    p = {"w": jnp.ones(3)}
+    state = opt.update(p, opt.init(p), p)[1]
+    checkpoint.save(tmp_path / "ckpt", {"opt_state": state, "optimizer": opt})
+    restored = checkpoint.restore(
+        tmp_path / "ckpt", {"opt_state": jax.eval_shape(opt.init, p), "optimizer": opt})
+    np.testing.assert_array_equal(opt.update(p, restored["opt_state"], p)[0]["w"],
+                                  opt.update(p, state, p)[0]["w"])
