@@ -8,6 +8,7 @@ the results must be equal to the bit, dtypes included, in float32 and float64.
 
 import functools
 import inspect
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -231,8 +232,8 @@ def test_signatures_are_optaxs():
 
 
 def test_tree_module_has_optax_tree_names():
-    """`gradxform.tree.X` is `gradxform.tree_utils.tree_X` for every name optax.tree has
-    (apart from the moment helpers and tree_map_params, which gradxform does not offer)."""
+    """`gradxform.tree.X` is `gradxform.tree_utils.tree_X` for every name optax.tree has, apart
+    from the moment updates, bias_correction and map_params, which gradxform does not offer."""
     left_out = {"bias_correction", "update_moment", "update_infinity_moment",
                 "update_moment_per_elem_norm", "map_params"}
     optax_names = {n for n in dir(optax.tree) if not n.startswith("_")} - left_out
@@ -317,6 +318,38 @@ def test_get_all_with_path_finds_what_optax_finds(name):
         assert_trees_equal([v for _, v in ours], [v for _, v in theirs])
 
 
+class _Outer(NamedTuple):
+    count: Any
+    inner: Any
+
+
+class _Inner(NamedTuple):
+    count: Any
+    mu: Any
+
+
+def test_nested_matches_in_optaxs_order():
+    """Matches inside matches, dicts inside NamedTuples, a NamedTuple found by its class name:
+    optax lists the outermost matches first, then those inside each; so does gradxform."""
+    nested = ({"count": 1, "mu": {"count": 2}},
+              _Outer(count=3, inner=_Inner(count=4, mu={"count": 5, "w": 6})),
+              [_Inner(count=7, mu=None)])
+    for key in ("count", "mu", "_Inner", "inner", "w", 0):
+        ours = tree_utils.tree_get_all_with_path(nested, key)
+        theirs = OT.tree_get_all_with_path(nested, key)
+        assert [(jax.tree_util.keystr(p), v) for p, v in ours] == \
+            [(jax.tree_util.keystr(p), v) for p, v in theirs], key
+    assert [v for _, v in tree_utils.tree_get_all_with_path(nested, "count")] == [1, 3, 7, 2, 4, 5]
+    assert tree_utils.tree_set(nested, count=0) == OT.tree_set(nested, count=0)
+    assert tree_utils.tree_set(nested, w=60, count=0) == OT.tree_set(nested, w=60, count=0)
+    with pytest.raises(ValueError, match="must have the tree structure of the value it replaces"):
+        tree_utils.tree_set(nested, mu=None)  # optax would drop the dicts there
+    in_list = lambda path, _: isinstance(path[0], jax.tree_util.SequenceKey) \
+        and path[0].idx == 2  # noqa: E731
+    assert tree_utils.tree_set(nested, in_list, _Inner=_Inner(8, None)) == \
+        OT.tree_set(nested, in_list, _Inner=_Inner(8, None))
+
+
 def test_tree_get_on_adamw():
     _, state = _trained("adamw")
     adam_state = gx.get_state(OPTIMIZERS["adamw"](), state, "scale_by_adam")
@@ -346,6 +379,8 @@ def test_tree_get_paths_in_chain_and_partition():
             for p, _ in counts] == [v for _, v in counts]
     with pytest.raises(KeyError, match=r"'1/0/ScaleByAdamState.count', '1/1/CountState.count'"):
         tree_utils.tree_get(state, "1/count")  # two counts in the inner chain
+    assert tree_utils.tree_get(state, "0/count") is state[0].count  # the path, not 1/0/...
+    assert tree_utils.tree_get(state, "2/count", default="none") == "none"
     assert tree_utils.tree_get(state, "ClipByGlobalNormState.global_norm") is state[0].global_norm
     _, state = _trained("partition")
     body_mu = state.inner_states["body"][0].mu
