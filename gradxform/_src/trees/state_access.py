@@ -9,11 +9,16 @@ the same order), and two additions:
 - a key may also be a path, `"1/0/ScaleByAdamState.count"`, in the form the error messages
   print: one entry per level (a dict key, a sequence index, or `Class.field` for a NamedTuple's
   field, where the class name or the field alone also matches). Its last entry is searched like
-  a key; the earlier ones must appear in that order along the path to the value
-  (`"head/mu"` is the `mu` of the partition group `head`);
+  a key; a path that names every level is taken as it is, a shorter one matches where its
+  entries appear in that order along the path to the value (`"head/mu"` is the `mu` of the
+  partition group `head`). Where a key matches several values, `tree_get`'s KeyError lists
+  their paths (optax's prints the whole tree);
 - `tree_set` replaces a value only by one of the same tree structure, shapes and dtypes (Python
   numbers are converted to the dtype they replace), so a replaced state still fits the
   optimizer and its compiled step.
+
+`gradxform.get_state(optimizer, state, "scale_by_adam")` finds an inner state by the name of the
+transformation instead.
 """
 
 from __future__ import annotations
