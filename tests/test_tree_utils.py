@@ -77,12 +77,14 @@ CASES = {
     "tree_allclose": lambda x, y, z: (x, jax.tree.map(lambda a: a * (1 + 1e-6), x)),
     "tree_cast": lambda x, y, z: (x, jnp.bfloat16),
     "tree_cast_like": lambda x, y, z: (x, tree_utils.tree_cast(y, jnp.float16)),
+}
+# Called outside jit: results that are not arrays (an int, a dtype), and the random functions,
+# whose one compiled jax.random.split serves every call (inside the program above, each call
+# would be compiled again).
+EAGER_CASES = {
     "tree_split_key_like": lambda x, y, z: (jax.random.key(4), x),
     "tree_random_like": lambda x, y, z: (jax.random.key(5), x, _sampler),
     "tree_unwrap_random_key_data": lambda x, y, z: ({"k": jax.random.key(6), "x": x},),
-}
-# Their results are not arrays (an int, a dtype): called outside jit.
-EAGER_CASES = {
     "tree_size": lambda x, y, z: (x,),
     "tree_dtype": lambda x, y, z: (x,),
 }
@@ -96,7 +98,6 @@ def test_same_values_as_optax_and_numpy(trees):
     def both(x, y, z):
         out = {name: (getattr(tree_utils, name)(*make(x, y, z)), getattr(OT, name)(*make(x, y, z)))
                for name, make in CASES.items()}
-        out["tree_split_key_like"] = jax.tree.map(jax.random.key_data, out["tree_split_key_like"])
         out["tree_norm"] = [(tree_utils.tree_norm(x, o, s), OT.tree_norm(x, o, s))
                             for o, s in NORMS]
         out["tree_sum_associative"] = (tree_utils.tree_sum(x, associative_reduction=True),
@@ -107,6 +108,8 @@ def test_same_values_as_optax_and_numpy(trees):
     for name, make in EAGER_CASES.items():
         results[name] = (getattr(tree_utils, name)(*make(*trees)),
                          getattr(OT, name)(*make(*trees)))
+    results["tree_split_key_like"] = jax.tree.map(jax.random.key_data,
+                                                  results["tree_split_key_like"])
     assert set(results) == set(CASES) | set(EAGER_CASES) | {"tree_norm", "tree_sum_associative"}
     for name, pair in results.items():
         for ours, theirs in (pair if name == "tree_norm" else [pair]):
