@@ -50,14 +50,20 @@ from gradxform._src.primitives.clipping import (
     global_norm,
     per_example_global_norm_clip,
     per_example_layer_norm_clip,
+    unitwise_clip,
     unitwise_norm,
     zero_nans,
 )
+from gradxform._src.primitives.cover_statistics import ScaleBySM3State, scale_by_sm3
 from gradxform._src.primitives.curvature import (
     SophiaState,
     gauss_newton_bartlett_diagonal,
     hutchinson_diagonal,
     scale_by_sophia,
+)
+from gradxform._src.primitives.distance_over_gradients import (
+    ScaleByDistanceOverGradientsState,
+    scale_by_distance_over_gradients,
 )
 from gradxform._src.primitives.factored import (
     FactoredState,
@@ -79,7 +85,9 @@ from gradxform._src.primitives.newton_schulz import (
     MuonDimensionNumbers,
     orthogonalize_via_newton_schulz,
 )
+from gradxform._src.primitives.normalizing import centralize, normalize_by_update_norm
 from gradxform._src.primitives.orthogonal import MuonState, scale_by_muon, scale_by_shape
+from gradxform._src.primitives.polyak import scale_by_polyak
 from gradxform._src.primitives.scaling import (
     CountState,
     add_decayed_weights,
@@ -90,6 +98,11 @@ from gradxform._src.primitives.scaling import (
     set_to_zero,
 )
 from gradxform._src.primitives.sign_momentum import ScaleByLionState, scale_by_lion
+from gradxform._src.primitives.trust_ratio import (
+    scale_and_shrink,
+    scale_by_param_block_norm,
+    scale_by_trust_ratio,
+)
 
 # -- Composition: chains, masks, partitions and wrappers (gradxform/_src/composition/) --
 from gradxform._src.composition.averaging import (
@@ -140,11 +153,16 @@ from gradxform._src.presets.alias import (
     adamw,
     adan,
     amsgrad,
+    fromage,
+    lamb,
+    lars,
     lion,
     nadam,
+    polyak_sgd,
     radam,
     rmsprop,
     sgd,
+    sm3,
     yogi,
 )
 from gradxform._src.presets.contrib import muon, schedule_free_adamw, schedule_free_sgd, sophia
@@ -216,10 +234,12 @@ __all__ = [
     "ScaleByAdanState",
     "ScaleByAmsgradState",
     "ScaleByBeliefState",
+    "ScaleByDistanceOverGradientsState",
     "ScaleByLionState",
     "ScaleByNadamState",
     "ScaleByRmsState",
     "ScaleByRssState",
+    "ScaleBySM3State",
     "ScaleByStddevState",
     "ScaleByYogiState",
     "Schedule",
@@ -242,6 +262,7 @@ __all__ = [
     "apply_updates",
     "averaged_params",
     "bias_correction",
+    "centralize",
     "chain",
     "clip",
     "clip_by_block_rms",
@@ -262,6 +283,7 @@ __all__ = [
     "flatten",
     "freeze",
     "from_optax",
+    "fromage",
     "function_schedule",
     "gauss_newton_bartlett_diagonal",
     "get_state",
@@ -273,6 +295,8 @@ __all__ = [
     "identity",
     "incremental_update",
     "join_schedules",
+    "lamb",
+    "lars",
     "linear_onecycle_schedule",
     "linear_schedule",
     "lion",
@@ -284,6 +308,7 @@ __all__ = [
     "nadam",
     "named_chain",
     "nesterov_lookahead_params",
+    "normalize_by_update_norm",
     "orthogonalize_via_newton_schulz",
     "pack",
     "partition",
@@ -292,6 +317,7 @@ __all__ = [
     "periodic_update",
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
+    "polyak_sgd",
     "polynomial_schedule",
     "pytree_dataclass",
     "quantize_blockwise",
@@ -301,24 +327,30 @@ __all__ = [
     "rmsprop",
     "safe_increment",
     "scale",
+    "scale_and_shrink",
     "scale_by_adam",
     "scale_by_adamax",
     "scale_by_adan",
     "scale_by_amsgrad",
     "scale_by_belief",
+    "scale_by_distance_over_gradients",
     "scale_by_factored_rms",
     "scale_by_learning_rate",
     "scale_by_lion",
     "scale_by_muon",
     "scale_by_nadam",
+    "scale_by_param_block_norm",
     "scale_by_param_block_rms",
+    "scale_by_polyak",
     "scale_by_radam",
     "scale_by_rms",
     "scale_by_rss",
     "scale_by_shape",
     "scale_by_sign",
+    "scale_by_sm3",
     "scale_by_sophia",
     "scale_by_stddev",
+    "scale_by_trust_ratio",
     "scale_by_yogi",
     "schedule_free",
     "schedule_free_adamw",
@@ -331,12 +363,14 @@ __all__ = [
     "skip_large_updates",
     "skip_not_finite",
     "slow_params",
+    "sm3",
     "sophia",
     "static",
     "step_lr_schedule",
     "to_optax",
     "trace",
     "transformer_schedule",
+    "unitwise_clip",
     "unitwise_norm",
     "unpack",
     "update_and_apply",
