@@ -20,7 +20,7 @@ from jax.typing import DTypeLike
 from gradxform._src.primitives.adaptive import abs_sq
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
-from gradxform._src.protocol.elementwise import leaf_scalars, map_leaves
+from gradxform._src.protocol.elementwise import leaf_scalars, map_leaves, real_precision
 from gradxform._src.protocol.fields import constant, hyperparameter, non_negative, static
 from gradxform._src.protocol.schedule import ScalarOrSchedule
 from gradxform._src.protocol.transformation import (
@@ -109,8 +109,9 @@ class scale_by_distance_over_gradients(Transformation):
         lookup = leaf_scalars(dict(eps=hp.eps, scale=hp.global_scale))
 
         def one(g, p, r, total, p0):
-            wide = jnp.promote_types(jnp.promote_types(p.dtype, p0.dtype), r.dtype)
-            dist = jnp.sqrt(_sq_norm(p.astype(wide) - p0.astype(wide), wide))  # ‖θ_t - θ_0‖
+            wide = jnp.zeros((), real_precision(p, p0, r))
+            diff = tree_utils.widen(p, wide) - tree_utils.widen(p0, wide)
+            dist = jnp.sqrt(_sq_norm(diff, wide.dtype))                       # ‖θ_t - θ_0‖
             r = jnp.maximum(r, dist.astype(r.dtype))                          # r̄_t
             total = total + _sq_norm(g, total.dtype)                          # G_t
             s = lookup(r, total)
