@@ -115,7 +115,7 @@ class scale_by_sm3(Transformation):
             else:
                 prior = functools.reduce(jnp.minimum, [           # min_a μ_{a,t-1}[i_a]
                     jnp.reshape(mu_a, _axis_shape(g.shape, a)) for a, mu_a in enumerate(old_mu)])
-            nu = s.w * g_w * g_w + s.b2 * prior                   # ν_t (the paper's ν')
+            nu = s.w * (g_w * g_w) + s.b2 * prior                 # ν_t (the paper's ν')
             inv_root = jnp.where(nu > 0, jax.lax.rsqrt(nu + s.eps), jnp.zeros((), nu.dtype))
             m = ema_step(m, g_w * inv_root, s.b1)                 # β1 m + (1 - β1) g / √ν
             if g.ndim < 2:
