@@ -21,7 +21,7 @@ from gradxform._src.primitives.adaptive import abs_sq
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.elementwise import leaf_scalars, map_leaves, real_precision
-from gradxform._src.protocol.fields import constant, hyperparameter, non_negative, static
+from gradxform._src.protocol.fields import constant, hyperparameter, non_negative, positive, static
 from gradxform._src.protocol.schedule import ScalarOrSchedule
 from gradxform._src.protocol.transformation import (
     Transformation,
@@ -74,7 +74,7 @@ class scale_by_distance_over_gradients(Transformation):
       Schedule", ICML 2023 (eq. 1 and §3, layer-wise DoG).
     """
 
-    reps_rel: float = constant(1e-6, check=non_negative)
+    reps_rel: float = constant(1e-6, check=positive)
     eps: ScalarOrSchedule = hyperparameter(1e-8, check=non_negative)
     param_dtype: DTypeLike | None = static(jnp.float32)
     global_scale: ScalarOrSchedule = hyperparameter(1.0)
