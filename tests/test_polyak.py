@@ -159,3 +159,12 @@ def test_init_works_on_abstract_params(name, three_leaf):
     assert jax.tree.structure(shapes) == jax.tree.structure(concrete)
     assert [(s.shape, s.dtype) for s in jax.tree.leaves(shapes)] == [
         (x.shape, x.dtype) for x in jax.tree.leaves(concrete)]
+
+
+def test_value_reaches_it_inside_optax_chain():
+    """to_optax gives an optax.GradientTransformationExtraArgs: optax.chain passes value= on."""
+    p = {"w": jnp.array([1.0, 2.0])}
+    g = {"w": jnp.array([2.0, 0.0])}
+    opt = optax.chain(optax.identity(), gx.to_optax(gx.scale_by_polyak(max_learning_rate=10.0)))
+    u, _ = opt.update(g, opt.init(p), p, value=jnp.float32(2.0))
+    np.testing.assert_allclose(np.asarray(u["w"]), [1.0, 0.0])      # (2 - 0) / 4 · g

@@ -69,7 +69,8 @@ class scale_by_sm3(Transformation):
     Vectors and scalars keep one accumulator per entry (the cover of singletons: AdaGrad's
     accumulator, ν_t = (1 - β2) g_t² + β2 ν_{t-1}). β2 = 1 (the default) is the paper's sum of
     squares; β2 < 1 an exponential average. As in optax, ε is added under the root and there
-    is no bias correction.
+    is no bias correction. Unlike optax's, scalar leaves are accepted (optax's `scale_by_sm3`
+    fails on them), and `sm3(momentum=None)` takes no momentum, as optax's docstring says.
 
     Args:
       b1: β1 in [0, 1), the momentum of the preconditioned gradients (0.9).

@@ -56,7 +56,10 @@ class scale_by_distance_over_gradients(Transformation):
     r_ε, the initial movement, keeps the first steps from being zero; θ_t are the params
     before this step. For descent pass `global_scale=-1` or follow with
     `scale_by_learning_rate(1.0)`. The authors recommend averaging the iterates
-    (`ema_params`).
+    (`ema_params`). The numbers are optax's; r̄ and G are kept as scalars in the params'
+    precision (float32 for 16-bit params), so float32 params give float32 updates also under
+    `jax_enable_x64` (optax's G is then float64, and so are its updates), and the distance of
+    complex params is √(Σ |θ - θ_0|²).
 
     Args:
       reps_rel: r_ε > 0 (1e-6; the authors suggest 1e-4 for models with batch norm), a number

@@ -43,7 +43,7 @@ class scale_by_trust_ratio(Transformation):
         u' = r u                  (u' = u where ‖θ‖ = 0 or ‖u‖ = 0)
 
     With n_min = 0 a zero-initialised leaf (a bias) or a zero update keeps its update unscaled,
-    instead of never moving; n_min > 0 instead bounds both norms from below, as LARS does.
+    instead of never moving; n_min > 0 instead bounds both norms from below (Fromage: 1e-6).
 
     Args:
       min_norm: n_min ≥ 0, the smallest value the two norms are taken to have (0).
