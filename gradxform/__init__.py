@@ -50,14 +50,20 @@ from gradxform._src.primitives.clipping import (
     global_norm,
     per_example_global_norm_clip,
     per_example_layer_norm_clip,
+    unitwise_clip,
     unitwise_norm,
     zero_nans,
 )
+from gradxform._src.primitives.cover_statistics import ScaleBySM3State, scale_by_sm3
 from gradxform._src.primitives.curvature import (
     SophiaState,
     gauss_newton_bartlett_diagonal,
     hutchinson_diagonal,
     scale_by_sophia,
+)
+from gradxform._src.primitives.distance_over_gradients import (
+    ScaleByDistanceOverGradientsState,
+    scale_by_distance_over_gradients,
 )
 from gradxform._src.primitives.factored import (
     FactoredState,
@@ -79,7 +85,9 @@ from gradxform._src.primitives.newton_schulz import (
     MuonDimensionNumbers,
     orthogonalize_via_newton_schulz,
 )
+from gradxform._src.primitives.normalizing import centralize, normalize_by_update_norm
 from gradxform._src.primitives.orthogonal import MuonState, scale_by_muon, scale_by_shape
+from gradxform._src.primitives.polyak import scale_by_polyak
 from gradxform._src.primitives.scaling import (
     CountState,
     add_decayed_weights,
@@ -96,6 +104,11 @@ from gradxform._src.primitives.noise import AddNoiseState, add_noise
 from gradxform._src.primitives.optimistic import (
     ScaleByOptimisticGradientState,
     scale_by_optimistic_gradient,
+)
+from gradxform._src.primitives.trust_ratio import (
+    scale_and_shrink,
+    scale_by_param_block_norm,
+    scale_by_trust_ratio,
 )
 
 # -- Composition: chains, masks, partitions and wrappers (gradxform/_src/composition/) --
@@ -147,11 +160,16 @@ from gradxform._src.presets.alias import (
     adamw,
     adan,
     amsgrad,
+    fromage,
+    lamb,
+    lars,
     lion,
     nadam,
+    polyak_sgd,
     radam,
     rmsprop,
     sgd,
+    sm3,
     yogi,
 )
 from gradxform._src.presets.alias import (
@@ -235,12 +253,14 @@ __all__ = [
     "ScaleByAdanState",
     "ScaleByAmsgradState",
     "ScaleByBeliefState",
+    "ScaleByDistanceOverGradientsState",
     "ScaleByLionState",
     "ScaleByNadamState",
     "ScaleByNovogradState",
     "ScaleByOptimisticGradientState",
     "ScaleByRmsState",
     "ScaleByRssState",
+    "ScaleBySM3State",
     "ScaleByStddevState",
     "ScaleByYogiState",
     "Schedule",
@@ -265,6 +285,7 @@ __all__ = [
     "apply_updates",
     "averaged_params",
     "bias_correction",
+    "centralize",
     "chain",
     "clip",
     "clip_by_block_rms",
@@ -285,6 +306,7 @@ __all__ = [
     "flatten",
     "freeze",
     "from_optax",
+    "fromage",
     "function_schedule",
     "gauss_newton_bartlett_diagonal",
     "get_state",
@@ -297,6 +319,8 @@ __all__ = [
     "incremental_update",
     "join_schedules",
     "keep_params_nonnegative",
+    "lamb",
+    "lars",
     "linear_onecycle_schedule",
     "linear_schedule",
     "lion",
@@ -314,6 +338,7 @@ __all__ = [
     "optimistic_adam",
     "optimistic_adam_v2",
     "optimistic_gradient_descent",
+    "normalize_by_update_norm",
     "orthogonalize_via_newton_schulz",
     "pack",
     "partition",
@@ -322,6 +347,7 @@ __all__ = [
     "periodic_update",
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
+    "polyak_sgd",
     "polynomial_schedule",
     "pytree_dataclass",
     "quantize_blockwise",
@@ -331,11 +357,13 @@ __all__ = [
     "rmsprop",
     "safe_increment",
     "scale",
+    "scale_and_shrink",
     "scale_by_adam",
     "scale_by_adamax",
     "scale_by_adan",
     "scale_by_amsgrad",
     "scale_by_belief",
+    "scale_by_distance_over_gradients",
     "scale_by_factored_rms",
     "scale_by_learning_rate",
     "scale_by_lion",
@@ -343,14 +371,18 @@ __all__ = [
     "scale_by_nadam",
     "scale_by_novograd",
     "scale_by_optimistic_gradient",
+    "scale_by_param_block_norm",
     "scale_by_param_block_rms",
+    "scale_by_polyak",
     "scale_by_radam",
     "scale_by_rms",
     "scale_by_rss",
     "scale_by_shape",
     "scale_by_sign",
+    "scale_by_sm3",
     "scale_by_sophia",
     "scale_by_stddev",
+    "scale_by_trust_ratio",
     "scale_by_yogi",
     "schedule_free",
     "schedule_free_adamw",
@@ -365,12 +397,14 @@ __all__ = [
     "skip_large_updates",
     "skip_not_finite",
     "slow_params",
+    "sm3",
     "sophia",
     "static",
     "step_lr_schedule",
     "to_optax",
     "trace",
     "transformer_schedule",
+    "unitwise_clip",
     "unitwise_norm",
     "unpack",
     "update_and_apply",

@@ -11,6 +11,8 @@ the runner that follows several optimizers side by side and compares their traje
 
 from __future__ import annotations
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -250,3 +252,72 @@ def assert_matches_numpy(opt, direction, *, steps: int = 100, rtol: float = 1e-1
             p[k] = p[k] + u
             np.testing.assert_allclose(np.asarray(ours[k][t - 1]), p[k], rtol=rtol,
                                        atol=rtol / 10, err_msg=f"{k} at step {t}")
+# -- Layer-wise transformations: a tree of a matrix, a vector and a 3-D array, and a loss --------
+
+def make_three_leaf_params(dtype) -> dict:
+    """{"w": 4×3 matrix, "b": vector of 3, "k": 2×3×2 array}, drawn from a fixed generator."""
+    rng = np.random.default_rng(2)
+    return {"w": jnp.asarray(rng.normal(size=(4, 3)), dtype),
+            "b": jnp.asarray(rng.normal(size=(3,)), dtype),
+            "k": jnp.asarray(rng.normal(size=(2, 3, 2)), dtype)}
+
+
+def three_leaf_loss(params):
+    """Σ_leaves Σ_i sin(3θ_i) θ_i + θ_i⁴ / 10 + (Σ_i θ_k,i)² / 4: not quadratic, and leaf k
+    couples its entries, so each gradient depends on where the previous steps went."""
+    total = sum(jnp.sum(jnp.sin(3 * x) * x + x**4 / 10) for x in jax.tree.leaves(params))
+    return total + jnp.sum(params["k"]) ** 2 / 4
+
+
+def three_leaf_grad_np(params) -> dict:
+    """∇three_leaf_loss in numpy, written out by hand (independent of jax.grad)."""
+    grads = {k: np.sin(3 * x) + 3 * x * np.cos(3 * x) + 0.4 * x**3 for k, x in params.items()}
+    grads["k"] = grads["k"] + np.sum(params["k"]) / 2
+    return grads
+
+
+def run_on_three_leaf_loss(opts, params, steps: int = 100, *, with_value: bool = False) -> list:
+    """The params after each of `steps` steps of every optimizer in `opts` (gradxform or optax)
+    on `three_leaf_loss`, from `params`, all in one compiled lax.scan. With `with_value`,
+    `update` also gets the loss as `value=` (Polyak step sizes)."""
+    def body(carries, _):
+        out = []
+        for opt, (p, s) in zip(opts, carries):
+            value, g = jax.value_and_grad(three_leaf_loss)(p)
+            extra = {"value": value} if with_value else {}
+            u, s = opt.update(g, s, p, **extra)
+            out.append((optax.apply_updates(p, u), s))
+        return out, [p for p, _ in out]
+
+    init = [(params, opt.init(params)) for opt in opts]
+    return jax.jit(lambda: jax.lax.scan(body, init, None, length=steps)[1])()
+
+
+def assert_same_as_optax(pairs: dict, *, steps: int = 100, with_value: bool = False) -> None:
+    """Each of `pairs` (name -> factory(lib), called with gradxform and with optax) followed
+    for `steps` steps on `three_leaf_loss`: the params equal optax's at every step, to 1e-12 in
+    float64 and to a few float32 ulps (Trajectories.TOL) in float32, and they moved."""
+    names = sorted(pairs)
+    for dtype in ("float64", "float32"):
+        with jax.enable_x64(dtype == "float64"):
+            params = make_three_leaf_params(dtype)
+            opts = [pairs[n](lib) for n in names for lib in (gx, optax)]
+            runs = run_on_three_leaf_loss(opts, params, steps, with_value=with_value)
+            tol = (dict(rtol=1e-12, atol=1e-13) if dtype == "float64"
+                   else Trajectories.TOL["float32"])
+            for i, name in enumerate(names):
+                ours, theirs = runs[2 * i], runs[2 * i + 1]
+                assert all(x.dtype == jnp.dtype(dtype) for x in jax.tree.leaves(ours)), name
+                moved = max(float(jnp.max(jnp.abs(x[-1] - x[0]))) for x in jax.tree.leaves(ours))
+                assert moved > 1e-2, f"{name}: the params barely moved, the comparison says little"
+                Trajectories.assert_close(ours, theirs, tol, f"{name} ({dtype}) ")
+
+
+@pytest.fixture
+def three_leaf():
+    """The layer-wise test problem: `.params(dtype)`, `.loss`, `.grad_np`, `.run(opts, params,
+    steps=100, with_value=False)` and `.assert_same_as_optax(pairs)` (see the functions
+    above)."""
+    return types.SimpleNamespace(params=make_three_leaf_params, loss=three_leaf_loss,
+                                 grad_np=three_leaf_grad_np, run=run_on_three_leaf_loss,
+                                 assert_same_as_optax=assert_same_as_optax)

@@ -112,6 +112,30 @@ CASES = {
     "scale_by_novograd": lambda: gx.scale_by_novograd(weight_decay=0.1),
     "novograd": lambda: gx.novograd(1e-2),
     "keep_params_nonnegative": lambda: gx.chain(gx.sgd(0.1), gx.keep_params_nonnegative()),
+    # trust_ratio.py, cover_statistics.py, polyak.py, distance_over_gradients.py, normalizing.py
+    "scale_by_trust_ratio": lambda: gx.scale_by_trust_ratio(1e-6, 0.5, 1e-8),
+    "scale_by_param_block_norm": lambda: gx.scale_by_param_block_norm(),
+    "scale_and_shrink": lambda: gx.scale_and_shrink(0.1),
+    "lamb": lambda: gx.lamb(1e-3, weight_decay=1e-2, mask=lambda p: {k: k != "scale"
+                                                                     for k in p}),
+    "lars": lambda: gx.lars(0.1, 1e-4, trust_ratio_mask={"dense": {"w": True, "b": False},
+                                                         "scale": False, "frozen": False,
+                                                         "empty": True}, nesterov=True),
+    "fromage": lambda: gx.fromage(0.1),
+    "scale_by_sm3": lambda: gx.scale_by_sm3(0.9, 0.99),
+    "sm3": lambda: gx.sm3(0.1),
+    "scale_by_polyak": lambda: gx.scale_by_polyak(-1.0, 0.5, 1e-6, "sps+"),
+    "polyak_sgd": lambda: gx.polyak_sgd(0.5, 0.1, f_min=-1.0),
+    "scale_by_distance_over_gradients": lambda: gx.scale_by_distance_over_gradients(1e-4),
+    "centralize": lambda: gx.centralize(),
+    "normalize_by_update_norm": lambda: gx.normalize_by_update_norm(-0.1),
+}
+
+# Keyword arguments of check_transformation for the cases that need them: the Polyak step
+# size reads the loss at the params from update(..., value=loss).
+CHECK_OPTIONS = {
+    "scale_by_polyak": dict(extra_args={"value": 2.5}),
+    "polyak_sgd": dict(extra_args={"value": 2.5}),
 }
 
 
@@ -134,4 +158,4 @@ def test_every_public_transformation_is_checked():
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_conformance(name):
-    check_transformation(CASES[name]())
+    check_transformation(CASES[name](), **CHECK_OPTIONS.get(name, {}))

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
 from gradxform._src.composition.combine import chain
+from gradxform._src.composition.partitioning import masked
 from gradxform._src.primitives.adam_family import (
     scale_by_adam,
     scale_by_adamax,
@@ -20,11 +21,13 @@ from gradxform._src.primitives.adam_family import (
 from gradxform._src.primitives.adam_variants import scale_by_adan, scale_by_belief, scale_by_yogi
 from gradxform._src.primitives.adaptive import scale_by_rms, scale_by_rss, scale_by_stddev
 from gradxform._src.primitives.clipping import clip_by_block_rms
+from gradxform._src.primitives.cover_statistics import scale_by_sm3
 from gradxform._src.primitives.factored import scale_by_factored_rms, scale_by_param_block_rms
 from gradxform._src.primitives.layerwise import scale_by_novograd
 from gradxform._src.primitives.moments import ema, trace
 from gradxform._src.primitives.noise import add_noise
 from gradxform._src.primitives.optimistic import scale_by_optimistic_gradient
+from gradxform._src.primitives.polyak import scale_by_polyak
 from gradxform._src.primitives.scaling import (
     add_decayed_weights,
     scale,
@@ -32,6 +35,7 @@ from gradxform._src.primitives.scaling import (
     scale_by_sign,
 )
 from gradxform._src.primitives.sign_momentum import scale_by_lion
+from gradxform._src.primitives.trust_ratio import scale_and_shrink, scale_by_trust_ratio
 from gradxform._src.protocol.fields import non_negative, validate_field
 from gradxform._src.protocol.masks import MaskLike
 from gradxform._src.protocol.schedule import ScalarOrSchedule
@@ -478,3 +482,116 @@ def novograd(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9,
     """
     return chain(scale_by_novograd(b1, b2, eps, eps_root, weight_decay),
                  scale_by_learning_rate(learning_rate))
+
+
+# -- Layer-wise and learning-rate-free optimizers: trust ratios, covers, Polyak steps ----------
+
+
+def lamb(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9,
+         b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-6,
+         eps_root: ScalarOrSchedule = 0.0, weight_decay: ScalarOrSchedule = 0.0,
+         mask: MaskLike = None) -> chain:
+    """LAMB (You et al., 2020): Adam's direction with decoupled weight decay, scaled per layer
+    by the trust ratio ‖θ‖ / ‖u‖, with optax's arguments and numbers.
+
+    chain(scale_by_adam(b1, b2, eps, eps_root), add_decayed_weights(weight_decay, mask),
+          scale_by_trust_ratio(), scale_by_learning_rate(learning_rate))
+
+    θ_t = θ_{t-1} - η ‖θ_{t-1}‖ / ‖r_t + λθ_{t-1}‖ · (r_t + λθ_{t-1}), r_t Adam's direction
+    (Algorithm 2 of the paper, with φ the identity). Arguments may be given by position, as
+    in optax.
+
+    References:
+      You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes",
+      ICLR 2020.
+    """
+    return chain(
+        scale_by_adam(b1, b2=b2, eps=eps, eps_root=eps_root),
+        add_decayed_weights(weight_decay, mask=mask),
+        scale_by_trust_ratio(),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0,
+         weight_decay_mask: MaskLike = True, trust_coefficient: ScalarOrSchedule = 0.001,
+         eps: ScalarOrSchedule = 0.0, trust_ratio_mask: MaskLike = True,
+         momentum: ScalarOrSchedule = 0.9, nesterov: bool = False) -> chain:
+    """LARS (You et al., 2017): SGD with momentum on layer-wise trust-ratio steps, with optax's
+    arguments and numbers.
+
+    chain(add_decayed_weights(weight_decay, weight_decay_mask),
+          masked(scale_by_trust_ratio(trust_coefficient=c, eps=eps), trust_ratio_mask),
+          scale_by_learning_rate(learning_rate), trace(momentum, nesterov))
+
+    The local learning rate c ‖θ‖ / (‖g + λθ‖ + ε) multiplies the L2-regularised gradient; the
+    momentum (torch's form, v = μv + u) comes after the learning rate, as in the paper's
+    Algorithm 1. Leave biases and normalization scales out with `trust_ratio_mask` and
+    `weight_decay_mask`, as the paper does. Arguments may be given by position, as in optax.
+
+    References:
+      You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks", 2017.
+    """
+    return chain(
+        add_decayed_weights(weight_decay, mask=weight_decay_mask),
+        masked(scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps),
+               trust_ratio_mask),
+        scale_by_learning_rate(learning_rate),
+        trace(momentum, nesterov=nesterov),
+    )
+
+
+def fromage(learning_rate: ScalarOrSchedule, min_norm: ScalarOrSchedule = 1e-6) -> chain:
+    """Fromage (Bernstein et al., 2020), with optax's arguments and numbers.
+
+    chain(scale_by_trust_ratio(min_norm), scale_and_shrink(learning_rate))
+
+    θ_t = (θ_{t-1} - η ‖θ_{t-1}‖ / ‖g_t‖ · g_t) / √(1 + η²) per layer, norms at least
+    `min_norm`: steps of a fixed relative size under the paper's deep relative trust, with the
+    weights' norms kept from growing.
+
+    References:
+      Bernstein, Vahdat, Yue & Liu, "On the distance between two neural networks and the
+      stability of learning", NeurIPS 2020.
+    """
+    return chain(scale_by_trust_ratio(min_norm), scale_and_shrink(learning_rate))
+
+
+def sm3(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule | None = 0.9) -> chain:
+    """SM3 (Anil et al., 2019), with optax's arguments and numbers.
+
+    chain(scale_by_sm3(momentum), scale_by_learning_rate(learning_rate))
+
+    AdaGrad-like steps from one accumulator per row and per column of each matrix (per slice
+    of each tensor) instead of one per parameter; `momentum=None` (or 0) takes no momentum.
+
+    References:
+      Anil, Gupta, Koren & Singer, "Memory-Efficient Adaptive Optimization", NeurIPS 2019.
+    """
+    return chain(scale_by_sm3(0.0 if momentum is None else momentum),
+                 scale_by_learning_rate(learning_rate))
+
+
+def polyak_sgd(max_learning_rate: ScalarOrSchedule = 1.0, scaling: ScalarOrSchedule = 1.0,
+               f_min: ScalarOrSchedule = 0.0, eps: ScalarOrSchedule = 0.0,
+               variant: str = "sps") -> chain:
+    """SGD with the stochastic Polyak step size (Loizou et al., 2021), with optax's arguments
+    and numbers; `update` takes the loss at the params as `value=`.
+
+    chain(scale_by_learning_rate(scaling), scale_by_polyak(f_min, max_learning_rate, eps,
+          variant))
+
+    u_t = -s γ_t g_t with γ_t = min((f(θ_t) - f*) / (‖s g_t‖² + ε), γ_max): as in optax, the
+    Polyak step sees the gradient already scaled by s, so for s ≠ 1 the step is
+    min(gap / (s² ‖g‖² + ε), γ_max) (optax's docstring writes s min(gap / (‖g‖² + ε), γ_max)).
+    The latter is `chain(scale_by_polyak(f_min, max_learning_rate, eps, variant),
+    scale_by_learning_rate(s))`; for s = 1 the two agree.
+
+        updates, state = opt.update(grads, state, params, value=loss)
+
+    References:
+      Loizou, Vaswani, Laradji & Lacoste-Julien, "Stochastic Polyak Step-size for SGD: An
+      Adaptive Learning Rate for Fast Convergence", AISTATS 2021.
+    """
+    return chain(scale_by_learning_rate(scaling),
+                 scale_by_polyak(f_min, max_learning_rate, eps, variant))
