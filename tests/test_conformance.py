@@ -20,6 +20,7 @@ CASES = {
     "scale": lambda: gx.scale(-0.1),
     "scale_by_learning_rate": lambda: gx.scale_by_learning_rate(0.1),
     "scale_by_sign": lambda: gx.scale_by_sign(),
+    "negate": lambda: gx.negate(),
     "add_decayed_weights": lambda: gx.add_decayed_weights(0.1, mask=lambda p: {
         k: k != "scale" for k in p}),
     "chain": lambda: gx.chain(gx.trace(0.9), gx.scale(-0.1)),
