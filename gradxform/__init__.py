@@ -91,6 +91,12 @@ from gradxform._src.primitives.scaling import (
     set_to_zero,
 )
 from gradxform._src.primitives.sign_momentum import ScaleByLionState, scale_by_lion
+from gradxform._src.primitives.step_adaptation import (
+    ScaleByAdaDeltaState,
+    ScaleByRpropState,
+    scale_by_adadelta,
+    scale_by_rprop,
+)
 
 # -- Composition: chains, masks, partitions and wrappers (gradxform/_src/composition/) --
 from gradxform._src.composition.averaging import (
@@ -148,6 +154,7 @@ from gradxform._src.presets.alias import (
     sgd,
     yogi,
 )
+from gradxform._src.presets.step_adaptation_presets import adadelta, rprop
 from gradxform._src.presets.contrib import muon, schedule_free_adamw, schedule_free_sgd, sophia
 
 # -- Schedules (gradxform/_src/schedules/) --
@@ -210,6 +217,7 @@ __all__ = [
     "PartitionState",
     "QuantizedArray",
     "QuantizedState",
+    "ScaleByAdaDeltaState",
     "ScaleByAdamState",
     "ScaleByAdanState",
     "ScaleByAmsgradState",
@@ -217,6 +225,7 @@ __all__ = [
     "ScaleByLionState",
     "ScaleByNadamState",
     "ScaleByRmsState",
+    "ScaleByRpropState",
     "ScaleByRssState",
     "ScaleByStddevState",
     "ScaleByYogiState",
@@ -227,6 +236,7 @@ __all__ = [
     "Transformation",
     "ZeroNansState",
     "adabelief",
+    "adadelta",
     "adafactor",
     "adagrad",
     "adam",
@@ -296,8 +306,10 @@ __all__ = [
     "radam",
     "resolve",
     "rmsprop",
+    "rprop",
     "safe_increment",
     "scale",
+    "scale_by_adadelta",
     "scale_by_adam",
     "scale_by_adamax",
     "scale_by_adan",
@@ -311,6 +323,7 @@ __all__ = [
     "scale_by_param_block_rms",
     "scale_by_radam",
     "scale_by_rms",
+    "scale_by_rprop",
     "scale_by_rss",
     "scale_by_shape",
     "scale_by_sign",

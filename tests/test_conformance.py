@@ -21,6 +21,11 @@ CASES = {
     "scale_by_learning_rate": lambda: gx.scale_by_learning_rate(0.1),
     "scale_by_sign": lambda: gx.scale_by_sign(),
     "negate": lambda: gx.negate(),
+    # step_adaptation.py
+    "scale_by_adadelta": lambda: gx.scale_by_adadelta(),
+    "scale_by_rprop": lambda: gx.scale_by_rprop(0.01, convention="torch"),
+    "adadelta": lambda: gx.adadelta(1.0, weight_decay=1e-2),
+    "rprop": lambda: gx.rprop(0.01),
     "add_decayed_weights": lambda: gx.add_decayed_weights(0.1, mask=lambda p: {
         k: k != "scale" for k in p}),
     "chain": lambda: gx.chain(gx.trace(0.9), gx.scale(-0.1)),

@@ -12,11 +12,9 @@ agree with torch's to 1e-6 relative at every step, as in tests/test_torch_refere
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -130,4 +128,35 @@ def test_maximize_without_negate_leaves_torch():
     assert worst > 100.0
 
 
-_OTHER_CASES: dict = {}
+# -- Adadelta and Rprop ---------------------------------------------------------------------------
+
+def _adadelta(h):
+    return gx.adadelta(h["lr"], h["rho"], h["eps"], weight_decay=h["weight_decay"])
+
+
+def _rprop(h):
+    (eta_minus, eta_plus), (lo, hi) = h["etas"], h["step_sizes"]
+    return gx.rprop(h["lr"], eta_minus, eta_plus, lo, hi, convention="torch")
+
+
+# case -> the gradxform optimizer built from torch's hyperparameters
+OPTIMIZERS = {
+    "adadelta": _adadelta,
+    "adadelta_weight_decay": _adadelta,
+    "rprop": _rprop,
+    "rprop_etas_step_sizes": _rprop,
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPTIMIZERS))
+def test_reproduces_torch(case):
+    assert_reproduces(case, OPTIMIZERS[case](META["cases"][case]["hyperparameters"]))
+
+
+def test_rprop_optax_convention_leaves_torch():
+    h = META["cases"]["rprop"]["hyperparameters"]
+    worst, _ = mismatch(run(gx.rprop(h["lr"]))["w"], ARRAYS["rprop/w"])
+    assert worst > 100.0
+
+
+_OTHER_CASES: dict = {**OPTIMIZERS}
