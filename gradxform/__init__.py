@@ -108,6 +108,12 @@ from gradxform._src.composition.averaging import (
     slow_params,
 )
 from gradxform._src.composition.combine import chain, get_state, hyperparams, named_chain
+from gradxform._src.composition.iterate_averaging import (
+    PolyakAveragingState,
+    SwaParamsState,
+    polyak_averaging,
+    swa_params,
+)
 from gradxform._src.composition.partitioning import (
     MaskedState,
     PartitionState,
@@ -156,6 +162,7 @@ from gradxform._src.presets.alias import (
 )
 from gradxform._src.presets.step_adaptation_presets import adadelta, rprop
 from gradxform._src.presets.contrib import muon, schedule_free_adamw, schedule_free_sgd, sophia
+from gradxform._src.presets.torch_forms import asgd
 
 # -- Schedules (gradxform/_src/schedules/) --
 from gradxform._src.schedules.common import function_schedule
@@ -187,6 +194,7 @@ from gradxform._src.schedules.polynomial import (
     polynomial_schedule,
     warmup_constant_schedule,
 )
+from gradxform._src.schedules.swa_annealing import swa_lr_schedule
 from gradxform._src.schedules.warmup import transformer_schedule, warmup_stable_decay_schedule
 
 # -- Fast training steps and packed trees (gradxform/_src/fast/) --
@@ -215,6 +223,7 @@ __all__ = [
     "MuonState",
     "PackedTree",
     "PartitionState",
+    "PolyakAveragingState",
     "QuantizedArray",
     "QuantizedState",
     "ScaleByAdaDeltaState",
@@ -232,6 +241,7 @@ __all__ = [
     "Schedule",
     "ScheduleFreeState",
     "SophiaState",
+    "SwaParamsState",
     "TraceState",
     "Transformation",
     "ZeroNansState",
@@ -248,6 +258,7 @@ __all__ = [
     "amsgrad",
     "apply_if_finite",
     "apply_updates",
+    "asgd",
     "averaged_params",
     "bias_correction",
     "chain",
@@ -299,6 +310,7 @@ __all__ = [
     "per_example_layer_norm_clip",
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
+    "polyak_averaging",
     "polynomial_schedule",
     "pytree_dataclass",
     "quantize_blockwise",
@@ -344,6 +356,8 @@ __all__ = [
     "sophia",
     "static",
     "step_lr_schedule",
+    "swa_lr_schedule",
+    "swa_params",
     "to_optax",
     "trace",
     "transformer_schedule",

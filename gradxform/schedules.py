@@ -45,6 +45,7 @@ from gradxform._src.schedules.polynomial import (
     polynomial_schedule,
     warmup_constant_schedule,
 )
+from gradxform._src.schedules.swa_annealing import swa_lr_schedule
 from gradxform._src.schedules.warmup import transformer_schedule, warmup_stable_decay_schedule
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "polynomial_schedule",
     "sgdr_schedule",
     "step_lr_schedule",
+    "swa_lr_schedule",
     "transformer_schedule",
     "warmup_constant_schedule",
     "warmup_cosine_decay_schedule",

@@ -84,6 +84,11 @@ CASES = {
     # averaging.py
     "lookahead": lambda: gx.lookahead(gx.sgd(0.1, 0.9), 2, 0.5, reset_state=True),
     "ema_params": lambda: gx.chain(gx.sgd(0.1), gx.ema_params(0.9, debias=True, warmup=10.0)),
+    # iterate_averaging.py, torch_forms.py
+    "polyak_averaging": lambda: gx.chain(gx.sgd(0.1), gx.polyak_averaging(1.0)),
+    "swa_params": lambda: gx.chain(gx.sgd(0.1), gx.swa_params(start=1, every=2)),
+    "swa_params_ema": lambda: gx.chain(gx.adam(0.1), gx.swa_params(decay=0.9)),
+    "asgd": lambda: gx.asgd(0.1, t0=1.0, weight_decay=1e-2),
     # interop.py
     "from_optax": lambda: gx.from_optax(optax.sgd(0.1, momentum=0.9)),
     # flatten.py

@@ -159,4 +159,57 @@ def test_rprop_optax_convention_leaves_torch():
     assert worst > 100.0
 
 
-_OTHER_CASES: dict = {**OPTIMIZERS}
+# -- ASGD: the params, and the average torch keeps as state["ax"] ----------------------------
+
+def _asgd(h):
+    return gx.asgd(h["lr"], lambd=h["lambd"], alpha=h["alpha"], t0=h["t0"],
+                   weight_decay=h["weight_decay"])
+
+
+ASGD = ("asgd", "asgd_averaging", "asgd_weight_decay")
+
+
+@pytest.mark.parametrize("case", ASGD)
+def test_asgd_and_its_average(case):
+    assert_reproduces(case, _asgd(META["cases"][case]["hyperparameters"]),
+                      read=gx.averaged_params, average_key="ax")
+
+
+def test_asgd_average_is_the_mean_of_the_iterates_after_t0():
+    # torch's ax from its own run: after t0 the plain mean of the params from step t0 + 1 on
+    t0 = int(META["cases"]["asgd_averaging"]["hyperparameters"]["t0"])
+    params, ax = ARRAYS["asgd_averaging/w"], ARRAYS["asgd_averaging/ax/w"]
+    np.testing.assert_allclose(ax[t0 + 1 + 9], params[t0 + 1: t0 + 11].mean(0), rtol=1e-6)
+    np.testing.assert_array_equal(ax[: t0 + 1], params[: t0 + 1])
+
+
+# -- swa_utils: AveragedModel and SWALR ---------------------------------------------------------
+
+def _swa(case):
+    spec = META["cases"][case]
+    h, avg = spec["hyperparameters"], spec["averaging"]
+    if "swa_lr" in avg:  # SGD whose learning rate SWALR anneals from the start on
+        lr = gx.join_schedules(
+            [gx.constant_schedule(h["lr"]),
+             gx.swa_lr_schedule(h["lr"], avg["swa_lr"], anneal_epochs=avg["anneal_epochs"],
+                                anneal_strategy=avg["anneal_strategy"])],
+            [avg["start"]])
+        opt = gx.sgd(lr, h["momentum"])
+    else:
+        opt = gx.adam(h["lr"], b1=h["betas"][0], b2=h["betas"][1], eps=h["eps"])
+    return gx.chain(opt, gx.swa_params(start=avg["start"], every=avg["every"],
+                                       decay=avg.get("decay")))
+
+
+SWA = ("swa", "swa_every_5_linear", "ema_averaged_model")
+
+
+@pytest.mark.parametrize("case", SWA)
+def test_swa_reproduces_averaged_model_and_swalr(case):
+    assert_reproduces(case, _swa(case), read=gx.averaged_params, average_key="avg")
+    # the average is not the params: comparing it says something of its own
+    worst, _ = mismatch(ARRAYS[f"{case}/avg/w"], ARRAYS[f"{case}/w"])
+    assert worst > 100.0
+
+
+_OTHER_CASES: dict = {**OPTIMIZERS, **dict.fromkeys(ASGD + SWA)}
