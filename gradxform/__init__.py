@@ -162,7 +162,7 @@ from gradxform._src.presets.alias import (
 )
 from gradxform._src.presets.step_adaptation_presets import adadelta, rprop
 from gradxform._src.presets.contrib import muon, schedule_free_adamw, schedule_free_sgd, sophia
-from gradxform._src.presets.torch_forms import asgd
+from gradxform._src.presets.torch_forms import adafactor_torch, asgd
 
 # -- Schedules (gradxform/_src/schedules/) --
 from gradxform._src.schedules.common import function_schedule
@@ -248,6 +248,7 @@ __all__ = [
     "adabelief",
     "adadelta",
     "adafactor",
+    "adafactor_torch",
     "adagrad",
     "adam",
     "adamax",

@@ -89,6 +89,9 @@ CASES = {
     "swa_params": lambda: gx.chain(gx.sgd(0.1), gx.swa_params(start=1, every=2)),
     "swa_params_ema": lambda: gx.chain(gx.adam(0.1), gx.swa_params(decay=0.9)),
     "asgd": lambda: gx.asgd(0.1, t0=1.0, weight_decay=1e-2),
+    "adafactor_torch": lambda: gx.adafactor_torch(1e-2, weight_decay=1e-2),
+    "scale_by_factored_rms_torch": lambda: gx.scale_by_factored_rms(
+        epsilon=None, min_dim_size_to_factor=0, convention="torch"),
     # interop.py
     "from_optax": lambda: gx.from_optax(optax.sgd(0.1, momentum=0.9)),
     # flatten.py

@@ -212,4 +212,31 @@ def test_swa_reproduces_averaged_model_and_swalr(case):
     assert worst > 100.0
 
 
-_OTHER_CASES: dict = {**OPTIMIZERS, **dict.fromkeys(ASGD + SWA)}
+# -- Adafactor ----------------------------------------------------------------------------------
+
+def _adafactor(h):
+    return gx.adafactor_torch(h["lr"], beta2_decay=h["beta2_decay"], eps=tuple(h["eps"]),
+                              d=h["d"], weight_decay=h["weight_decay"])
+
+
+ADAFACTOR = ("adafactor", "adafactor_weight_decay", "adafactor_relative_step")
+
+
+@pytest.mark.parametrize("case", ADAFACTOR)
+def test_adafactor_torch(case):
+    assert_reproduces(case, _adafactor(META["cases"][case]["hyperparameters"]))
+
+
+def test_a_constant_relative_step_leaves_torch():
+    # ρ_t = min(lr, 1/√t) is 1/√t after step 64 here; optax's adafactor(lr) keeps lr. (On this
+    # problem the rest of optax's form happens to agree: its 3x4 matrix's two largest axes are
+    # the last two, and ε1 = 1e-30 next to g² is as invisible as torch's bound; see
+    # tests/test_factored.py for leaves where they differ.)
+    h = META["cases"]["adafactor_relative_step"]["hyperparameters"]
+    opt = gx.adafactor(h["lr"], min_dim_size_to_factor=0, decay_rate=-h["beta2_decay"],
+                       clipping_threshold=h["d"])
+    worst, _ = mismatch(run(opt)["w"], ARRAYS["adafactor_relative_step/w"])
+    assert worst > 100.0
+
+
+_OTHER_CASES: dict = {**OPTIMIZERS, **dict.fromkeys(ASGD + SWA + ADAFACTOR)}
