@@ -195,6 +195,13 @@ from gradxform._src.schedules.polynomial import (
     warmup_constant_schedule,
 )
 from gradxform._src.schedules.swa_annealing import swa_lr_schedule
+from gradxform._src.schedules.torch_lr_scheduler import (
+    multiply_schedules,
+    onecycle_lr_schedule,
+    onecycle_momentum_schedule,
+    onecycle_schedules,
+    periodic_cosine_annealing_schedule,
+)
 from gradxform._src.schedules.warmup import transformer_schedule, warmup_stable_decay_schedule
 
 # -- Fast training steps and packed trees (gradxform/_src/fast/) --
@@ -298,17 +305,22 @@ __all__ = [
     "lookahead",
     "make_step",
     "masked",
+    "multiply_schedules",
     "multistep_lr_schedule",
     "muon",
     "nadam",
     "named_chain",
     "negate",
     "nesterov_lookahead_params",
+    "onecycle_lr_schedule",
+    "onecycle_momentum_schedule",
+    "onecycle_schedules",
     "orthogonalize_via_newton_schulz",
     "pack",
     "partition",
     "per_example_global_norm_clip",
     "per_example_layer_norm_clip",
+    "periodic_cosine_annealing_schedule",
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
     "polyak_averaging",
