@@ -80,6 +80,11 @@ from gradxform._src.primitives.newton_schulz import (
     orthogonalize_via_newton_schulz,
 )
 from gradxform._src.primitives.orthogonal import MuonState, scale_by_muon, scale_by_shape
+from gradxform._src.primitives.plateau import (
+    ReduceLROnPlateauState,
+    reduce_lr_on_plateau,
+    reduce_on_plateau,
+)
 from gradxform._src.primitives.scaling import (
     CountState,
     add_decayed_weights,
@@ -233,6 +238,7 @@ __all__ = [
     "PolyakAveragingState",
     "QuantizedArray",
     "QuantizedState",
+    "ReduceLROnPlateauState",
     "ScaleByAdaDeltaState",
     "ScaleByAdamState",
     "ScaleByAdanState",
@@ -329,6 +335,8 @@ __all__ = [
     "quantize_blockwise",
     "quantize_state",
     "radam",
+    "reduce_lr_on_plateau",
+    "reduce_on_plateau",
     "resolve",
     "rmsprop",
     "rprop",

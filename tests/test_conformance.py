@@ -90,6 +90,9 @@ CASES = {
     "swa_params_ema": lambda: gx.chain(gx.adam(0.1), gx.swa_params(decay=0.9)),
     "asgd": lambda: gx.asgd(0.1, t0=1.0, weight_decay=1e-2),
     "adafactor_torch": lambda: gx.adafactor_torch(1e-2, weight_decay=1e-2),
+    # plateau.py (fed a metric: EXTRA_ARGS)
+    "reduce_on_plateau": lambda: gx.reduce_on_plateau(0.5, 1, cooldown=1),
+    "reduce_lr_on_plateau": lambda: gx.reduce_lr_on_plateau(0.1, mode="max", patience=0),
     "scale_by_factored_rms_torch": lambda: gx.scale_by_factored_rms(
         epsilon=None, min_dim_size_to_factor=0, convention="torch"),
     # interop.py
@@ -129,6 +132,10 @@ def test_every_public_transformation_is_checked():
     assert not missing, f"add a conformance case to CASES for: {sorted(missing)}"
 
 
+# keyword arguments every `update` of these cases is given
+EXTRA_ARGS = {"reduce_on_plateau": {"value": 0.5}, "reduce_lr_on_plateau": {"value": 0.5}}
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_conformance(name):
-    check_transformation(CASES[name]())
+    check_transformation(CASES[name](), extra_args=EXTRA_ARGS.get(name))

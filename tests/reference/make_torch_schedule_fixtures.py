@@ -18,11 +18,13 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.optim import lr_scheduler as L
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "torch_schedule_fixtures.json"
+PLATEAU_OUT = HERE / "torch_plateau_fixtures.json"
 
 
 def _half_sine(x):
@@ -263,6 +265,41 @@ CASES.update({
 })
 
 
+def _metrics(kind: str, n: int = 120) -> list[float]:
+    """A metric that improves, stalls with noise, improves again: float32 numbers, so that
+    both sides compare the same values."""
+    rng = np.random.default_rng(7)
+    t = np.arange(n)
+    trend = np.where(t < 30, 1.0 / (1 + 0.1 * t), 0.25) - np.where(t > 70, 0.002 * (t - 70), 0)
+    noisy = trend + 0.01 * rng.standard_normal(n)
+    values = noisy if kind == "loss" else 1.0 - noisy  # an accuracy rises
+    return [float(np.float32(v)) for v in values]
+
+
+# name -> (base lr, ReduceLROnPlateau keyword arguments, metric kind)
+PLATEAU_CASES = {
+    "min_rel_cooldown_min_lr": (0.1, dict(factor=0.5, patience=3, cooldown=2, min_lr=0.01),
+                                "loss"),
+    "max_abs": (0.1, dict(mode="max", factor=0.3, patience=4, threshold=0.005,
+                          threshold_mode="abs"), "accuracy"),
+    "eps_stops_the_cuts": (1e-3, dict(factor=0.5, patience=1, eps=1e-4), "loss"),
+    "defaults": (0.1, dict(), "loss"),
+}
+
+
+def record_plateau(base_lr, kwargs, values) -> list[float]:
+    """The learning rate after each `scheduler.step(value)`."""
+    param = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    opt = torch.optim.SGD([param], lr=base_lr)
+    scheduler = L.ReduceLROnPlateau(opt, **kwargs)
+    lrs = []
+    for v in values:
+        opt.step()
+        scheduler.step(v)
+        lrs.append(float(opt.param_groups[0]["lr"]))
+    return lrs
+
+
 def record(base_lr, make_scheduler, num_steps) -> tuple[list[float], list[float]]:
     """The learning rate and SGD's momentum before each step."""
     param = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
@@ -313,6 +350,14 @@ def main() -> None:
     OUT.write_text(f'{{"torch_version": {json.dumps(torch.__version__)}, "cases": {{\n'
                    + ",\n".join(lines) + "\n}}\n")
     print(f"wrote {OUT} ({len(cases)} cases)")
+    plateau = {}
+    for name, (base_lr, kwargs, kind) in PLATEAU_CASES.items():
+        values = _metrics(kind)
+        plateau[name] = {"base_lr": base_lr, "kwargs": kwargs, "values": values,
+                         "lr": record_plateau(base_lr, kwargs, values)}
+    PLATEAU_OUT.write_text(json.dumps({"torch_version": torch.__version__,
+                                       "cases": plateau}) + "\n")
+    print(f"wrote {PLATEAU_OUT} ({len(plateau)} cases)")
 
 
 if __name__ == "__main__":
