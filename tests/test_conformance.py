@@ -86,8 +86,7 @@ CASES = {
     "ema_params": lambda: gx.chain(gx.sgd(0.1), gx.ema_params(0.9, debias=True, warmup=10.0)),
     # iterate_averaging.py, torch_forms.py
     "polyak_averaging": lambda: gx.chain(gx.sgd(0.1), gx.polyak_averaging(1.0)),
-    "swa_params": lambda: gx.chain(gx.sgd(0.1), gx.swa_params(start=1, every=2)),
-    "swa_params_ema": lambda: gx.chain(gx.adam(0.1), gx.swa_params(decay=0.9)),
+    "swa_params": lambda: gx.chain(gx.sgd(0.1), gx.swa_params(start=1, every=2, decay=0.9)),
     "asgd": lambda: gx.asgd(0.1, t0=1.0, weight_decay=1e-2),
     "adafactor_torch": lambda: gx.adafactor_torch(1e-2, weight_decay=1e-2),
     # plateau.py (fed a metric: EXTRA_ARGS)

@@ -33,14 +33,12 @@ def _params(dtype):
 
 # name -> factory of the library, called the same way on both sides
 PAIRS = {
-    "scale_by_adadelta": lambda lib: lib.chain(lib.scale_by_adadelta(), lib.scale(-1.0)),
     "scale_by_adadelta_args": lambda lib: lib.chain(lib.scale_by_adadelta(0.5, 1e-3),
                                                     lib.scale(-2.0)),
     "adadelta": lambda lib: lib.adadelta(1.0),
     "adadelta_weight_decay": lambda lib: lib.adadelta(4.0, 0.95, 1e-5, weight_decay=0.1,
                                                       weight_decay_mask={"w": True, "b": False,
                                                                          "k": True}),
-    "scale_by_rprop": lambda lib: lib.chain(lib.scale_by_rprop(0.01), lib.scale(-1.0)),
     "rprop": lambda lib: lib.rprop(0.01),
     "rprop_args": lambda lib: lib.rprop(0.02, 0.3, 1.5, 1e-3, 0.05),
 }
