@@ -201,11 +201,13 @@ from gradxform._src.schedules.polynomial import (
 )
 from gradxform._src.schedules.swa_annealing import swa_lr_schedule
 from gradxform._src.schedules.torch_lr_scheduler import (
+    asgd_schedule,
     multiply_schedules,
     onecycle_lr_schedule,
     onecycle_momentum_schedule,
     onecycle_schedules,
     periodic_cosine_annealing_schedule,
+    relative_step_schedule,
 )
 from gradxform._src.schedules.warmup import transformer_schedule, warmup_stable_decay_schedule
 
@@ -273,6 +275,7 @@ __all__ = [
     "apply_if_finite",
     "apply_updates",
     "asgd",
+    "asgd_schedule",
     "averaged_params",
     "bias_correction",
     "chain",
@@ -337,6 +340,7 @@ __all__ = [
     "radam",
     "reduce_lr_on_plateau",
     "reduce_on_plateau",
+    "relative_step_schedule",
     "resolve",
     "rmsprop",
     "rprop",

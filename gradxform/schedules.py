@@ -48,15 +48,18 @@ from gradxform._src.schedules.polynomial import (
 )
 from gradxform._src.schedules.swa_annealing import swa_lr_schedule
 from gradxform._src.schedules.torch_lr_scheduler import (
+    asgd_schedule,
     multiply_schedules,
     onecycle_lr_schedule,
     onecycle_momentum_schedule,
     onecycle_schedules,
     periodic_cosine_annealing_schedule,
+    relative_step_schedule,
 )
 from gradxform._src.schedules.warmup import transformer_schedule, warmup_stable_decay_schedule
 
 __all__ = [
+    "asgd_schedule",
     "constant_schedule",
     "cosine_annealing_warm_restarts_schedule",
     "cosine_decay_schedule",
@@ -77,6 +80,7 @@ __all__ = [
     "piecewise_interpolate_schedule",
     "plot",
     "polynomial_schedule",
+    "relative_step_schedule",
     "sgdr_schedule",
     "step_lr_schedule",
     "swa_lr_schedule",

@@ -184,6 +184,14 @@ def test_onecycle_schedules_is_the_lr_and_the_momentum():
                            rtol=1e-3)
 
 
+def test_asgd_and_relative_step_formulas():
+    t = np.arange(0, 5000, 7)
+    np.testing.assert_allclose(curve(gx.asgd_schedule(0.5, lambd=0.1, alpha=0.75), t),
+                               0.5 / (1 + 0.1 * 0.5 * t) ** 0.75, rtol=2e-6)
+    np.testing.assert_allclose(curve(gx.relative_step_schedule(0.01), t),
+                               np.minimum(0.01, 1 / np.sqrt(t + 1)), rtol=2e-6)
+
+
 def test_periodic_cosine_annealing_at_huge_counts():
     s = gx.periodic_cosine_annealing_schedule(1.0, 7, eta_min=0.1)
     counts = np.array([0, 7, 14, 2**31 - 1 - (2**31 - 1) % 14, 2**31 - 1])
@@ -377,6 +385,8 @@ RECIPES = [
     gx.multiply_schedules(gx.piecewise_constant_schedule(0.05, {10: 2.0}),
                           gx.exponential_decay(1.0, 1, 0.97)),
     gx.swa_lr_schedule(0.1, 0.01, anneal_epochs=15),
+    gx.asgd_schedule(0.1, lambd=1e-2, alpha=0.5),
+    gx.relative_step_schedule(1e-2),
 ]
 
 

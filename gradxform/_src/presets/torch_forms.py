@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from gradxform._src.composition.combine import chain
 from gradxform._src.composition.iterate_averaging import polyak_averaging
 from gradxform._src.primitives.clipping import clip_by_block_rms
 from gradxform._src.primitives.factored import scale_by_factored_rms, scale_by_param_block_rms
 from gradxform._src.primitives.scaling import add_decayed_weights, scale, scale_by_learning_rate
-from gradxform._src.protocol.dataclass import pytree_dataclass
-from gradxform._src.protocol.fields import non_negative
-from gradxform._src.schedules.common import ScheduleBase, as_float, value
-
-
-@pytree_dataclass
-class asgd_step_size(ScheduleBase):
-    """ASGD's decaying step, η_t = η_0 / (1 + λ η_0 t)^α (t = 0, 1, ...; torch.optim.ASGD)."""
-
-    learning_rate: float = value(check=non_negative)
-    lambd: float = value(1e-4, check=non_negative)
-    alpha: float = value(0.75, check=non_negative)
-
-    def __call__(self, count):
-        t = as_float(count)
-        return self.learning_rate / (1 + self.lambd * self.learning_rate * t) ** self.alpha
+from gradxform._src.schedules.torch_lr_scheduler import asgd_schedule, relative_step_schedule
 
 
 def asgd(learning_rate: float = 1e-2, *, lambd: float = 1e-4, alpha: float = 0.75,
@@ -37,7 +20,7 @@ def asgd(learning_rate: float = 1e-2, *, lambd: float = 1e-4, alpha: float = 0.7
         θ̄_t = Polyak-Ruppert average of θ from step t0 on (`polyak_averaging`)
 
     chain(add_decayed_weights(weight_decay), add_decayed_weights(lambd),
-          scale_by_learning_rate(asgd_step_size(learning_rate, lambd, alpha)),
+          scale_by_learning_rate(asgd_schedule(learning_rate, lambd, alpha)),
           polyak_averaging(t0))
 
     λ both shrinks θ at every step and slows the step's decay; `averaged_params(state)` reads
@@ -51,19 +34,9 @@ def asgd(learning_rate: float = 1e-2, *, lambd: float = 1e-4, alpha: float = 0.7
     return chain(
         add_decayed_weights(weight_decay),
         add_decayed_weights(lambd),
-        scale_by_learning_rate(asgd_step_size(learning_rate, lambd=lambd, alpha=alpha)),
+        scale_by_learning_rate(asgd_schedule(learning_rate, lambd=lambd, alpha=alpha)),
         polyak_averaging(t0),
     )
-
-
-@pytree_dataclass
-class adafactor_relative_step(ScheduleBase):
-    """torch's Adafactor step, ρ_t = min(lr, 1/√t) (t = count + 1)."""
-
-    learning_rate: float = value(check=non_negative)
-
-    def __call__(self, count):
-        return jnp.minimum(self.learning_rate, 1 / jnp.sqrt(as_float(count) + 1))
 
 
 def adafactor_torch(learning_rate: float = 1e-2, *, beta2_decay: float = -0.8,
@@ -103,7 +76,7 @@ def adafactor_torch(learning_rate: float = 1e-2, *, beta2_decay: float = -0.8,
                               convention="torch"),
         clip_by_block_rms(d),
         scale_by_param_block_rms(eps2),
-        scale_by_learning_rate(adafactor_relative_step(learning_rate), flip_sign=False),
+        scale_by_learning_rate(relative_step_schedule(learning_rate), flip_sign=False),
         add_decayed_weights(learning_rate * weight_decay),
         scale(-1.0),
     )

@@ -1,6 +1,7 @@
 """torch.optim.lr_scheduler's forms that no optax schedule computes: OneCycleLR with its
 phase boundaries and momentum cycling, CosineAnnealingLR past T_max, and ChainedScheduler's
-product of schedules."""
+product of schedules; and the step sizes torch's ASGD and Adafactor compute inside the
+optimizer."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numbers
 import jax.numpy as jnp
 
 from gradxform._src.protocol.dataclass import pytree_dataclass
-from gradxform._src.protocol.fields import child, in_interval, positive, static
+from gradxform._src.protocol.fields import child, in_interval, non_negative, positive, static
 from gradxform._src.protocol.schedule import Schedule
 from gradxform._src.schedules.common import (
     ScheduleBase,
@@ -241,3 +242,52 @@ class multiply_schedules(ScheduleBase):
 
     def __repr__(self) -> str:
         return f"multiply_schedules({', '.join(repr(s) for s in self.schedules)})"
+
+
+@pytree_dataclass(positional=1)
+class asgd_schedule(ScheduleBase):
+    """ASGD's decaying step size: η_t = η_0 / (1 + λ η_0 t)^α (torch.optim.ASGD's eta).
+
+    Args:
+      learning_rate: η_0 ≥ 0.
+      lambd: λ ≥ 0 (1e-4).
+      alpha: α ≥ 0 (0.75).
+
+    Returns:
+      A schedule of the step count.
+
+    References:
+      Bottou, "Stochastic Gradient Descent Tricks", Neural Networks: Tricks of the Trade, 2012.
+    """
+
+    learning_rate: float = value(check=non_negative)
+    lambd: float = value(1e-4, check=non_negative)
+    alpha: float = value(0.75, check=non_negative)
+
+    def __call__(self, count):
+        t = as_float(count)
+        return self.learning_rate / (1 + self.lambd * self.learning_rate * t) ** self.alpha
+
+
+@pytree_dataclass(positional=1)
+class relative_step_schedule(ScheduleBase):
+    """Adafactor's relative step size: ρ_t = min(η, 1/√t), t = count + 1.
+
+    The paper's ρ_t = min(10⁻², 1/√t) is `relative_step_schedule(1e-2)`; torch.optim.Adafactor
+    uses min(lr, 1/√t). Give it as `adafactor`'s learning rate.
+
+    Args:
+      learning_rate: η ≥ 0, the largest step.
+
+    Returns:
+      A schedule of the step count.
+
+    References:
+      Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
+      ICML 2018, §8.
+    """
+
+    learning_rate: float = value(check=non_negative)
+
+    def __call__(self, count):
+        return jnp.minimum(self.learning_rate, 1 / jnp.sqrt(as_float(count) + 1))
