@@ -211,6 +211,9 @@ from gradxform._src.schedules.torch_lr_scheduler import (
 )
 from gradxform._src.schedules.warmup import transformer_schedule, warmup_stable_decay_schedule
 
+# -- Slow copies of the params, also in gradxform.tree_utils (gradxform/_src/trees/) --
+from gradxform._src.trees.tree_math import incremental_update, periodic_update
+
 # -- Fast training steps and packed trees (gradxform/_src/fast/) --
 from gradxform._src.fast.packing import PackedTree, flatten, pack, unpack
 from gradxform._src.fast.step import make_step, update_and_apply
@@ -307,6 +310,7 @@ __all__ = [
     "hyperparameter",
     "hyperparams",
     "identity",
+    "incremental_update",
     "join_schedules",
     "linear_onecycle_schedule",
     "linear_schedule",
@@ -330,6 +334,7 @@ __all__ = [
     "per_example_global_norm_clip",
     "per_example_layer_norm_clip",
     "periodic_cosine_annealing_schedule",
+    "periodic_update",
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
     "polyak_averaging",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import gradxform
-from gradxform import checkpoint, schedules, sharding, testing
+from gradxform import checkpoint, projections, schedules, sharding, testing, tree, tree_utils
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +41,8 @@ def _unannotated(obj) -> list[str]:
     return missing
 
 
-@pytest.mark.parametrize("module", [gradxform, checkpoint, schedules, sharding, testing],
+@pytest.mark.parametrize("module", [gradxform, checkpoint, schedules, sharding, testing,
+                                    projections, tree, tree_utils],
                          ids=lambda m: m.__name__)
 def test_every_public_callable_is_annotated(module):
     missing = {name: _unannotated(getattr(module, name)) for name in module.__all__}
