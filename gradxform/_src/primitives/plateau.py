@@ -163,9 +163,11 @@ def reduce_lr_on_plateau(learning_rate: float, *, mode: str = "min", factor: flo
     cuts it, lr · s_{k+1} = max(f lr · s_k, min_lr), skipped when the cut is eps or less. It is
     `reduce_on_plateau(factor, patience, rtol, atol, cooldown, min_scale=min_lr / lr,
     mode=mode, convention="torch", min_scale_step=eps / lr)` with (rtol, atol) = (threshold,
-    0) for threshold_mode "rel" and (0, threshold) for "abs". The learning rate an update
-    uses is read from the state of the step before: `state.scale` (torch's `get_last_lr()`
-    divided by lr).
+    0) for threshold_mode "rel" and (0, threshold) for "abs". The update given `value=v` is
+    scaled by the s that follows v, torch's lr after `scheduler.step(v)` divided by lr: feed
+    each update the metric measured before it (torch's loop measures it after the previous
+    step), and every update but the first uses the learning rate torch's would.
+    `state.scale` holds s.
 
     Args:
       learning_rate: lr > 0, the optimizer's learning rate (torch's param group lr).

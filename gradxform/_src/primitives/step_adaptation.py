@@ -96,7 +96,8 @@ class scale_by_rprop(ElementwiseTransformation):
       s_t = 0.
     - `convention="torch"`: torch.optim.Rprop, which takes the step it decides at once and
       clips Δ to [Δ_min, Δ_max] at every step, s_t = 0 included. torch's `etas=(η⁻, η⁺)` and
-      `step_sizes=(Δ_min, Δ_max)`; Δ_0 = its lr.
+      `step_sizes=(Δ_min, Δ_max)`; Δ_0 = its lr. (torch zeroes the gradient where the factor
+      it chose equals η⁻, which is where s_t < 0 unless η⁻ is 1 or η⁺.)
 
     Args:
       learning_rate: Δ_0 > 0, the initial step size of every coordinate (read once, at init).
