@@ -59,9 +59,9 @@ class polyak_averaging(Transformation):
               θ̄_{t-1} + μ_t (θ_t - θ̄_{t-1})  otherwise
 
     Up to step t0 + 1 (included) the average is the current params; after it, θ̄ is the mean
-    of the iterates from step t0 + 1 on. Averaging the iterates of SGD with decaying steps converges at the
-    optimal rate where the last iterate does not (Polyak & Juditsky 1992). `asgd` puts it after
-    torch's ASGD step; `averaged_params(state)` reads θ̄.
+    of the iterates from step t0 + 1 on. Averaging the iterates of SGD with decaying steps
+    converges at the optimal rate where the last iterate does not (Polyak & Juditsky 1992).
+    `asgd` puts it after torch's ASGD step; `averaged_params(state)` reads θ̄.
 
     Args:
       t0: the step after which averaging starts (torch's default 1e6 averages nothing in
