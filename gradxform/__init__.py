@@ -88,10 +88,16 @@ from gradxform._src.primitives.newton_schulz import (
 from gradxform._src.primitives.normalizing import centralize, normalize_by_update_norm
 from gradxform._src.primitives.orthogonal import MuonState, scale_by_muon, scale_by_shape
 from gradxform._src.primitives.polyak import scale_by_polyak
+from gradxform._src.primitives.plateau import (
+    ReduceLROnPlateauState,
+    reduce_lr_on_plateau,
+    reduce_on_plateau,
+)
 from gradxform._src.primitives.scaling import (
     CountState,
     add_decayed_weights,
     identity,
+    negate,
     scale,
     scale_by_learning_rate,
     scale_by_sign,
@@ -110,6 +116,12 @@ from gradxform._src.primitives.trust_ratio import (
     scale_by_param_block_norm,
     scale_by_trust_ratio,
 )
+from gradxform._src.primitives.step_adaptation import (
+    ScaleByAdaDeltaState,
+    ScaleByRpropState,
+    scale_by_adadelta,
+    scale_by_rprop,
+)
 
 # -- Composition: chains, masks, partitions and wrappers (gradxform/_src/composition/) --
 from gradxform._src.composition.averaging import (
@@ -121,6 +133,12 @@ from gradxform._src.composition.averaging import (
     slow_params,
 )
 from gradxform._src.composition.combine import chain, get_state, hyperparams, named_chain
+from gradxform._src.composition.iterate_averaging import (
+    PolyakAveragingState,
+    SwaParamsState,
+    polyak_averaging,
+    swa_params,
+)
 from gradxform._src.composition.partitioning import (
     MaskedState,
     PartitionState,
@@ -183,7 +201,9 @@ from gradxform._src.presets.alias import (
     sign_sgd,
     signum,
 )
+from gradxform._src.presets.step_adaptation_presets import adadelta, rprop
 from gradxform._src.presets.contrib import muon, schedule_free_adamw, schedule_free_sgd, sophia
+from gradxform._src.presets.torch_forms import adafactor_torch, asgd
 
 # -- Schedules (gradxform/_src/schedules/) --
 from gradxform._src.schedules.common import function_schedule
@@ -214,6 +234,16 @@ from gradxform._src.schedules.polynomial import (
     linear_schedule,
     polynomial_schedule,
     warmup_constant_schedule,
+)
+from gradxform._src.schedules.swa_annealing import swa_lr_schedule
+from gradxform._src.schedules.torch_lr_scheduler import (
+    asgd_schedule,
+    multiply_schedules,
+    onecycle_lr_schedule,
+    onecycle_momentum_schedule,
+    onecycle_schedules,
+    periodic_cosine_annealing_schedule,
+    relative_step_schedule,
 )
 from gradxform._src.schedules.warmup import transformer_schedule, warmup_stable_decay_schedule
 
@@ -247,8 +277,11 @@ __all__ = [
     "MuonState",
     "PackedTree",
     "PartitionState",
+    "PolyakAveragingState",
     "QuantizedArray",
     "QuantizedState",
+    "ReduceLROnPlateauState",
+    "ScaleByAdaDeltaState",
     "ScaleByAdamState",
     "ScaleByAdanState",
     "ScaleByAmsgradState",
@@ -259,6 +292,7 @@ __all__ = [
     "ScaleByNovogradState",
     "ScaleByOptimisticGradientState",
     "ScaleByRmsState",
+    "ScaleByRpropState",
     "ScaleByRssState",
     "ScaleBySM3State",
     "ScaleByStddevState",
@@ -266,11 +300,14 @@ __all__ = [
     "Schedule",
     "ScheduleFreeState",
     "SophiaState",
+    "SwaParamsState",
     "TraceState",
     "Transformation",
     "ZeroNansState",
     "adabelief",
+    "adadelta",
     "adafactor",
+    "adafactor_torch",
     "adagrad",
     "adam",
     "adamax",
@@ -283,6 +320,8 @@ __all__ = [
     "amsgrad",
     "apply_if_finite",
     "apply_updates",
+    "asgd",
+    "asgd_schedule",
     "averaged_params",
     "bias_correction",
     "centralize",
@@ -327,11 +366,13 @@ __all__ = [
     "lookahead",
     "make_step",
     "masked",
+    "multiply_schedules",
     "multistep_lr_schedule",
     "muon",
     "nadam",
     "nadamw",
     "named_chain",
+    "negate",
     "nesterov_lookahead_params",
     "noisy_sgd",
     "novograd",
@@ -339,25 +380,35 @@ __all__ = [
     "optimistic_adam_v2",
     "optimistic_gradient_descent",
     "normalize_by_update_norm",
+    "onecycle_lr_schedule",
+    "onecycle_momentum_schedule",
+    "onecycle_schedules",
     "orthogonalize_via_newton_schulz",
     "pack",
     "partition",
     "per_example_global_norm_clip",
     "per_example_layer_norm_clip",
+    "periodic_cosine_annealing_schedule",
     "periodic_update",
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
     "polyak_sgd",
+    "polyak_averaging",
     "polynomial_schedule",
     "pytree_dataclass",
     "quantize_blockwise",
     "quantize_state",
     "radam",
+    "reduce_lr_on_plateau",
+    "reduce_on_plateau",
+    "relative_step_schedule",
     "resolve",
     "rmsprop",
+    "rprop",
     "safe_increment",
     "scale",
     "scale_and_shrink",
+    "scale_by_adadelta",
     "scale_by_adam",
     "scale_by_adamax",
     "scale_by_adan",
@@ -376,6 +427,7 @@ __all__ = [
     "scale_by_polyak",
     "scale_by_radam",
     "scale_by_rms",
+    "scale_by_rprop",
     "scale_by_rss",
     "scale_by_shape",
     "scale_by_sign",
@@ -401,6 +453,8 @@ __all__ = [
     "sophia",
     "static",
     "step_lr_schedule",
+    "swa_lr_schedule",
+    "swa_params",
     "to_optax",
     "trace",
     "transformer_schedule",

@@ -21,6 +21,12 @@ CASES = {
     "scale": lambda: gx.scale(-0.1),
     "scale_by_learning_rate": lambda: gx.scale_by_learning_rate(0.1),
     "scale_by_sign": lambda: gx.scale_by_sign(),
+    "negate": lambda: gx.negate(),
+    # step_adaptation.py
+    "scale_by_adadelta": lambda: gx.scale_by_adadelta(),
+    "scale_by_rprop": lambda: gx.scale_by_rprop(0.01, convention="torch"),
+    "adadelta": lambda: gx.adadelta(1.0, weight_decay=1e-2),
+    "rprop": lambda: gx.rprop(0.01),
     "add_decayed_weights": lambda: gx.add_decayed_weights(0.1, mask=lambda p: {
         k: k != "scale" for k in p}),
     "chain": lambda: gx.chain(gx.trace(0.9), gx.scale(-0.1)),
@@ -79,6 +85,16 @@ CASES = {
     # averaging.py
     "lookahead": lambda: gx.lookahead(gx.sgd(0.1, 0.9), 2, 0.5, reset_state=True),
     "ema_params": lambda: gx.chain(gx.sgd(0.1), gx.ema_params(0.9, debias=True, warmup=10.0)),
+    # iterate_averaging.py, torch_forms.py
+    "polyak_averaging": lambda: gx.chain(gx.sgd(0.1), gx.polyak_averaging(1.0)),
+    "swa_params": lambda: gx.chain(gx.sgd(0.1), gx.swa_params(start=1, every=2, decay=0.9)),
+    "asgd": lambda: gx.asgd(0.1, t0=1.0, weight_decay=1e-2),
+    "adafactor_torch": lambda: gx.adafactor_torch(1e-2, weight_decay=1e-2),
+    # plateau.py (fed a metric: CHECK_OPTIONS)
+    "reduce_on_plateau": lambda: gx.reduce_on_plateau(0.5, 1, cooldown=1),
+    "reduce_lr_on_plateau": lambda: gx.reduce_lr_on_plateau(0.1, mode="max", patience=0),
+    "scale_by_factored_rms_torch": lambda: gx.scale_by_factored_rms(
+        epsilon=None, min_dim_size_to_factor=0, convention="torch"),
     # interop.py
     "from_optax": lambda: gx.from_optax(optax.sgd(0.1, momentum=0.9)),
     # flatten.py
@@ -136,6 +152,8 @@ CASES = {
 CHECK_OPTIONS = {
     "scale_by_polyak": dict(extra_args={"value": 2.5}),
     "polyak_sgd": dict(extra_args={"value": 2.5}),
+    "reduce_on_plateau": dict(extra_args={"value": 0.5}),
+    "reduce_lr_on_plateau": dict(extra_args={"value": 0.5}),
 }
 
 
@@ -156,6 +174,7 @@ def test_every_public_transformation_is_checked():
     assert not missing, f"add a conformance case to CASES for: {sorted(missing)}"
 
 
+# keyword arguments every `update` of these cases is given
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_conformance(name):
     check_transformation(CASES[name](), **CHECK_OPTIONS.get(name, {}))
