@@ -469,3 +469,16 @@ __all__ = [
     "yogi",
     "zero_nans",
 ]
+
+# -- Public submodules: attributes of the package once it is imported, as optax's are
+# (`gx.tree_utils.tree_norm`, `gx.schedules.cosine_decay_schedule`, `gx.projections`). They are
+# modules, not names of __all__. --
+from gradxform import (  # noqa: E402
+    checkpoint,
+    projections,
+    schedules,
+    sharding,
+    testing,
+    tree,
+    tree_utils,
+)
