@@ -81,7 +81,7 @@ class MultiStepsState(NamedTuple):
         return self.gradient_step
 
 
-@pytree_dataclass(positional=2)
+@pytree_dataclass(positional=5)
 class MultiSteps(Transformation):
     """Gradient accumulation: one step of `opt` per k micro-batches, on their mean (or sum).
 

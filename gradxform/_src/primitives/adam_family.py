@@ -94,7 +94,7 @@ class ScaleByAdamState(NamedTuple):
     nu: Any
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=5)
 class scale_by_adam(ElementwiseTransformation):
     """Adam's direction: the bias-corrected first moment over the root of the second.
 
@@ -159,7 +159,7 @@ class ScaleByAmsgradState(NamedTuple):
     nu_max: Any
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=7)
 class scale_by_amsgrad(ElementwiseTransformation):
     """AMSGrad: Adam whose denominator never shrinks.
 
@@ -168,7 +168,10 @@ class scale_by_amsgrad(ElementwiseTransformation):
         v_max,t = max(v_max,t-1, v_t),           u_t = m̂_t / (√(v_max,t / (1 - β2^t)) + ε)
             (max_of="raw": torch.optim.Adam(amsgrad=True); the max is over raw v, then corrected)
 
-    Args: as `scale_by_adam`, plus `max_of`.
+    With `bias_correction_mu=False` m_t is used for m̂_t, with `bias_correction_nu=False` v_t
+    for v̂_t (both False: the paper's Algorithm 2, which corrects neither; optax's options).
+
+    Args: as `scale_by_adam`, plus `bias_correction_mu`, `bias_correction_nu` and `max_of`.
 
     References:
       Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018.
@@ -179,6 +182,8 @@ class scale_by_amsgrad(ElementwiseTransformation):
     eps: ScalarOrSchedule = hyperparameter(1e-8, check=non_negative)
     eps_root: ScalarOrSchedule = hyperparameter(0.0, check=non_negative)
     mu_dtype: DTypeLike | None = static(None)
+    bias_correction_mu: bool = static(True)
+    bias_correction_nu: bool = static(True)
     max_of: str = static(
         "debiased", check=lambda x: None if x in ("debiased", "raw") else "'debiased' or 'raw'"
     )
@@ -190,7 +195,12 @@ class scale_by_amsgrad(ElementwiseTransformation):
         return mu, nu, tree_utils.zeros_like(nu)
 
     def step_scalars(self, hp, t):
-        return dict(_bias_corrections(hp, t), eps=hp.eps, eps_root=hp.eps_root)
+        scalars = dict(_bias_corrections(hp, t), eps=hp.eps, eps_root=hp.eps_root)
+        if not self.bias_correction_mu:
+            scalars["c1"] = 1.0                          # m̂_t = m_t
+        if not self.bias_correction_nu:
+            scalars["c2"] = 1.0                          # v̂_t = v_t
+        return scalars
 
     def element(self, s, g, m, v, v_max):
         m = ema_step(m, g, s.b1)                         # m_t = β1 m_{t-1} + (1 - β1) g_t
@@ -204,7 +214,7 @@ class scale_by_amsgrad(ElementwiseTransformation):
         return m * s.c1 / (jnp.sqrt(v_hat + s.eps_root) + s.eps), (m, v, v_max)
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=3)
 class scale_by_adamax(ElementwiseTransformation):
     """AdaMax: Adam with the infinity norm in place of the second moment.
 
@@ -266,7 +276,7 @@ def _radam_rho(b2, rho_inf, count):
     return jnp.where(small, series, direct)
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=5)
 class scale_by_radam(Transformation):
     """RAdam: Adam with the variance of the adaptive learning rate rectified.
 

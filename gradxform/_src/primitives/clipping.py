@@ -315,7 +315,7 @@ def _as_axis(axis):
     return tuple(axis) if isinstance(axis, list) else axis
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=3)
 class adaptive_grad_clip(Transformation):
     """Adaptive gradient clipping (AGC): bounds each unit's gradient norm relative to its weights.
 
