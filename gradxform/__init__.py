@@ -11,6 +11,12 @@ from gradxform._src.protocol.elementwise import ElementwiseTransformation
 from gradxform._src.protocol.fields import constant, hyperparameter, static
 from gradxform._src.protocol.schedule import Schedule, resolve
 from gradxform._src.protocol.transformation import EmptyState, Transformation, safe_increment
+
+# -- optax's names: the protocol's types, hyperparameters in the state (optax compatibility) --
+from gradxform._src.protocol.transformation import (  # noqa: I001
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+)
 from gradxform._src.protocol.updates import apply_updates
 
 # -- Primitives: one idea of an optimizer each (gradxform/_src/primitives/) --
@@ -121,6 +127,12 @@ from gradxform._src.composition.schedule_free_wrapper import (
     schedule_free,
     schedule_free_eval_params,
 )
+from gradxform._src.composition.injection import (
+    InjectHyperparamsState,
+    inject_hyperparams,
+    multi_transform,
+    scale_by_schedule,
+)
 from gradxform._src.composition.wrappers import (
     ApplyIfFiniteState,
     MultiSteps,
@@ -191,6 +203,14 @@ from gradxform._src.interop.optax_interop import from_optax, to_optax
 __version__ = "0.1.0"
 
 __all__ = [
+    # optax's names for the protocol's types and for hyperparameters kept in the state
+    "GradientTransformation",
+    "GradientTransformationExtraArgs",
+    "InjectHyperparamsState",
+    "inject_hyperparams",
+    "multi_transform",
+    "scale_by_schedule",
+    # everything else
     "ApplyIfFiniteState",
     "ClipByGlobalNormState",
     "CountState",

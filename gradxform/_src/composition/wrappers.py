@@ -186,6 +186,11 @@ class MultiSteps(Transformation):
             return accept(None)
         return jax.lax.cond(skip, reject, accept, None)
 
+    def gradient_transformation(self) -> MultiSteps:
+        """This transformation itself: optax's `MultiSteps(...).gradient_transformation()` gives
+        its transformation this way, and code written for optax calls it."""
+        return self
+
     def has_updated(self, state) -> jax.Array:
         """Whether the last `update` stepped the inner optimizer."""
         return jnp.logical_and(state.mini_step == 0, state.gradient_step > 0)

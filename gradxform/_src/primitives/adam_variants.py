@@ -158,6 +158,16 @@ class ScaleByAdanState(NamedTuple):
     n: Any
     prev_grad: Any
 
+    @property
+    def g(self):
+        """optax's name of `prev_grad`, the previous step's gradient."""
+        return self.prev_grad
+
+    @property
+    def t(self):
+        """optax's name of `count`."""
+        return self.count
+
 
 @pytree_dataclass(positional=5)
 class scale_by_adan(ElementwiseTransformation):
