@@ -95,6 +95,13 @@ CASES = {
     "schedule_free_sgd": lambda: gx.schedule_free_sgd(0.1, warmup_steps=2, weight_decay=1e-3),
     "schedule_free_adamw": lambda: gx.schedule_free_adamw(1e-2),
     "quantize_state": lambda: gx.quantize_state(gx.adamw(1e-3), block_size=4, min_size=2),
+    # injection.py, optax's names
+    "inject_hyperparams": lambda: gx.inject_hyperparams(gx.adamw)(
+        1e-3, b1=gx.linear_schedule(0.8, 0.9, 10)),
+    "multi_transform": lambda: gx.multi_transform({"a": gx.adam(1e-2), "b": gx.sgd(0.1, 0.9)},
+                                                  {"dense/w": "a", "**": "b"}),
+    "scale_by_schedule": lambda: gx.scale_by_schedule(gx.linear_schedule(0.1, 0.0, 10)),
+    "scale_by_lion_smooth": lambda: gx.scale_by_lion(mode="smooth", smooth_beta=2.0),
 }
 
 

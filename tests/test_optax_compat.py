@@ -100,7 +100,7 @@ def test_states_have_the_fields_optax_code_reads(name):
     assert not missing, f"{name} lacks optax's fields {missing}"
 
 
-# -- positional arguments give optax's numbers ---------------------------------------------------
+# -- positional arguments give optax's numbers -------------------------------------------------
 
 
 def test_positional_arguments_give_optax_numbers(x64, mixed_params, noisy_gradients, trajectories):
@@ -147,7 +147,7 @@ def test_nadam_refuses_momentum_decay_without_nesterov():
         gx.nadam(1e-3, momentum_decay=4e-3, nesterov=False)
 
 
-# -- optax's names ---------------------------------------------------------------------------------
+# -- optax's names -------------------------------------------------------------------------------
 
 
 def test_inject_hyperparams_matches_optax_and_setting_a_value_changes_the_next_step(
@@ -244,11 +244,11 @@ def test_optax_types_unpacking_and_gradient_transformation():
     assert multi.gradient_transformation() is multi
 
 
-# -- optax transformations inside gradxform wrappers -----------------------------------------------
+# -- optax transformations inside gradxform wrappers ---------------------------------------------
 
 
-def test_wrappers_around_optax_transformations_give_optax_numbers(x64, mixed_params, noisy_gradients,
-                                                                 trajectories):
+def test_wrappers_around_optax_transformations_give_optax_numbers(x64, mixed_params,
+                                                                 noisy_gradients, trajectories):
     params = mixed_params("float64")
     grads = noisy_gradients(params, nan_steps=(5, 6, 20))
     mask = {"dense": {"w": True, "b": False}, "head": True, "scale": False, "frozen": False}
@@ -275,7 +275,7 @@ def test_wrappers_around_optax_transformations_give_optax_numbers(x64, mixed_par
     jax.jit(lambda o, g, s: o.update(g, s, g))(opt, clean, opt.init(params))
 
 
-# -- masks as arrays, extra arguments ---------------------------------------------------------------
+# -- masks as arrays, extra arguments -------------------------------------------------------------
 
 
 def test_masks_accept_concrete_boolean_arrays_and_refuse_traced_ones(x64, mixed_params):

@@ -65,11 +65,15 @@ def _convert_floats(x, dtype):
     return x
 
 
-def _highest_dtype(tree, dtype):
+def _hyperparam_dtype(tree, dtype):
+    """`dtype`, or the widest floating dtype of the leaves but at least float32: optax takes the
+    leaves' widest, which for bfloat16 params rounds b2 = 0.999 to 1 and stalls Adam."""
     if dtype is not None:
         return jnp.dtype(dtype)
-    dtypes = [jnp.result_type(x) for x in jax.tree_util.tree_leaves(tree)]
-    return jnp.result_type(*dtypes) if dtypes else jnp.result_type(float)
+    dtypes = [jnp.dtype(jnp.result_type(x)) for x in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
+    widest = max(dtypes, key=lambda d: jnp.finfo(d).bits, default=jnp.dtype(jnp.float32))
+    return widest if jnp.finfo(widest).bits >= 32 else jnp.dtype(jnp.float32)
 
 
 @pytree_dataclass
@@ -89,7 +93,7 @@ class injected_hyperparams(Transformation):
                      "the transformation inner_factory returns")
 
     def init(self, params):
-        dtype = _highest_dtype(params, self.hyperparam_dtype)
+        dtype = _hyperparam_dtype(params, self.hyperparam_dtype)
         count = zero_count()
         # Python numbers are kept weakly typed, as a number a loop sets later is: the compiled
         # step sees the same types after `state.hyperparams["learning_rate"] = 1e-4`.
@@ -100,7 +104,7 @@ class injected_hyperparams(Transformation):
                                       inner_state=self._inner(values).init(params))
 
     def update(self, updates, state, params=None, **extra_args):
-        dtype = _highest_dtype(params if params is not None else updates, self.hyperparam_dtype)
+        dtype = _hyperparam_dtype(params if params is not None else updates, self.hyperparam_dtype)
         stored = {k: jnp.asarray(v) for k, v in state.hyperparams.items()}
         stored.update({k: _convert_floats(f(state.count), dtype) for k, f in self.schedules})
         values = {k: _convert_floats(v, dtype) for k, v in stored.items()}
@@ -150,7 +154,8 @@ def inject_hyperparams(inner_factory: Callable[..., Any],
       inner_factory: a function returning a transformation, e.g. `adam`.
       static_args: names of arguments that are callables but not schedules (a mask function).
       hyperparam_dtype: dtype of the floating point hyperparameters (default: the widest dtype
-        of the params).
+        of the params, but at least float32; optax takes the params' widest, bfloat16 for
+        bfloat16 params, in which b2 = 0.999 rounds to 1).
 
     Returns:
       A function with `inner_factory`'s arguments returning a transformation with state
