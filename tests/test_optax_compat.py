@@ -343,3 +343,15 @@ def test_mask_compatible_extra_args_restrict_trees_like_the_updates(x64, mixed_p
     c, _ = groups.update(params, groups.init(params), params, tags=tags)
     np.testing.assert_allclose(c["dense"]["w"], params["dense"]["w"] + 1, rtol=1e-7)
     np.testing.assert_allclose(c["head"]["w"], params["head"]["w"], rtol=1e-7)
+
+
+def test_the_readme_snippet_runs():
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Coming from optax", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert float(namespace["state"].hyperparams["learning_rate"]) == pytest.approx(1e-4)
