@@ -97,6 +97,9 @@ from gradxform._src.primitives.scaling import (
 )
 from gradxform._src.primitives.sign_momentum import ScaleByLionState, scale_by_lion
 
+# -- optax's function-made transformations (optax compatibility) --
+from gradxform._src.primitives.functions import stateless, stateless_with_tree_map  # noqa: I001
+
 # -- Composition: chains, masks, partitions and wrappers (gradxform/_src/composition/) --
 from gradxform._src.composition.averaging import (
     EmaParamsState,
@@ -127,16 +130,31 @@ from gradxform._src.composition.schedule_free_wrapper import (
     schedule_free,
     schedule_free_eval_params,
 )
+from gradxform._src.composition.conditional import (
+    ConditionallyMaskState,
+    ConditionallyTransformState,
+    conditionally_mask,
+    conditionally_transform,
+)
 from gradxform._src.composition.injection import (
     InjectHyperparamsState,
     inject_hyperparams,
     multi_transform,
     scale_by_schedule,
 )
+from gradxform._src.composition.monitoring import (
+    MonitorState,
+    SnapshotState,
+    measure_with_ema,
+    monitor,
+    snapshot,
+)
 from gradxform._src.composition.wrappers import (
+    ApplyEvery,
     ApplyIfFiniteState,
     MultiSteps,
     MultiStepsState,
+    apply_every,
     apply_if_finite,
     skip_large_updates,
     skip_not_finite,
@@ -210,6 +228,20 @@ __all__ = [
     "inject_hyperparams",
     "multi_transform",
     "scale_by_schedule",
+    # optax's wrappers and utilities
+    "ApplyEvery",
+    "ConditionallyMaskState",
+    "ConditionallyTransformState",
+    "MonitorState",
+    "SnapshotState",
+    "apply_every",
+    "conditionally_mask",
+    "conditionally_transform",
+    "measure_with_ema",
+    "monitor",
+    "snapshot",
+    "stateless",
+    "stateless_with_tree_map",
     # everything else
     "ApplyIfFiniteState",
     "ClipByGlobalNormState",

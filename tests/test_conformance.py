@@ -2,6 +2,7 @@
 
 import inspect
 
+import jax
 import optax
 import pytest
 
@@ -102,6 +103,16 @@ CASES = {
                                                   {"dense/w": "a", "**": "b"}),
     "scale_by_schedule": lambda: gx.scale_by_schedule(gx.linear_schedule(0.1, 0.0, 10)),
     "scale_by_lion_smooth": lambda: gx.scale_by_lion(mode="smooth", smooth_beta=2.0),
+    # conditional.py, monitoring.py, functions.py, apply_every: optax's wrappers
+    "conditionally_transform": lambda: gx.conditionally_transform(
+        gx.adam(1e-2), lambda step: step % 2 == 0),
+    "conditionally_mask": lambda: gx.conditionally_mask(gx.adam(1e-2), lambda step: step > 0),
+    "snapshot": lambda: gx.chain(gx.snapshot("norm", gx.global_norm), gx.sgd(0.1)),
+    "monitor": lambda: gx.chain(gx.monitor({"norm": gx.global_norm}), gx.sgd(0.1)),
+    "measure_with_ema": lambda: gx.monitor({"ema": gx.measure_with_ema(gx.global_norm, 0.9)}),
+    "stateless": lambda: gx.stateless(lambda u, p: jax.tree.map(lambda g: 0.5 * g, u)),
+    "stateless_with_tree_map": lambda: gx.stateless_with_tree_map(lambda g, p: 0.5 * g),
+    "apply_every": lambda: gx.chain(gx.sgd(0.1), gx.apply_every(2)),
 }
 
 
