@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 
 import gradxform
-from gradxform import checkpoint, microbatching, schedules, sharding, testing
+from gradxform import (
+    checkpoint,
+    microbatching,
+    projections,
+    schedules,
+    sharding,
+    testing,
+    tree,
+    tree_utils,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,8 +51,8 @@ def _unannotated(obj) -> list[str]:
     return missing
 
 
-@pytest.mark.parametrize("module", [gradxform, checkpoint, microbatching, schedules, sharding,
-                                    testing],
+@pytest.mark.parametrize("module", [gradxform, checkpoint, schedules, sharding, testing,
+                                    projections, tree, tree_utils, microbatching],
                          ids=lambda m: m.__name__)
 def test_every_public_callable_is_annotated(module):
     missing = {name: _unannotated(getattr(module, name)) for name in module.__all__}

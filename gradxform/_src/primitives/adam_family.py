@@ -168,10 +168,14 @@ class scale_by_amsgrad(ElementwiseTransformation):
         v_max,t = max(v_max,t-1, v_t),           u_t = m̂_t / (√(v_max,t / (1 - β2^t)) + ε)
             (max_of="raw": torch.optim.Adam(amsgrad=True); the max is over raw v, then corrected)
 
-    With `bias_correction_mu=False` m_t is used for m̂_t, with `bias_correction_nu=False` v_t
-    for v̂_t (both False: the paper's Algorithm 2, which corrects neither; optax's options).
+    The paper's Algorithm 1 corrects neither moment: u_t = m_t / (√(v_max,t + ε_root) + ε)
+    with v_max,t = max(v_max,t-1, v_t) is `bias_correction_mu=False, bias_correction_nu=False`
+    (optax's options). Without the correction of v, `max_of` makes no difference.
 
-    Args: as `scale_by_adam`, plus `bias_correction_mu`, `bias_correction_nu` and `max_of`.
+    Args: as `scale_by_adam`, plus
+      max_of: "debiased" or "raw", where v's bias correction is applied (see above).
+      bias_correction_mu: divide m_t by 1 - β1^t (default True, as optax).
+      bias_correction_nu: divide v_t by 1 - β2^t (default True, as optax).
 
     References:
       Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018.
@@ -195,23 +199,22 @@ class scale_by_amsgrad(ElementwiseTransformation):
         return mu, nu, tree_utils.zeros_like(nu)
 
     def step_scalars(self, hp, t):
-        scalars = dict(_bias_corrections(hp, t), eps=hp.eps, eps_root=hp.eps_root)
-        if not self.bias_correction_mu:
-            scalars["c1"] = 1.0                          # m̂_t = m_t
-        if not self.bias_correction_nu:
-            scalars["c2"] = 1.0                          # v̂_t = v_t
-        return scalars
+        return dict(_bias_corrections(hp, t), eps=hp.eps, eps_root=hp.eps_root)
 
     def element(self, s, g, m, v, v_max):
         m = ema_step(m, g, s.b1)                         # m_t = β1 m_{t-1} + (1 - β1) g_t
         v = ema_step(v, abs_sq(g), s.b2)                 # v_t = β2 v_{t-1} + (1 - β2) g_t²
-        if self.max_of == "debiased":
+        if not self.bias_correction_nu:
+            v_max = jnp.maximum(v_max, v)                # v_max,t = max(v_max,t-1, v_t)
+            v_hat = v_max
+        elif self.max_of == "debiased":
             v_max = jnp.maximum(v_max, v * s.c2)         # v_max,t = max(v_max,t-1, v̂_t)
             v_hat = v_max
         else:
             v_max = jnp.maximum(v_max, v)                # v_max,t = max(v_max,t-1, v_t)
             v_hat = v_max * s.c2
-        return m * s.c1 / (jnp.sqrt(v_hat + s.eps_root) + s.eps), (m, v, v_max)
+        m_hat = m * s.c1 if self.bias_correction_mu else m   # m̂_t = m_t / (1 - β1^t)
+        return m_hat / (jnp.sqrt(v_hat + s.eps_root) + s.eps), (m, v, v_max)
 
 
 @pytree_dataclass(positional=3)
