@@ -118,11 +118,10 @@ CASES = {
     "multi_transform": lambda: gx.multi_transform({"a": gx.adam(1e-2), "b": gx.sgd(0.1, 0.9)},
                                                   {"dense/w": "a", "**": "b"}),
     "scale_by_schedule": lambda: gx.scale_by_schedule(gx.linear_schedule(0.1, 0.0, 10)),
-    "scale_by_lion_smooth": lambda: gx.scale_by_lion(mode="smooth", smooth_beta=2.0),
     # conditional.py, monitoring.py, functions.py, apply_every: optax's wrappers
     "conditionally_transform": lambda: gx.conditionally_transform(
-        gx.adam(1e-2), lambda step: step % 2 == 0),
-    "conditionally_mask": lambda: gx.conditionally_mask(gx.adam(1e-2), lambda step: step > 0),
+        gx.sgd(0.1, 0.9), lambda step: step % 2 == 0),
+    "conditionally_mask": lambda: gx.conditionally_mask(gx.sgd(0.1, 0.9), lambda step: step > 0),
     "snapshot": lambda: gx.chain(gx.snapshot("norm", gx.global_norm), gx.sgd(0.1)),
     "monitor": lambda: gx.chain(gx.monitor({"norm": gx.global_norm}), gx.sgd(0.1)),
     "measure_with_ema": lambda: gx.monitor({"ema": gx.measure_with_ema(gx.global_norm, 0.9)}),
