@@ -11,6 +11,12 @@ from gradxform._src.protocol.elementwise import ElementwiseTransformation
 from gradxform._src.protocol.fields import constant, hyperparameter, static
 from gradxform._src.protocol.schedule import Schedule, resolve
 from gradxform._src.protocol.transformation import EmptyState, Transformation, safe_increment
+
+# -- optax's names: the protocol's types, hyperparameters in the state (optax compatibility) --
+from gradxform._src.protocol.transformation import (  # noqa: I001
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+)
 from gradxform._src.protocol.updates import apply_updates
 
 # -- Primitives: one idea of an optimizer each (gradxform/_src/primitives/) --
@@ -123,6 +129,9 @@ from gradxform._src.primitives.step_adaptation import (
     scale_by_rprop,
 )
 
+# -- optax's function-made transformations (optax compatibility) --
+from gradxform._src.primitives.functions import stateless, stateless_with_tree_map  # noqa: I001
+
 # -- Composition: chains, masks, partitions and wrappers (gradxform/_src/composition/) --
 from gradxform._src.composition.averaging import (
     EmaParamsState,
@@ -159,10 +168,31 @@ from gradxform._src.composition.schedule_free_wrapper import (
     schedule_free,
     schedule_free_eval_params,
 )
+from gradxform._src.composition.conditional import (
+    ConditionallyMaskState,
+    ConditionallyTransformState,
+    conditionally_mask,
+    conditionally_transform,
+)
+from gradxform._src.composition.injection import (
+    InjectHyperparamsState,
+    inject_hyperparams,
+    multi_transform,
+    scale_by_schedule,
+)
+from gradxform._src.composition.monitoring import (
+    MonitorState,
+    SnapshotState,
+    measure_with_ema,
+    monitor,
+    snapshot,
+)
 from gradxform._src.composition.wrappers import (
+    ApplyEvery,
     ApplyIfFiniteState,
     MultiSteps,
     MultiStepsState,
+    apply_every,
     apply_if_finite,
     skip_large_updates,
     skip_not_finite,
@@ -260,6 +290,28 @@ from gradxform._src.interop.optax_interop import from_optax, to_optax
 __version__ = "0.1.0"
 
 __all__ = [
+    # optax's names for the protocol's types and for hyperparameters kept in the state
+    "GradientTransformation",
+    "GradientTransformationExtraArgs",
+    "InjectHyperparamsState",
+    "inject_hyperparams",
+    "multi_transform",
+    "scale_by_schedule",
+    # optax's wrappers and utilities
+    "ApplyEvery",
+    "ConditionallyMaskState",
+    "ConditionallyTransformState",
+    "MonitorState",
+    "SnapshotState",
+    "apply_every",
+    "conditionally_mask",
+    "conditionally_transform",
+    "measure_with_ema",
+    "monitor",
+    "snapshot",
+    "stateless",
+    "stateless_with_tree_map",
+    # everything else
     "AddNoiseState",
     "ApplyIfFiniteState",
     "ClipByGlobalNormState",

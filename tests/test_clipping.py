@@ -211,7 +211,7 @@ def test_global_norm_orders_are_those_of_optax_tree_norm(dtype, three_leaf):
         tol = dict(rtol=1e-14) if dtype == "float64" else dict(rtol=1e-6)
         for ord_ in (None, 2, 1, np.inf, "inf", "infinity"):
             for squared in (False, True):
-                ours = gx.global_norm(tree, ord_, squared)
+                ours = gx.global_norm(tree, ord=ord_, squared=squared)
                 theirs = optax.tree.norm(tree, ord=ord_, squared=squared)
                 assert ours.dtype == jnp.dtype(dtype)
                 np.testing.assert_allclose(float(ours), float(theirs), **tol,
@@ -226,7 +226,7 @@ def test_global_norm_orders_are_those_of_optax_tree_norm(dtype, three_leaf):
 def test_global_norm_of_a_tree_without_elements_and_a_bad_order():
     empty = {"a": jnp.zeros((0,)), "b": None}
     for ord_ in (None, 1, np.inf):
-        assert float(gx.global_norm(empty, ord_)) == 0.0   # optax's ∞-norm gives -inf here
+        assert float(gx.global_norm(empty, ord=ord_)) == 0.0   # optax's ∞-norm gives -inf here
     with pytest.raises(ValueError, match="global_norm: ord must be None, 1, 2 or inf, got 3"):
         gx.global_norm({"a": jnp.ones(2)}, ord=3)
 

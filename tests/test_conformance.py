@@ -112,6 +112,22 @@ CASES = {
     "schedule_free_sgd": lambda: gx.schedule_free_sgd(0.1, warmup_steps=2, weight_decay=1e-3),
     "schedule_free_adamw": lambda: gx.schedule_free_adamw(1e-2),
     "quantize_state": lambda: gx.quantize_state(gx.adamw(1e-3), block_size=4, min_size=2),
+    # injection.py, optax's names
+    "inject_hyperparams": lambda: gx.inject_hyperparams(gx.adamw)(
+        1e-3, b1=gx.linear_schedule(0.8, 0.9, 10)),
+    "multi_transform": lambda: gx.multi_transform({"a": gx.adam(1e-2), "b": gx.sgd(0.1, 0.9)},
+                                                  {"dense/w": "a", "**": "b"}),
+    "scale_by_schedule": lambda: gx.scale_by_schedule(gx.linear_schedule(0.1, 0.0, 10)),
+    # conditional.py, monitoring.py, functions.py, apply_every: optax's wrappers
+    "conditionally_transform": lambda: gx.conditionally_transform(
+        gx.sgd(0.1, 0.9), lambda step: step % 2 == 0),
+    "conditionally_mask": lambda: gx.conditionally_mask(gx.sgd(0.1, 0.9), lambda step: step > 0),
+    "snapshot": lambda: gx.chain(gx.snapshot("norm", gx.global_norm), gx.sgd(0.1)),
+    "monitor": lambda: gx.chain(gx.monitor({"norm": gx.global_norm}), gx.sgd(0.1)),
+    "measure_with_ema": lambda: gx.monitor({"ema": gx.measure_with_ema(gx.global_norm, 0.9)}),
+    "stateless": lambda: gx.stateless(lambda u, p: jax.tree.map(lambda g: 0.5 * g, u)),
+    "stateless_with_tree_map": lambda: gx.stateless_with_tree_map(lambda g, p: 0.5 * g),
+    "apply_every": lambda: gx.chain(gx.sgd(0.1), gx.apply_every(2)),
     # optax's sign, noise, optimistic and layer-wise optimizers (optimistic.py, noise.py,
     # layerwise.py, constraints.py, alias.py)
     "sign_sgd": lambda: gx.sign_sgd(1e-3),

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_conformance import CASES
+from test_conformance import CASES, CHECK_OPTIONS
 
 import gradxform as gx
 from gradxform._src.protocol.fields import check_argument, integer_at_least
@@ -152,8 +152,9 @@ def _with_schedules(x, targets):
     return x._replace(**replaced)
 
 
-def _two_jitted_steps(opt, params, grads):
-    update = jax.jit(lambda g, s, p: opt.update(g, s, p))
+def _two_jitted_steps(opt, params, grads, extra_args=None):
+    # The extra arguments a case's update needs (the Polyak step size reads value=).
+    update = jax.jit(lambda g, s, p: opt.update(g, s, p, **(extra_args or {})))
     state = opt.init(params)
     for _ in range(2):
         _, state = update(grads, state, params)
@@ -170,8 +171,9 @@ def test_every_hyperparameter_can_be_scheduled_and_no_constant_can():
     by_case: dict[str, list] = {}
     for case, t, name, kind in _hyperparameter_fields():
         value = getattr(t, name)
-        if value is None or callable(value) or jnp.ndim(value) != 0:
-            continue  # off, already scheduled, or not a scalar
+        if (value is None or callable(value) or isinstance(value, dict | tuple | list)
+                or jnp.ndim(value) != 0):
+            continue  # off, already scheduled, or not a scalar (a container of values)
         schedule = gx.constant_schedule(value)
         if kind == "constant":
             with pytest.raises(TypeError, match="cannot be scheduled"):
@@ -183,13 +185,15 @@ def test_every_hyperparameter_can_be_scheduled_and_no_constant_can():
     failures = []
     for case, targets in by_case.items():
         try:
-            _two_jitted_steps(_with_schedules(CASES[case](), targets), params, grads)
+            _two_jitted_steps(_with_schedules(CASES[case](), targets), params, grads,
+                              CHECK_OPTIONS.get(case, {}).get("extra_args"))
             continue
         except Exception:  # noqa: BLE001 - named field by field below
             pass
         for t, fields in targets:
             try:
-                _two_jitted_steps(_with_schedules(CASES[case](), [(t, fields)]), params, grads)
+                _two_jitted_steps(_with_schedules(CASES[case](), [(t, fields)]), params, grads,
+                                  CHECK_OPTIONS.get(case, {}).get("extra_args"))
             except Exception as e:  # noqa: BLE001 - the test lists every failure
                 failures.append(f"{type(t).__name__}.{next(iter(fields))}: "
                                 f"{type(e).__name__}: {e}"[:200])

@@ -59,7 +59,7 @@ class LookaheadState(NamedTuple):
     slow: Any
 
 
-@pytree_dataclass(positional=3)
+@pytree_dataclass(positional=4)
 class lookahead(Transformation):
     """Lookahead: k fast steps forward, then the slow weights move a fraction α toward them.
 

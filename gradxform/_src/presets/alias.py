@@ -47,10 +47,10 @@ def _coupled_decay(weight_decay: ScalarOrSchedule | None) -> tuple[Transformatio
     return () if weight_decay is None else (add_decayed_weights(weight_decay),)
 
 
-def sgd(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule | None = None, *,
-        nesterov: bool = False, dampening: ScalarOrSchedule = 0.0,
-        weight_decay: ScalarOrSchedule | None = None,
-        accumulator_dtype: DTypeLike | None = None) -> chain:
+def sgd(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule | None = None,
+        nesterov: bool = False, accumulator_dtype: DTypeLike | None = None, *,
+        dampening: ScalarOrSchedule = 0.0,
+        weight_decay: ScalarOrSchedule | None = None) -> chain:
     """Stochastic gradient descent, with heavy-ball or Nesterov momentum.
 
     chain([add_decayed_weights(weight_decay)], [trace(momentum, nesterov, dampening)],
@@ -67,8 +67,8 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule | None = Non
     )
 
 
-def adagrad(learning_rate: ScalarOrSchedule, *, initial_accumulator_value: ScalarOrSchedule = 0.1,
-            eps: ScalarOrSchedule = 1e-7, eps_in_sqrt: bool = True,
+def adagrad(learning_rate: ScalarOrSchedule, initial_accumulator_value: ScalarOrSchedule = 0.1,
+            eps: ScalarOrSchedule = 1e-7, *, eps_in_sqrt: bool = True,
             weight_decay: ScalarOrSchedule | None = None) -> chain:
     """AdaGrad: chain(scale_by_rss(...), scale_by_learning_rate(learning_rate)).
 
@@ -81,11 +81,11 @@ def adagrad(learning_rate: ScalarOrSchedule, *, initial_accumulator_value: Scala
     )
 
 
-def rmsprop(learning_rate: ScalarOrSchedule, *, decay: ScalarOrSchedule = 0.9,
+def rmsprop(learning_rate: ScalarOrSchedule, decay: ScalarOrSchedule = 0.9,
             eps: ScalarOrSchedule = 1e-8, initial_scale: ScalarOrSchedule = 0.0,
             eps_in_sqrt: bool = True, centered: bool = False,
             momentum: ScalarOrSchedule | None = None,
-            nesterov: bool = False, bias_correction: bool = False,
+            nesterov: bool = False, bias_correction: bool = False, *,
             weight_decay: ScalarOrSchedule | None = None) -> chain:
     """RMSProp, optionally centered and with momentum.
 
@@ -104,9 +104,9 @@ def rmsprop(learning_rate: ScalarOrSchedule, *, decay: ScalarOrSchedule = 0.9,
     )
 
 
-def adam(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
+def adam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9,
          b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
-         eps_root: ScalarOrSchedule = 0.0, mu_dtype: DTypeLike | None = None,
+         eps_root: ScalarOrSchedule = 0.0, mu_dtype: DTypeLike | None = None, *,
          nesterov: bool = False, weight_decay: ScalarOrSchedule | None = None) -> chain:
     """Adam: chain(scale_by_adam(b1, b2, eps, eps_root), scale_by_learning_rate(learning_rate)).
 
@@ -120,10 +120,10 @@ def adam(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
     )
 
 
-def adamw(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
+def adamw(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9,
           b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
           eps_root: ScalarOrSchedule = 0.0, mu_dtype: DTypeLike | None = None,
-          weight_decay: ScalarOrSchedule = 1e-4, mask: MaskLike = None,
+          weight_decay: ScalarOrSchedule = 1e-4, mask: MaskLike = None, *,
           nesterov: bool = False) -> chain:
     """Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
 
@@ -140,47 +140,52 @@ def adamw(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
     )
 
 
-def nadam(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
+def nadam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9,
           b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
-          eps_root: ScalarOrSchedule = 0.0, mu_dtype: DTypeLike | None = None,
-          momentum_decay: ScalarOrSchedule | None = None,
+          eps_root: ScalarOrSchedule = 0.0, mu_dtype: DTypeLike | None = None, *,
+          nesterov: bool = True, momentum_decay: ScalarOrSchedule | None = None,
           weight_decay: ScalarOrSchedule | None = None) -> chain:
     """NAdam: Adam with Nesterov momentum (Dozat, 2016).
 
     With `momentum_decay=None` (default) it is optax's nadam,
-    chain(scale_by_adam(nesterov=True), scale_by_learning_rate). With a `momentum_decay` ψ
+    chain(scale_by_adam(nesterov=True), scale_by_learning_rate) (`nesterov=False` gives Adam,
+    as in optax). With a `momentum_decay` ψ
     (torch: 4e-3) it is torch.optim.NAdam, chain(scale_by_nadam(ψ), scale_by_learning_rate).
     """
     direction: Transformation
     if momentum_decay is None:
         direction = scale_by_adam(b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype,
-                                  nesterov=True)
+                                  nesterov=nesterov)
+    elif not nesterov:
+        raise ValueError(
+            "nadam: momentum_decay (torch's NAdam) is Nesterov momentum by construction; "
+            "nesterov=False with it is contradictory (use adam for no Nesterov momentum)"
+        )
     else:
         direction = scale_by_nadam(b1, b2=b2, eps=eps, momentum_decay=momentum_decay)
     return chain(*_coupled_decay(weight_decay), direction, scale_by_learning_rate(learning_rate))
 
 
-def amsgrad(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
+def amsgrad(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9,
             b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
             eps_root: ScalarOrSchedule = 0.0, mu_dtype: DTypeLike | None = None,
-            max_of: str = "debiased", weight_decay: ScalarOrSchedule | None = None,
-            bias_correction_mu: bool = True, bias_correction_nu: bool = True) -> chain:
+            bias_correction_mu: bool = True, bias_correction_nu: bool = True, *,
+            max_of: str = "debiased", weight_decay: ScalarOrSchedule | None = None) -> chain:
     """AMSGrad: chain(scale_by_amsgrad(...), scale_by_learning_rate(learning_rate)).
 
-    `max_of="raw"` reproduces torch.optim.Adam(amsgrad=True);
-    `bias_correction_mu=False, bias_correction_nu=False` the paper's Algorithm 1.
+    `max_of="raw"` reproduces torch.optim.Adam(amsgrad=True); `bias_correction_mu=False,
+    bias_correction_nu=False` the paper's Algorithm 1.
     """
     return chain(
         *_coupled_decay(weight_decay),
-        scale_by_amsgrad(b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, max_of=max_of,
-                         bias_correction_mu=bias_correction_mu,
-                         bias_correction_nu=bias_correction_nu),
+        scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype, bias_correction_mu, bias_correction_nu,
+                         max_of=max_of),
         scale_by_learning_rate(learning_rate),
     )
 
 
-def adamax(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
-           b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
+def adamax(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9,
+           b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8, *,
            weight_decay: ScalarOrSchedule | None = None) -> chain:
     """AdaMax: chain(scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate))."""
     return chain(
@@ -190,9 +195,9 @@ def adamax(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
     )
 
 
-def radam(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
+def radam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9,
           b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
-          eps_root: ScalarOrSchedule = 0.0, threshold: ScalarOrSchedule = 5.0,
+          eps_root: ScalarOrSchedule = 0.0, threshold: ScalarOrSchedule = 5.0, *,
           nesterov: bool = False, weight_decay: ScalarOrSchedule | None = None) -> chain:
     """RAdam: chain(scale_by_radam(...), scale_by_learning_rate(learning_rate))."""
     return chain(
@@ -203,7 +208,7 @@ def radam(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
     )
 
 
-def lion(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
+def lion(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9,
          b2: ScalarOrSchedule = 0.99, mu_dtype: DTypeLike | None = None,
          weight_decay: ScalarOrSchedule = 1e-3, mask: MaskLike = None) -> chain:
     """Lion (Chen et al., 2023) with decoupled weight decay.
@@ -219,7 +224,7 @@ def lion(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
 
 
 
-def adafactor(learning_rate: ScalarOrSchedule | None = None, *,
+def adafactor(learning_rate: ScalarOrSchedule | None = None,
               min_dim_size_to_factor: int = 128, decay_rate: ScalarOrSchedule = 0.8,
               decay_offset: ScalarOrSchedule = 0, multiply_by_parameter_scale: bool = True,
               clipping_threshold: ScalarOrSchedule | None = 1.0,
@@ -263,9 +268,9 @@ def adafactor(learning_rate: ScalarOrSchedule | None = None, *,
     return chain(*parts)
 
 
-def adabelief(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
+def adabelief(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9,
               b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-16,
-              eps_root: ScalarOrSchedule = 1e-16, nesterov: bool = False) -> chain:
+              eps_root: ScalarOrSchedule = 1e-16, *, nesterov: bool = False) -> chain:
     """AdaBelief (Zhuang et al., 2020), with optax's arguments and numbers.
 
     chain(scale_by_belief(b1, b2, eps, eps_root, nesterov), scale_by_learning_rate(learning_rate))
@@ -278,7 +283,7 @@ def adabelief(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
     )
 
 
-def yogi(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
+def yogi(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9,
          b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-3) -> chain:
     """Yogi (Zaheer et al., 2018), with optax's arguments and numbers.
 
@@ -287,10 +292,10 @@ def yogi(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
     return chain(scale_by_yogi(b1, b2=b2, eps=eps), scale_by_learning_rate(learning_rate))
 
 
-def adan(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.98,
+def adan(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.98,
          b2: ScalarOrSchedule = 0.92, b3: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
          eps_root: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.0,
-         mask: MaskLike = None, lookahead: str = "optax") -> chain:
+         mask: MaskLike = None, *, lookahead: str = "optax") -> chain:
     """Adan (Xie et al., 2022) with decoupled weight decay, with optax's arguments and numbers.
 
     chain(scale_by_adan(b1, b2, b3, eps, eps_root, lookahead), add_decayed_weights(weight_decay,

@@ -94,7 +94,7 @@ class ScaleByAdamState(NamedTuple):
     nu: Any
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=5)
 class scale_by_adam(ElementwiseTransformation):
     """Adam's direction: the bias-corrected first moment over the root of the second.
 
@@ -159,7 +159,7 @@ class ScaleByAmsgradState(NamedTuple):
     nu_max: Any
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=7)
 class scale_by_amsgrad(ElementwiseTransformation):
     """AMSGrad: Adam whose denominator never shrinks.
 
@@ -186,11 +186,11 @@ class scale_by_amsgrad(ElementwiseTransformation):
     eps: ScalarOrSchedule = hyperparameter(1e-8, check=non_negative)
     eps_root: ScalarOrSchedule = hyperparameter(0.0, check=non_negative)
     mu_dtype: DTypeLike | None = static(None)
+    bias_correction_mu: bool = static(True)
+    bias_correction_nu: bool = static(True)
     max_of: str = static(
         "debiased", check=lambda x: None if x in ("debiased", "raw") else "'debiased' or 'raw'"
     )
-    bias_correction_mu: bool = static(True)
-    bias_correction_nu: bool = static(True)
 
     state_type = ScaleByAmsgradState
 
@@ -217,7 +217,7 @@ class scale_by_amsgrad(ElementwiseTransformation):
         return m_hat / (jnp.sqrt(v_hat + s.eps_root) + s.eps), (m, v, v_max)
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=3)
 class scale_by_adamax(ElementwiseTransformation):
     """AdaMax: Adam with the infinity norm in place of the second moment.
 
@@ -279,7 +279,7 @@ def _radam_rho(b2, rho_inf, count):
     return jnp.where(small, series, direct)
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=5)
 class scale_by_radam(Transformation):
     """RAdam: Adam with the variance of the adaptive learning rate rectified.
 

@@ -55,7 +55,7 @@ def _widen_to(x, real_dtype):
     return x.astype(real_dtype)
 
 
-def global_norm(updates: Updates, ord: int | float | str | None = None,
+def global_norm(updates: Updates, *, ord: int | float | str | None = None,
                 squared: bool = False) -> jax.Array:
     """The global norm of a tree: by default the L2 norm that `clip_by_global_norm` bounds.
 
@@ -368,7 +368,7 @@ def _as_axis(axis):
     return tuple(axis) if isinstance(axis, list) else axis
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=3)
 class adaptive_grad_clip(Transformation):
     """Adaptive gradient clipping (AGC): bounds each unit's gradient norm relative to its weights.
 

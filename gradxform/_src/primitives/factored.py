@@ -74,7 +74,7 @@ def _placeholder(dtype):
     return jnp.zeros((1,), dtype)
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=6)
 class scale_by_factored_rms(Transformation):
     """Adafactor's direction: the gradient over the root of a factored second moment.
 

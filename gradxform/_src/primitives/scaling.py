@@ -115,7 +115,7 @@ class scale_by_sign(ElementwiseTransformation):
         return jnp.sign(g), ()                           # u_t = sign(g_t)
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=2)
 class add_decayed_weights(ElementwiseTransformation):
     """Adds weight decay to the updates: u_t = g_t + λ θ_{t-1}.
 

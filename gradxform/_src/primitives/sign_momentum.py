@@ -22,7 +22,7 @@ class ScaleByLionState(NamedTuple):
     mu: Any
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=3)
 class scale_by_lion(ElementwiseTransformation):
     """Lion's direction: one sign per coordinate, one moment buffer.
 
