@@ -527,6 +527,7 @@ __all__ = [
 # modules, not names of __all__. --
 from gradxform import (  # noqa: E402
     checkpoint,
+    microbatching,
     projections,
     schedules,
     sharding,
