@@ -188,6 +188,9 @@ from gradxform._src.fast.step import make_step, update_and_apply
 # -- Interoperability (gradxform/_src/interop/) --
 from gradxform._src.interop.optax_interop import from_optax, to_optax
 
+# -- Public namespaces: optax.contrib's optimizers under its names (gradxform/contrib.py) --
+from gradxform import contrib
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -246,6 +249,7 @@ __all__ = [
     "clear_caches",
     "constant",
     "constant_schedule",
+    "contrib",
     "cosine_annealing_warm_restarts_schedule",
     "cosine_decay_schedule",
     "cosine_onecycle_schedule",

@@ -95,6 +95,17 @@ CASES = {
     "schedule_free_sgd": lambda: gx.schedule_free_sgd(0.1, warmup_steps=2, weight_decay=1e-3),
     "schedule_free_adamw": lambda: gx.schedule_free_adamw(1e-2),
     "quantize_state": lambda: gx.quantize_state(gx.adamw(1e-3), block_size=4, min_size=2),
+    # gradxform.contrib (asynchronous_moments.py, slow_momentum.py, dual_averaging.py, ...)
+    "scale_by_adopt": lambda: gx.contrib.scale_by_adopt(nesterov=True),
+    "adopt": lambda: gx.contrib.adopt(1e-3),
+    "scale_by_acprop": lambda: gx.contrib.scale_by_acprop(),
+    "acprop": lambda: gx.contrib.acprop(1e-3, weight_decay=1e-2),
+    "scale_by_ademamix": lambda: gx.contrib.scale_by_ademamix(),
+    "ademamix": lambda: gx.contrib.ademamix(1e-3, weight_decay=1e-2),
+    "scale_by_simplified_ademamix": lambda: gx.contrib.scale_by_simplified_ademamix(alpha=1.0),
+    "simplified_ademamix": lambda: gx.contrib.simplified_ademamix(1e-3),
+    "scale_by_madgrad": lambda: gx.contrib.scale_by_madgrad(1e-2),
+    "madgrad": lambda: gx.contrib.madgrad(1e-2, weight_decay=1e-3),
 }
 
 
@@ -108,6 +119,23 @@ def _public_transformations():
         elif inspect.isfunction(value) and value.__module__.startswith(presets.__name__ + "."):
             names.add(name)  # every preset, wherever in gradxform/_src/presets it is assembled
     return names
+
+
+def _contrib_transformations():
+    """The transformations and optimizers of gradxform.contrib, under their names there."""
+    names = set()
+    for name in gx.contrib.__all__:
+        value = getattr(gx.contrib, name)
+        if inspect.isclass(value) and issubclass(value, gx.Transformation):
+            names.add(name)
+        elif inspect.isfunction(value) and value.__module__.startswith(presets.__name__ + "."):
+            names.add(name)
+    return names
+
+
+def test_every_contrib_transformation_is_checked():
+    missing = _contrib_transformations() - set(CASES)
+    assert not missing, f"add a conformance case to CASES for: {sorted(missing)}"
 
 
 def test_every_public_transformation_is_checked():

@@ -1,13 +1,15 @@
 """Optimizers from recent papers, assembled from gradxform's primitives (optax.contrib's names).
 
-Muon, Sophia and Schedule-Free SGD/AdamW: each is a short chain (or wrapper) of primitives.
+Muon, Sophia, Schedule-Free SGD/AdamW, ADOPT, AdEMAMix, ACProp, MADGRAD, ...: each is a short
+chain (or wrapper) of primitives. They are public in `gradxform.contrib`, as in optax.contrib.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 from jax.typing import DTypeLike
 
 from gradxform._src.composition.combine import chain
@@ -15,10 +17,20 @@ from gradxform._src.composition.partitioning import partition
 from gradxform._src.composition.schedule_free_wrapper import schedule_free
 from gradxform._src.presets.alias import adamw, sgd
 from gradxform._src.primitives.adaptive import scale_by_rms
+from gradxform._src.primitives.asynchronous_moments import (
+    quarter_power_of_step,
+    scale_by_acprop,
+    scale_by_adopt,
+)
 from gradxform._src.primitives.curvature import scale_by_sophia
+from gradxform._src.primitives.dual_averaging import scale_by_madgrad
 from gradxform._src.primitives.newton_schulz import DEFAULT_NS_COEFFS, StaticDims
 from gradxform._src.primitives.orthogonal import MuonLabels, scale_by_muon, scale_by_shape
 from gradxform._src.primitives.scaling import add_decayed_weights, scale_by_learning_rate
+from gradxform._src.primitives.slow_momentum import (
+    scale_by_ademamix,
+    scale_by_simplified_ademamix,
+)
 from gradxform._src.protocol.fields import check_argument, integer_at_least
 from gradxform._src.protocol.masks import MaskLike
 from gradxform._src.protocol.schedule import ScalarOrSchedule
@@ -172,3 +184,109 @@ def schedule_free_adamw(learning_rate: float = 0.0025, *, warmup_steps: int | No
     )
     return schedule_free(base, lr, b1=b1, weight_lr_power=weight_lr_power,
                          state_dtype=state_dtype)
+
+
+# -- optax.contrib's adaptive methods: ADOPT, AdEMAMix, ACProp, MADGRAD ------------------------
+
+
+def adopt(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9,
+          b2: ScalarOrSchedule = 0.9999, eps: ScalarOrSchedule = 1e-6,
+          mu_dtype: DTypeLike | None = None, *, nesterov: bool = False,
+          use_clipping: bool = True,
+          clip_value_fn: Callable[[jax.Array], jax.Array] = quarter_power_of_step) -> chain:
+    """ADOPT: chain(scale_by_adopt(b1, b2, eps, ...), scale_by_learning_rate(learning_rate)).
+
+    θ_t = θ_{t-1} - η m_t, m_t the EMA of g_t / max(√v_{t-1}, ε) clipped to ±t^(1/4) (see
+    `scale_by_adopt`). optax's `contrib.adopt`, with its arguments and numbers.
+
+    References:
+      Taniguchi et al., "ADOPT: Modified Adam Can Converge with Any β2 with the Optimal Rate",
+      NeurIPS 2024.
+    """
+    return chain(
+        scale_by_adopt(b1, b2, eps, mu_dtype, nesterov=nesterov, use_clipping=use_clipping,
+                       clip_value_fn=clip_value_fn),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def ademamix(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9,
+             b2: ScalarOrSchedule = 0.999, b3: ScalarOrSchedule = 0.9999,
+             alpha: ScalarOrSchedule = 5.0, eps: ScalarOrSchedule = 1e-8,
+             eps_root: ScalarOrSchedule = 0.0, mu_dtype: DTypeLike | None = None,
+             weight_decay: ScalarOrSchedule = 0.0, mask: MaskLike = None) -> chain:
+    """AdEMAMix with decoupled weight decay (optax's `contrib.ademamix`).
+
+    chain(scale_by_ademamix(b1, b2, b3, alpha, eps, eps_root, mu_dtype),
+          add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))
+
+    θ_t = θ_{t-1} - η ((m̂1_t + α m2_t) / (√ν̂_t + ε) + λ θ_{t-1}). The default α is 5 here and
+    6 in `scale_by_ademamix`, as in optax.
+
+    References:
+      Pagliardini, Ablin & Grangier, "The AdEMAMix Optimizer: Better, Faster, Older", 2024
+      (arXiv:2409.03137).
+    """
+    return chain(
+        scale_by_ademamix(b1, b2, b3, alpha, eps, eps_root, mu_dtype),
+        add_decayed_weights(weight_decay, mask=mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def simplified_ademamix(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.99,
+                        b2: ScalarOrSchedule = 0.95, alpha: ScalarOrSchedule = 0.0,
+                        eps: ScalarOrSchedule = 1e-8, eps_root: ScalarOrSchedule = 0.0,
+                        weight_decay: ScalarOrSchedule = 0.0, mask: MaskLike = None) -> chain:
+    """Simplified AdEMAMix with decoupled weight decay (optax's `contrib.simplified_ademamix`).
+
+    chain(scale_by_simplified_ademamix(b1, b2, alpha, eps, eps_root),
+          add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))
+
+    References:
+      Morwani et al., "Connections between Schedule-Free Optimizers, AdEMAMix, and
+      Accelerated SGD Variants", 2025 (arXiv:2502.02431).
+    """
+    return chain(
+        scale_by_simplified_ademamix(b1, b2, alpha, eps, eps_root),
+        add_decayed_weights(weight_decay, mask=mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def acprop(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9,
+           b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-16,
+           eps_root: ScalarOrSchedule = 1e-16, weight_decay: ScalarOrSchedule = 0.0,
+           mask: MaskLike = None) -> chain:
+    """ACProp with decoupled weight decay (optax's `contrib.acprop`).
+
+    chain(scale_by_acprop(b1, b2, eps, eps_root), add_decayed_weights(weight_decay, mask),
+          scale_by_learning_rate(learning_rate))
+
+    References:
+      Zhuang et al., "Momentum Centering and Asynchronous Update for Adaptive Gradient
+      Methods", NeurIPS 2021 (arXiv:2110.05454).
+    """
+    return chain(
+        scale_by_acprop(b1, b2, eps, eps_root),
+        add_decayed_weights(weight_decay, mask=mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def madgrad(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
+            weight_decay: ScalarOrSchedule = 0.0, eps: ScalarOrSchedule = 1e-6) -> chain:
+    """MADGRAD with coupled weight decay: chain(add_decayed_weights(weight_decay),
+    scale_by_madgrad(learning_rate, momentum, eps)) (optax's `contrib.madgrad`).
+
+    The decay λθ is added to the gradient before it enters MADGRAD's sums, as in optax and the
+    paper's reference code (its `decouple_decay=False`).
+
+    References:
+      Defazio & Jelassi, "Adaptivity without Compromise: A Momentumized, Adaptive, Dual
+      Averaged Gradient Method for Stochastic Optimization", JMLR 2022 (arXiv:2101.11075).
+    """
+    return chain(
+        add_decayed_weights(weight_decay),
+        scale_by_madgrad(learning_rate, momentum, eps),
+    )

@@ -1,0 +1,66 @@
+"""Optimizers from recent papers under optax.contrib's names: `optax.contrib.X` is
+`gradxform.contrib.X`, with optax's arguments and numbers.
+
+    import gradxform as gx
+    opt = gx.contrib.adopt(1e-3)
+
+What gradxform also exports at top level (`muon`, `sophia`, `schedule_free_*`, ...) is the same
+object here. The implementations live with the rest of the library: primitives in
+`gradxform/_src/primitives/` by concept, the optimizers (short chains of them) in
+`gradxform/_src/presets/contrib.py`.
+"""
+
+from gradxform._src.composition.schedule_free_wrapper import (
+    ScheduleFreeState,
+    schedule_free,
+    schedule_free_eval_params,
+)
+from gradxform._src.presets.contrib import (
+    acprop,
+    ademamix,
+    adopt,
+    madgrad,
+    muon,
+    schedule_free_adamw,
+    schedule_free_sgd,
+    simplified_ademamix,
+    sophia,
+)
+from gradxform._src.primitives.asynchronous_moments import scale_by_acprop, scale_by_adopt
+from gradxform._src.primitives.curvature import SophiaState
+from gradxform._src.primitives.dual_averaging import MadgradState, scale_by_madgrad
+from gradxform._src.primitives.newton_schulz import MuonDimensionNumbers
+from gradxform._src.primitives.orthogonal import MuonState, scale_by_muon
+from gradxform._src.primitives.slow_momentum import (
+    ScaleByAdemamixState,
+    ScaleBySimplifiedAdEMAMixState,
+    scale_by_ademamix,
+    scale_by_simplified_ademamix,
+)
+
+__all__ = [
+    "MadgradState",
+    "MuonDimensionNumbers",
+    "MuonState",
+    "ScaleByAdemamixState",
+    "ScaleBySimplifiedAdEMAMixState",
+    "ScheduleFreeState",
+    "SophiaState",
+    "acprop",
+    "ademamix",
+    "adopt",
+    "madgrad",
+    "muon",
+    "scale_by_acprop",
+    "scale_by_ademamix",
+    "scale_by_adopt",
+    "scale_by_madgrad",
+    "scale_by_muon",
+    "scale_by_simplified_ademamix",
+    "schedule_free",
+    "schedule_free_adamw",
+    "schedule_free_eval_params",
+    "schedule_free_sgd",
+    "simplified_ademamix",
+    "sophia",
+]

@@ -1,0 +1,298 @@
+"""gradxform.contrib against optax.contrib: the same names, signatures and trajectories.
+
+Each optimizer follows 100 steps of a non-quadratic loss on a tree of a matrix, a vector and a
+3-D leaf, beside optax's namesake with the same arguments: float64 to 1e-12, and float32 held
+to the float64 trajectory within a few ulps per step.
+"""
+
+import inspect
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import optax.contrib
+import pytest
+from conftest import Trajectories
+
+import gradxform as gx
+
+STEPS = 100
+
+
+def _loss(p):
+    return (jnp.sum(jnp.sin(3.0 * p["w"]) * p["w"]) + jnp.sum((p["b"] - 0.5) ** 4)
+            + jnp.sum(jnp.cos(p["k"]) * p["k"]) + jnp.mean(p["k"]) * jnp.sum(p["w"] ** 2) / 10)
+
+
+def _grads(p, t):
+    return jax.grad(_loss)(p)
+
+
+def _grad_np(p):
+    """∇_loss in numpy, written out by hand (independent of jax.grad)."""
+    w, b, k = p["w"], p["b"], p["k"]
+    return {"w": np.sin(3 * w) + 3 * w * np.cos(3 * w) + np.mean(k) * w / 5,
+            "b": 4 * (b - 0.5) ** 3,
+            "k": np.cos(k) - k * np.sin(k) + np.sum(w**2) / 10 / k.size}
+
+
+def _params(dtype):
+    rng = np.random.RandomState(0)
+    return {"w": jnp.asarray(rng.randn(4, 3), dtype), "b": jnp.asarray(rng.randn(3), dtype),
+            "k": jnp.asarray(rng.randn(2, 3, 2), dtype)}
+
+
+def _descend(direction, step=-0.01):
+    return lambda lib: lib.chain(direction(lib.contrib), lib.scale(step))
+
+
+def _preset(name, *args, **kwargs):
+    return lambda lib: getattr(lib.contrib, name)(*args, **kwargs)
+
+
+def _chain_prefix(prefix, make):
+    """`make`'s optimizer after a transformation `prefix(lib)` (e.g. clipping, for methods that
+    the gradients of an unbounded loss would otherwise send far away)."""
+    return lambda lib: lib.chain(prefix(lib), make(lib))
+
+
+# name -> (factory of gx or optax, float32 tolerance against the float64 trajectory[, float64
+# tolerance against optax where optax computes a factor in float32 even with float64 enabled])
+F32 = "float32"
+# Methods whose steps grow with the accumulated gradients (a momentum without 1 - β1, a
+# normalisation by a tiny first gradient) carry float32 rounding further: their float32 runs,
+# optax's as much as these, stay within ~5e-6 of the float64 trajectory on leaves of size ~1.
+AMPLIFIED = dict(rtol=1e-5, atol=1e-5)
+# optax's scale_by_madgrad takes √t of the int32 count, which jnp.sqrt computes in float32 even
+# with float64 enabled, a relative 1e-8 that the method carries on; the float64 trajectory is
+# held to its numpy re-derivation to 1e-12 (test_trajectories_follow_the_papers_equations).
+MADGRAD_F64 = dict(rtol=1e-6, atol=1e-8)
+PAIRS = {
+    # asynchronous_moments.py
+    "scale_by_adopt_args": (_descend(lambda c: c.scale_by_adopt(
+        0.8, 0.99, 1e-4, nesterov=True, clip_value_fn=lambda t: 1.0 + t ** 0.5)), F32),
+    "scale_by_adopt_unclipped": (_descend(lambda c: c.scale_by_adopt(use_clipping=False),
+                                          -0.003), AMPLIFIED),
+    "adopt": (_preset("adopt", 0.01), F32),
+    "scale_by_acprop_args": (_descend(lambda c: c.scale_by_acprop(0.8, 0.99, 1e-8, 1e-10)), F32),
+    "acprop": (_preset("acprop", 0.01, weight_decay=0.1, mask={"w": True, "b": False,
+                                                               "k": True}), F32),
+    # slow_momentum.py
+    "scale_by_ademamix_args": (_descend(lambda c: c.scale_by_ademamix(
+        0.8, 0.99, 0.999, 3.0, 1e-6, 1e-9)), F32),
+    "ademamix": (_preset("ademamix", 0.01, weight_decay=0.1), F32),
+    "scale_by_simplified_ademamix_args": (_descend(lambda c: c.scale_by_simplified_ademamix(
+        0.9, 0.99, 2.0, 1e-6, 1e-9), -1e-3), AMPLIFIED),
+    "simplified_ademamix": (_preset("simplified_ademamix", 1e-3, alpha=1.0,
+                                    weight_decay=0.1), AMPLIFIED),
+    # dual_averaging.py
+    "madgrad": (_preset("madgrad", 0.01), F32, MADGRAD_F64),
+    "madgrad_args": (_preset("madgrad", 0.02, 0.8, 0.1, 1e-5), F32, MADGRAD_F64),
+}
+
+
+def _run(make, dtype) -> tuple:
+    """(ours, optax's) params at every step, in one compiled scan."""
+    params = _params(dtype)
+    (ours, _), (theirs, _) = Trajectories.run(
+        [Trajectories.stepper(make(lib), params, _grads) for lib in (gx, optax)], STEPS)
+    return ours, theirs
+
+
+def _err(a, b):
+    """Largest error over the trajectory, relative to the size of each leaf."""
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))
+                     / np.max(np.abs(np.asarray(y, np.float64))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_same_trajectories_as_optax(name, trajectories):
+    make, tol32, *tol64 = PAIRS[name]
+    with jax.enable_x64(True):
+        ours64, exact = _run(make, jnp.float64)
+    assert all(x.dtype == jnp.float64 for x in jax.tree.leaves(ours64))
+    moved = min(float(jnp.max(jnp.abs(x[-1] - x[0]))) for x in jax.tree.leaves(ours64))
+    assert moved > 1e-2, f"{name}: a leaf barely moved, the comparison says little"
+    trajectories.assert_close(ours64, exact, (tol64 or [dict(rtol=1e-12, atol=1e-13)])[0], name)
+    ours32, optax32 = _run(make, jnp.float32)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(ours32))
+    trajectories.assert_close(ours32, exact, tol32, f"{name} (float32 vs float64)")
+    # and no further from the float64 trajectory than optax's own float32 run (within a half)
+    assert _err(ours32, exact) <= 1.5 * _err(optax32, exact) + 1e-7, name
+
+
+# -- the namespace ---------------------------------------------------------------------------
+
+def test_contrib_mirrors_optax_contrib_names_and_signatures():
+    for name in gx.contrib.__all__:
+        assert hasattr(optax.contrib, name), f"gx.contrib.{name} is not an optax.contrib name"
+        ours, theirs = getattr(gx.contrib, name), getattr(optax.contrib, name)
+        if not (inspect.isfunction(ours) and inspect.isfunction(theirs)):
+            continue
+        if name in ("muon", "sophia", "schedule_free_sgd", "schedule_free_adamw",
+                    "schedule_free", "schedule_free_eval_params"):
+            continue  # older presets: their differences are documented in their docstrings
+        ps_ours = inspect.signature(ours).parameters
+        ps_theirs = inspect.signature(theirs).parameters
+        assert list(ps_ours) == list(ps_theirs), name
+        for a, b in zip(ps_ours.values(), ps_theirs.values()):
+            assert a.kind == b.kind, f"{name}: {a.name} is {a.kind}, optax's is {b.kind}"
+            if isinstance(b.default, int | float | tuple | str | bool) or b.default is None:
+                assert a.default == b.default, f"{name}: default of {a.name}"
+
+
+@pytest.mark.parametrize("name", ["scale_by_adopt", "scale_by_acprop", "scale_by_ademamix",
+                                  "scale_by_simplified_ademamix", "scale_by_madgrad"])
+def test_primitive_signatures_follow_optax(name):
+    ours = getattr(gx.contrib, name)
+    theirs = inspect.signature(getattr(optax.contrib, name)).parameters
+    fields = {f.name: f for f in ours.__dataclass_fields__.values()}
+    assert list(fields) == list(theirs), name
+    for f, b in zip(fields.values(), theirs.values()):
+        assert f.kw_only == (b.kind is inspect.Parameter.KEYWORD_ONLY), f"{name}: {f.name}"
+        if isinstance(b.default, int | float | str | bool) or b.default is None:
+            assert f.default == b.default, f"{name}: default of {f.name}"
+
+
+def test_names_shared_with_the_top_level_are_the_same_objects():
+    shared = set(gx.contrib.__all__) & set(gx.__all__)
+    assert {"muon", "sophia", "schedule_free_adamw", "scale_by_muon"} <= shared
+    assert all(getattr(gx.contrib, n) is getattr(gx, n) for n in shared)
+
+
+# -- construction-time validation ------------------------------------------------------------
+
+INVALID = [
+    (lambda: gx.contrib.scale_by_adopt(b1=1.0), "scale_by_adopt: b1 must be in [0, 1)"),
+    (lambda: gx.contrib.adopt(1e-3, b2=-0.1), "scale_by_adopt: b2 must be in [0, 1)"),
+    (lambda: gx.contrib.scale_by_adopt(eps=-1.0), "scale_by_adopt: eps must be >= 0"),
+    (lambda: gx.contrib.scale_by_adopt(clip_value_fn=0.5),
+     "scale_by_adopt: clip_value_fn must be a function of the step index"),
+    (lambda: gx.contrib.acprop(1e-3, b1=1.5), "scale_by_acprop: b1 must be in [0, 1)"),
+    (lambda: gx.contrib.scale_by_acprop(eps_root=-1e-3),
+     "scale_by_acprop: eps_root must be >= 0"),
+    (lambda: gx.contrib.ademamix(1e-3, b3=1.0), "scale_by_ademamix: b3 must be in [0, 1)"),
+    (lambda: gx.contrib.scale_by_ademamix(alpha=-1.0), "scale_by_ademamix: alpha must be >= 0"),
+    (lambda: gx.contrib.ademamix(1e-3, weight_decay=-1.0),
+     "add_decayed_weights: weight_decay must be >= 0"),
+    (lambda: gx.contrib.simplified_ademamix(1e-3, b2=1.0),
+     "scale_by_simplified_ademamix: b2 must be in [0, 1)"),
+    (lambda: gx.contrib.madgrad(-1e-3), "scale_by_madgrad: learning_rate must be >= 0"),
+    (lambda: gx.contrib.madgrad(1e-3, momentum=1.0), "scale_by_madgrad: momentum must be in"),
+    (lambda: gx.contrib.madgrad(float("nan")), "scale_by_madgrad: learning_rate must be finite"),
+]
+
+
+@pytest.mark.parametrize("make, message", INVALID, ids=[m for _, m in INVALID])
+def test_invalid_hyperparameters_fail_at_construction(make, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
+
+
+# -- equations re-derived in numpy -----------------------------------------------------------
+
+def _adopt_np(g_seq, b1=0.9, b2=0.9999, eps=1e-6):
+    """ADOPT's Algorithm with clipping, one array, from the paper's equations."""
+    m = v = None
+    out = []
+    for t, g in enumerate(g_seq):
+        if t == 0:
+            v, m = g * g, np.zeros_like(g)
+            out.append(np.zeros_like(g))
+            continue
+        x = np.clip(g / np.maximum(np.sqrt(v), eps), -t ** 0.25, t ** 0.25)
+        m = b1 * m + (1 - b1) * x
+        v = b2 * v + (1 - b2) * g * g
+        out.append(m)
+    return out
+
+
+def _ademamix_np(g_seq, b1=0.9, b2=0.999, b3=0.9999, alpha=6.0, eps=1e-8):
+    m1 = m2 = nu = 0.0
+    out = []
+    for t, g in enumerate(g_seq, start=1):
+        m1 = b1 * m1 + (1 - b1) * g
+        m2 = b3 * m2 + (1 - b3) * g
+        nu = b2 * nu + (1 - b2) * g * g
+        out.append((m1 / (1 - b1**t) + alpha * m2) / (np.sqrt(nu / (1 - b2**t)) + eps))
+    return out
+
+
+def _madgrad_np(g_seq, x, lr=0.01, momentum=0.9, eps=1e-6):
+    """MADGRAD's Algorithm 1 on a fixed gradient sequence (x moves; g does not depend on it)."""
+    x0, v, s = x.copy(), 0 * x, 0 * x
+    out = []
+    for t, g in enumerate(g_seq, start=1):
+        lamb = (lr + eps) * np.sqrt(t)
+        v, s = v + lamb * g * g, s + lamb * g
+        z = x0 - s / (np.cbrt(v) + eps)
+        x_new = (1 - momentum) * z + momentum * x
+        out.append(x_new - x)
+        x = x_new
+    return out
+
+
+@pytest.mark.parametrize("name", ["adopt", "ademamix", "madgrad"])
+def test_updates_follow_the_papers_equations(name, x64):
+    rng = np.random.default_rng(0)
+    g_seq = [rng.normal(size=(2, 3, 2)) for _ in range(STEPS)]
+    x = rng.normal(size=(2, 3, 2))
+    opt, ref = {"adopt": (gx.contrib.scale_by_adopt(), _adopt_np(g_seq)),
+                "ademamix": (gx.contrib.scale_by_ademamix(), _ademamix_np(g_seq)),
+                "madgrad": (gx.contrib.scale_by_madgrad(0.01), _madgrad_np(g_seq, x))}[name]
+    p = jnp.asarray(x)
+    state = opt.init(p)
+    for g, expected in zip(g_seq, ref):
+        u, state = opt.update(jnp.asarray(g), state, p)
+        np.testing.assert_allclose(np.asarray(u), expected, rtol=1e-12, atol=1e-14)
+        p = p + u
+
+
+@pytest.mark.parametrize("make", [lambda: gx.contrib.adopt(1e-2), lambda: gx.contrib.ademamix(
+    1e-2), lambda: gx.contrib.acprop(1e-2), lambda: gx.contrib.simplified_ademamix(1e-2)])
+def test_elementwise_chains_are_fused_whole(make):
+    from gradxform._src.fast import fusion
+
+    opt = make()
+    members = [t for t, _ in fusion.flat_members(opt, opt.init({"w": jnp.zeros(3)}))]
+    runs = fusion.runs(members)
+    assert runs and runs[-1] == (0, len(members)), f"{opt!r} is not one elementwise run"
+
+
+def _madgrad_trajectory_np(lr, momentum, weight_decay, eps):
+    """θ_t of MADGRAD (Algorithm 1, decay added to the gradient) on the loss, in numpy."""
+    rng = np.random.RandomState(0)  # the draws of _params
+    x = {"w": rng.randn(4, 3), "b": rng.randn(3), "k": rng.randn(2, 3, 2)}
+    x0 = {n: v.copy() for n, v in x.items()}
+    v = {n: 0 * a for n, a in x.items()}
+    s = {n: 0 * a for n, a in x.items()}
+    out = []
+    for t in range(1, STEPS + 1):
+        g = _grad_np(x)
+        lamb = (lr + eps) * np.sqrt(t)
+        new = {}
+        for n in x:
+            gn = g[n] + weight_decay * x[n]
+            v[n] = v[n] + lamb * gn * gn
+            s[n] = s[n] + lamb * gn
+            z = x0[n] - s[n] / (np.cbrt(v[n]) + eps)
+            new[n] = (1 - momentum) * z + momentum * x[n]
+        x = new
+        out.append(x)
+    return {n: np.stack([q[n] for q in out]) for n in x}
+
+
+@pytest.mark.parametrize("name, args", [("madgrad", (0.01, 0.9, 0.0, 1e-6)),
+                                        ("madgrad_args", (0.02, 0.8, 0.1, 1e-5))])
+def test_trajectories_follow_the_papers_equations(name, args):
+    with jax.enable_x64(True):
+        params = _params(jnp.float64)
+        (ours64, _), = Trajectories.run(
+            [Trajectories.stepper(gx.contrib.madgrad(*args), params, _grads)], STEPS)
+    ref = _madgrad_trajectory_np(*args)
+    for n in ref:
+        np.testing.assert_allclose(np.asarray(ours64[n]), ref[n], rtol=1e-12, atol=1e-13,
+                                   err_msg=f"{name} {n}")
