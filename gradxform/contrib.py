@@ -19,6 +19,9 @@ from gradxform._src.presets.contrib import (
     acprop,
     ademamix,
     adopt,
+    cocob,
+    dog,
+    dowg,
     madgrad,
     muon,
     schedule_free_adamw,
@@ -27,7 +30,14 @@ from gradxform._src.presets.contrib import (
     sophia,
 )
 from gradxform._src.primitives.asynchronous_moments import scale_by_acprop, scale_by_adopt
+from gradxform._src.primitives.coin_betting import COCOBState, scale_by_cocob
 from gradxform._src.primitives.curvature import SophiaState
+from gradxform._src.primitives.distance_over_gradients import (
+    DoGState,
+    DoWGState,
+    scale_by_dog,
+    scale_by_dowg,
+)
 from gradxform._src.primitives.dual_averaging import MadgradState, scale_by_madgrad
 from gradxform._src.primitives.newton_schulz import MuonDimensionNumbers
 from gradxform._src.primitives.orthogonal import MuonState, scale_by_muon
@@ -39,6 +49,9 @@ from gradxform._src.primitives.slow_momentum import (
 )
 
 __all__ = [
+    "COCOBState",
+    "DoGState",
+    "DoWGState",
     "MadgradState",
     "MuonDimensionNumbers",
     "MuonState",
@@ -49,11 +62,17 @@ __all__ = [
     "acprop",
     "ademamix",
     "adopt",
+    "cocob",
+    "dog",
+    "dowg",
     "madgrad",
     "muon",
     "scale_by_acprop",
     "scale_by_ademamix",
     "scale_by_adopt",
+    "scale_by_cocob",
+    "scale_by_dog",
+    "scale_by_dowg",
     "scale_by_madgrad",
     "scale_by_muon",
     "scale_by_simplified_ademamix",

@@ -106,6 +106,12 @@ CASES = {
     "simplified_ademamix": lambda: gx.contrib.simplified_ademamix(1e-3),
     "scale_by_madgrad": lambda: gx.contrib.scale_by_madgrad(1e-2),
     "madgrad": lambda: gx.contrib.madgrad(1e-2, weight_decay=1e-3),
+    "scale_by_dog": lambda: gx.contrib.scale_by_dog(("learning_rate", 1e-2)),
+    "dog": lambda: gx.contrib.dog(weight_decay=1e-3),
+    "scale_by_dowg": lambda: gx.contrib.scale_by_dowg(),
+    "dowg": lambda: gx.contrib.dowg(init_estim_sq_dist=1e-2, weight_decay=1e-3),
+    "scale_by_cocob": lambda: gx.contrib.scale_by_cocob(),
+    "cocob": lambda: gx.contrib.cocob(weight_decay=1e-3),
 }
 
 

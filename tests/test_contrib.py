@@ -61,10 +61,15 @@ def _chain_prefix(prefix, make):
 # name -> (factory of gx or optax, float32 tolerance against the float64 trajectory[, float64
 # tolerance against optax where optax computes a factor in float32 even with float64 enabled])
 F32 = "float32"
-# Methods whose steps grow with the accumulated gradients (a momentum without 1 - β1, a
-# normalisation by a tiny first gradient) carry float32 rounding further: their float32 runs,
-# optax's as much as these, stay within ~5e-6 of the float64 trajectory on leaves of size ~1.
+# Methods whose steps grow with the accumulated gradients (a momentum without 1 - β1, a bet
+# divided by the largest gradient seen, a normalisation by a tiny first gradient) carry float32
+# rounding further: their float32 runs, optax's as much as these, stay within ~5e-6 of the
+# float64 trajectory on leaves of size ~1.
 AMPLIFIED = dict(rtol=1e-5, atol=1e-5)
+# Methods with one step size for the whole tree, from the distance travelled, take large steps
+# across the non-convex loss: their float32 runs (optax's too) end up to 10% away from the
+# float64 one; held instead to optax's float32 run, within a few ulps per step.
+CHAOTIC = "same as optax's float32"
 # optax's scale_by_madgrad takes √t of the int32 count, which jnp.sqrt computes in float32 even
 # with float64 enabled, a relative 1e-8 that the method carries on; the float64 trajectory is
 # held to its numpy re-derivation to 1e-12 (test_trajectories_follow_the_papers_equations).
@@ -90,6 +95,17 @@ PAIRS = {
     # dual_averaging.py
     "madgrad": (_preset("madgrad", 0.01), F32, MADGRAD_F64),
     "madgrad_args": (_preset("madgrad", 0.02, 0.8, 0.1, 1e-5), F32, MADGRAD_F64),
+    # distance_over_gradients.py
+    "dog": (_preset("dog"), CHAOTIC),
+    "dog_learning_rate": (_preset("dog", 0.5, ("learning_rate", 0.01), 1e-6, 0.01,
+                                  {"w": True, "b": False, "k": True}), AMPLIFIED),
+    "dog_distance": (_preset("dog", 1.0, ("distance", 0.1)), CHAOTIC),
+    "dowg": (_preset("dowg"), CHAOTIC),
+    "dowg_args": (_preset("dowg", 0.5, 0.1, 1e-3, 0.01), CHAOTIC),
+    # coin_betting.py
+    "cocob": (_preset("cocob"), AMPLIFIED),
+    "cocob_args": (_preset("cocob", 0.5, 50.0, 1e-6, 0.01,
+                           {"w": True, "b": False, "k": True}), AMPLIFIED),
 }
 
 
@@ -119,17 +135,30 @@ def test_same_trajectories_as_optax(name, trajectories):
     trajectories.assert_close(ours64, exact, (tol64 or [dict(rtol=1e-12, atol=1e-13)])[0], name)
     ours32, optax32 = _run(make, jnp.float32)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(ours32))
-    trajectories.assert_close(ours32, exact, tol32, f"{name} (float32 vs float64)")
+    if tol32 == CHAOTIC:
+        trajectories.assert_close(ours32, optax32, "float32", f"{name} (float32 vs optax's)")
+    else:
+        trajectories.assert_close(ours32, exact, tol32, f"{name} (float32 vs float64)")
     # and no further from the float64 trajectory than optax's own float32 run (within a half)
     assert _err(ours32, exact) <= 1.5 * _err(optax32, exact) + 1e-7, name
 
 
 # -- the namespace ---------------------------------------------------------------------------
 
+# Transformations optax.contrib defines in its modules without exporting them.
+UNEXPORTED = {"scale_by_dog": optax.contrib._dog.scale_by_dog,
+              "scale_by_dowg": optax.contrib._dog.scale_by_dowg}
+
+
+def _optax_contrib(name):
+    return UNEXPORTED[name] if name in UNEXPORTED else getattr(optax.contrib, name)
+
+
 def test_contrib_mirrors_optax_contrib_names_and_signatures():
     for name in gx.contrib.__all__:
-        assert hasattr(optax.contrib, name), f"gx.contrib.{name} is not an optax.contrib name"
-        ours, theirs = getattr(gx.contrib, name), getattr(optax.contrib, name)
+        assert hasattr(optax.contrib, name) or name in UNEXPORTED, (
+            f"gx.contrib.{name} is not an optax.contrib name")
+        ours, theirs = getattr(gx.contrib, name), _optax_contrib(name)
         if not (inspect.isfunction(ours) and inspect.isfunction(theirs)):
             continue
         if name in ("muon", "sophia", "schedule_free_sgd", "schedule_free_adamw",
@@ -145,15 +174,16 @@ def test_contrib_mirrors_optax_contrib_names_and_signatures():
 
 
 @pytest.mark.parametrize("name", ["scale_by_adopt", "scale_by_acprop", "scale_by_ademamix",
-                                  "scale_by_simplified_ademamix", "scale_by_madgrad"])
+                                  "scale_by_simplified_ademamix", "scale_by_madgrad",
+                                  "scale_by_dog", "scale_by_dowg", "scale_by_cocob"])
 def test_primitive_signatures_follow_optax(name):
     ours = getattr(gx.contrib, name)
-    theirs = inspect.signature(getattr(optax.contrib, name)).parameters
+    theirs = inspect.signature(_optax_contrib(name)).parameters
     fields = {f.name: f for f in ours.__dataclass_fields__.values()}
     assert list(fields) == list(theirs), name
     for f, b in zip(fields.values(), theirs.values()):
         assert f.kw_only == (b.kind is inspect.Parameter.KEYWORD_ONLY), f"{name}: {f.name}"
-        if isinstance(b.default, int | float | str | bool) or b.default is None:
+        if isinstance(b.default, int | float | str | bool | tuple) or b.default is None:
             assert f.default == b.default, f"{name}: default of {f.name}"
 
 
@@ -183,6 +213,19 @@ INVALID = [
     (lambda: gx.contrib.madgrad(-1e-3), "scale_by_madgrad: learning_rate must be >= 0"),
     (lambda: gx.contrib.madgrad(1e-3, momentum=1.0), "scale_by_madgrad: momentum must be in"),
     (lambda: gx.contrib.madgrad(float("nan")), "scale_by_madgrad: learning_rate must be finite"),
+    (lambda: gx.contrib.dog(init_step=("distanse", 1.0)),
+     "scale_by_dog: init_step must be a pair (kind, value) with kind in ('distance', "
+     "'learning_rate', 'heuristic') and a finite value > 0, got ('distanse', 1.0)"),
+    (lambda: gx.contrib.scale_by_dog(("distance", -1.0)), "scale_by_dog: init_step must be"),
+    (lambda: gx.contrib.dog(eps=0.0), "scale_by_dog: eps must be > 0"),
+    (lambda: gx.contrib.dog(weight_decay=-0.1), "add_decayed_weights: weight_decay must be >= 0"),
+    (lambda: gx.contrib.dowg(init_estim_sq_dist=0.0),
+     "scale_by_dowg: init_estim_sq_dist must be > 0"),
+    (lambda: gx.contrib.dowg(eps=-1.0), "scale_by_dowg: eps must be > 0"),
+    (lambda: gx.contrib.cocob(alpha=0.0), "scale_by_cocob: alpha must be > 0"),
+    (lambda: gx.contrib.scale_by_cocob(eps=0.0), "scale_by_cocob: eps must be > 0"),
+    (lambda: gx.contrib.cocob(learning_rate=-1.0),
+     "scale_by_learning_rate: learning_rate must be >= 0"),
 ]
 
 

@@ -22,11 +22,21 @@ from gradxform._src.primitives.asynchronous_moments import (
     scale_by_acprop,
     scale_by_adopt,
 )
+from gradxform._src.primitives.coin_betting import scale_by_cocob
 from gradxform._src.primitives.curvature import scale_by_sophia
+from gradxform._src.primitives.distance_over_gradients import (
+    InitStep,
+    scale_by_dog,
+    scale_by_dowg,
+)
 from gradxform._src.primitives.dual_averaging import scale_by_madgrad
 from gradxform._src.primitives.newton_schulz import DEFAULT_NS_COEFFS, StaticDims
 from gradxform._src.primitives.orthogonal import MuonLabels, scale_by_muon, scale_by_shape
-from gradxform._src.primitives.scaling import add_decayed_weights, scale_by_learning_rate
+from gradxform._src.primitives.scaling import (
+    add_decayed_weights,
+    identity,
+    scale_by_learning_rate,
+)
 from gradxform._src.primitives.slow_momentum import (
     scale_by_ademamix,
     scale_by_simplified_ademamix,
@@ -289,4 +299,65 @@ def madgrad(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
     return chain(
         add_decayed_weights(weight_decay),
         scale_by_madgrad(learning_rate, momentum, eps),
+    )
+
+
+# -- optax.contrib's learning-rate-free methods: DoG, DoWG, COCOB ------------------------------
+
+
+def dog(learning_rate: ScalarOrSchedule = 1.0,
+        init_step: InitStep = ("heuristic", 1e-6), eps: ScalarOrSchedule = 1e-8,
+        weight_decay: ScalarOrSchedule | None = None, mask: MaskLike = None) -> chain:
+    """DoG, "distance over gradients" (optax's `contrib.dog`).
+
+    chain([add_decayed_weights(weight_decay, mask)], scale_by_dog(init_step, eps),
+          scale_by_learning_rate(learning_rate))
+
+    θ_{t+1} = θ_t - c r̄_t / √(Σ_k ‖g_k‖² + ε) g_t; the learning rate c is a multiplier of DoG's
+    step (1, the paper's default). The weight decay, when given, is added to the gradient
+    first (coupled), as in optax.
+
+    References:
+      Ivgi, Hinder & Carmon, "DoG is SGD's Best Friend: A Parameter-Free Dynamic Step Size
+      Schedule", ICML 2023 (arXiv:2302.12022).
+    """
+    decay = identity() if weight_decay is None else add_decayed_weights(weight_decay, mask=mask)
+    return chain(decay, scale_by_dog(init_step, eps), scale_by_learning_rate(learning_rate))
+
+
+def dowg(learning_rate: ScalarOrSchedule = 1.0,
+         init_estim_sq_dist: ScalarOrSchedule | None = None, eps: ScalarOrSchedule = 1e-4,
+         weight_decay: ScalarOrSchedule | None = None, mask: MaskLike = None) -> chain:
+    """DoWG, "distance over weighted gradients" (optax's `contrib.dowg`).
+
+    chain([add_decayed_weights(weight_decay, mask)], scale_by_dowg(init_estim_sq_dist, eps),
+          scale_by_learning_rate(learning_rate))
+
+    References:
+      Khaled, Mishchenko & Jin, "DoWG Unleashed: An Efficient Universal Parameter-Free
+      Gradient Descent Method", NeurIPS 2023 (arXiv:2305.16284).
+    """
+    decay = identity() if weight_decay is None else add_decayed_weights(weight_decay, mask=mask)
+    return chain(decay, scale_by_dowg(init_estim_sq_dist, eps),
+                 scale_by_learning_rate(learning_rate))
+
+
+def cocob(learning_rate: ScalarOrSchedule = 1.0, alpha: float = 100.0, eps: float = 1e-8,
+          weight_decay: ScalarOrSchedule = 0.0, mask: MaskLike = None) -> chain:
+    """COCOB-Backprop (optax's `contrib.cocob`).
+
+    chain(add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate,
+          flip_sign=False), scale_by_cocob(alpha, eps))
+
+    The gradients, with the coupled decay and multiplied by the learning rate (1: none), are
+    what the coins bet on; `scale_by_cocob` returns the move to the new iterate.
+
+    References:
+      Orabona & Tommasi, "Training Deep Networks without Learning Rates Through Coin
+      Betting", NeurIPS 2017 (arXiv:1705.07795).
+    """
+    return chain(
+        add_decayed_weights(weight_decay, mask=mask),
+        scale_by_learning_rate(learning_rate, flip_sign=False),
+        scale_by_cocob(alpha, eps),
     )
