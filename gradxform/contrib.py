@@ -32,6 +32,12 @@ from gradxform._src.presets.contrib import (
 from gradxform._src.primitives.asynchronous_moments import scale_by_acprop, scale_by_adopt
 from gradxform._src.primitives.coin_betting import COCOBState, scale_by_cocob
 from gradxform._src.primitives.curvature import SophiaState
+from gradxform._src.primitives.distance_estimation import (
+    DAdaptAdamWState,
+    ProdigyState,
+    dadapt_adamw,
+    prodigy,
+)
 from gradxform._src.primitives.distance_over_gradients import (
     DoGState,
     DoWGState,
@@ -50,11 +56,13 @@ from gradxform._src.primitives.slow_momentum import (
 
 __all__ = [
     "COCOBState",
+    "DAdaptAdamWState",
     "DoGState",
     "DoWGState",
     "MadgradState",
     "MuonDimensionNumbers",
     "MuonState",
+    "ProdigyState",
     "ScaleByAdemamixState",
     "ScaleBySimplifiedAdEMAMixState",
     "ScheduleFreeState",
@@ -63,10 +71,12 @@ __all__ = [
     "ademamix",
     "adopt",
     "cocob",
+    "dadapt_adamw",
     "dog",
     "dowg",
     "madgrad",
     "muon",
+    "prodigy",
     "scale_by_acprop",
     "scale_by_ademamix",
     "scale_by_adopt",

@@ -110,6 +110,8 @@ CASES = {
     "dog": lambda: gx.contrib.dog(weight_decay=1e-3),
     "scale_by_dowg": lambda: gx.contrib.scale_by_dowg(),
     "dowg": lambda: gx.contrib.dowg(init_estim_sq_dist=1e-2, weight_decay=1e-3),
+    "prodigy": lambda: gx.contrib.prodigy(weight_decay=1e-3, safeguard_warmup=True),
+    "dadapt_adamw": lambda: gx.contrib.dadapt_adamw(weight_decay=1e-3),
     "scale_by_cocob": lambda: gx.contrib.scale_by_cocob(),
     "cocob": lambda: gx.contrib.cocob(weight_decay=1e-3),
 }

@@ -70,6 +70,11 @@ AMPLIFIED = dict(rtol=1e-5, atol=1e-5)
 # across the non-convex loss: their float32 runs (optax's too) end up to 10% away from the
 # float64 one; held instead to optax's float32 run, within a few ulps per step.
 CHAOTIC = "same as optax's float32"
+# Prodigy's estimate of the distance is a running maximum of a ratio of sums, and its float32
+# runs (optax's too) drift from the float64 one by up to ~1e-4 here; optax's float32 forms the
+# bias corrections 1 - β^t with cancellation and gradxform's does not, so the two float32 runs
+# differ as much. Held to: no further from the float64 trajectory than twice optax's float32.
+SENSITIVE = "no further from float64 than optax's float32"
 # optax's scale_by_madgrad takes √t of the int32 count, which jnp.sqrt computes in float32 even
 # with float64 enabled, a relative 1e-8 that the method carries on; the float64 trajectory is
 # held to its numpy re-derivation to 1e-12 (test_trajectories_follow_the_papers_equations).
@@ -102,6 +107,13 @@ PAIRS = {
     "dog_distance": (_preset("dog", 1.0, ("distance", 0.1)), CHAOTIC),
     "dowg": (_preset("dowg"), CHAOTIC),
     "dowg_args": (_preset("dowg", 0.5, 0.1, 1e-3, 0.01), CHAOTIC),
+    # distance_estimation.py
+    "prodigy": (_preset("prodigy", 0.1, estim_lr0=1e-3), SENSITIVE),
+    "prodigy_args": (_preset("prodigy", gx.linear_schedule(0.1, 0.3, 50), (0.8, 0.99), 0.9,
+                             1e-6, 1e-3, 2.0, 0.01, True), SENSITIVE),
+    "dadapt_adamw": (_preset("dadapt_adamw"), AMPLIFIED),
+    "dadapt_adamw_args": (_preset("dadapt_adamw", 0.5, (0.8, 0.99), 1e-6, 1e-4, 0.01),
+                          AMPLIFIED),
     # coin_betting.py
     "cocob": (_preset("cocob"), AMPLIFIED),
     "cocob_args": (_preset("cocob", 0.5, 50.0, 1e-6, 0.01,
@@ -135,6 +147,9 @@ def test_same_trajectories_as_optax(name, trajectories):
     trajectories.assert_close(ours64, exact, (tol64 or [dict(rtol=1e-12, atol=1e-13)])[0], name)
     ours32, optax32 = _run(make, jnp.float32)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(ours32))
+    if tol32 == SENSITIVE:
+        assert _err(ours32, exact) <= 2 * _err(optax32, exact) + 2e-6, name
+        return
     if tol32 == CHAOTIC:
         trajectories.assert_close(ours32, optax32, "float32", f"{name} (float32 vs optax's)")
     else:
@@ -224,6 +239,15 @@ INVALID = [
     (lambda: gx.contrib.dowg(eps=-1.0), "scale_by_dowg: eps must be > 0"),
     (lambda: gx.contrib.cocob(alpha=0.0), "scale_by_cocob: alpha must be > 0"),
     (lambda: gx.contrib.scale_by_cocob(eps=0.0), "scale_by_cocob: eps must be > 0"),
+    (lambda: gx.contrib.prodigy(betas=(0.9, 1.0)), "prodigy: betas[1] (b2) must be in [0, 1)"),
+    (lambda: gx.contrib.prodigy(beta3=1.5), "prodigy: beta3 must be in [0, 1) or None"),
+    (lambda: gx.contrib.prodigy(estim_lr0=0.0), "prodigy: estim_lr0 must be > 0"),
+    (lambda: gx.contrib.prodigy(estim_lr_coef=-1.0), "prodigy: estim_lr_coef must be > 0"),
+    (lambda: gx.contrib.prodigy(weight_decay=-1.0), "prodigy: weight_decay must be >= 0"),
+    (lambda: gx.contrib.dadapt_adamw(betas=(1.2, 0.9)),
+     "dadapt_adamw: betas[0] (b1) must be in [0, 1)"),
+    (lambda: gx.contrib.dadapt_adamw(betas=0.9), "dadapt_adamw: betas must be a pair (b1, b2)"),
+    (lambda: gx.contrib.dadapt_adamw(-1.0), "dadapt_adamw: learning_rate must be >= 0"),
     (lambda: gx.contrib.cocob(learning_rate=-1.0),
      "scale_by_learning_rate: learning_rate must be >= 0"),
 ]
