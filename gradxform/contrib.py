@@ -47,6 +47,12 @@ from gradxform._src.primitives.distance_over_gradients import (
 from gradxform._src.primitives.dual_averaging import MadgradState, scale_by_madgrad
 from gradxform._src.primitives.newton_schulz import MuonDimensionNumbers
 from gradxform._src.primitives.orthogonal import MuonState, scale_by_muon
+from gradxform._src.primitives.polyak_momentum import (
+    MomoAdamState,
+    MomoState,
+    momo,
+    momo_adam,
+)
 from gradxform._src.primitives.slow_momentum import (
     ScaleByAdemamixState,
     ScaleBySimplifiedAdEMAMixState,
@@ -60,6 +66,8 @@ __all__ = [
     "DoGState",
     "DoWGState",
     "MadgradState",
+    "MomoAdamState",
+    "MomoState",
     "MuonDimensionNumbers",
     "MuonState",
     "ProdigyState",
@@ -75,6 +83,8 @@ __all__ = [
     "dog",
     "dowg",
     "madgrad",
+    "momo",
+    "momo_adam",
     "muon",
     "prodigy",
     "scale_by_acprop",

@@ -112,8 +112,17 @@ CASES = {
     "dowg": lambda: gx.contrib.dowg(init_estim_sq_dist=1e-2, weight_decay=1e-3),
     "prodigy": lambda: gx.contrib.prodigy(weight_decay=1e-3, safeguard_warmup=True),
     "dadapt_adamw": lambda: gx.contrib.dadapt_adamw(weight_decay=1e-3),
+    "momo": lambda: gx.contrib.momo(weight_decay=1e-3, adapt_lower_bound=True),
+    "momo_adam": lambda: gx.contrib.momo_adam(weight_decay=1e-3),
     "scale_by_cocob": lambda: gx.contrib.scale_by_cocob(),
     "cocob": lambda: gx.contrib.cocob(weight_decay=1e-3),
+}
+
+
+# Keyword arguments that a case's `update` needs (methods that read the loss value).
+CHECK_OPTIONS = {
+    "momo": dict(extra_args={"value": 1.5}),
+    "momo_adam": dict(extra_args={"value": 1.5}),
 }
 
 
@@ -153,4 +162,4 @@ def test_every_public_transformation_is_checked():
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_conformance(name):
-    check_transformation(CASES[name]())
+    check_transformation(CASES[name](), **CHECK_OPTIONS.get(name, {}))

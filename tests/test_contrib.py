@@ -114,6 +114,12 @@ PAIRS = {
     "dadapt_adamw": (_preset("dadapt_adamw"), AMPLIFIED),
     "dadapt_adamw_args": (_preset("dadapt_adamw", 0.5, (0.8, 0.99), 1e-6, 1e-4, 0.01),
                           AMPLIFIED),
+    # polyak_momentum.py (f* = -30: below the loss along these runs; the step comes from a
+    # difference of loss-sized numbers, which float32 rounds at ~1e-6)
+    "momo": (_preset("momo", 0.1, lower_bound=-30.0), AMPLIFIED),
+    "momo_args": (_preset("momo", 0.3, 0.8, -30.0, 0.01, True), AMPLIFIED),
+    "momo_adam": (_preset("momo_adam", 0.05, lower_bound=-30.0), AMPLIFIED),
+    "momo_adam_args": (_preset("momo_adam", 0.1, 0.8, 0.99, 1e-6, -30.0, 0.01, True), AMPLIFIED),
     # coin_betting.py
     "cocob": (_preset("cocob"), AMPLIFIED),
     "cocob_args": (_preset("cocob", 0.5, 50.0, 1e-6, 0.01,
@@ -121,11 +127,25 @@ PAIRS = {
 }
 
 
-def _run(make, dtype) -> tuple:
+def _value_stepper(opt, params):
+    """Trajectories.stepper for a method that reads the loss: update(..., value=loss)."""
+    def step(carry, t):
+        p, s = carry
+        value, g = jax.value_and_grad(_loss)(p)
+        u, s = opt.update(g, s, p, value=value)
+        p = optax.apply_updates(p, u)
+        return (p, s), (p, s)
+
+    return (params, opt.init(params)), step
+
+
+def _run(make, dtype, name="") -> tuple:
     """(ours, optax's) params at every step, in one compiled scan."""
     params = _params(dtype)
+    stepper = _value_stepper if name.startswith("momo") else (
+        lambda opt, p: Trajectories.stepper(opt, p, _grads))
     (ours, _), (theirs, _) = Trajectories.run(
-        [Trajectories.stepper(make(lib), params, _grads) for lib in (gx, optax)], STEPS)
+        [stepper(make(lib), params) for lib in (gx, optax)], STEPS)
     return ours, theirs
 
 
@@ -140,12 +160,12 @@ def _err(a, b):
 def test_same_trajectories_as_optax(name, trajectories):
     make, tol32, *tol64 = PAIRS[name]
     with jax.enable_x64(True):
-        ours64, exact = _run(make, jnp.float64)
+        ours64, exact = _run(make, jnp.float64, name)
     assert all(x.dtype == jnp.float64 for x in jax.tree.leaves(ours64))
     moved = min(float(jnp.max(jnp.abs(x[-1] - x[0]))) for x in jax.tree.leaves(ours64))
     assert moved > 1e-2, f"{name}: a leaf barely moved, the comparison says little"
     trajectories.assert_close(ours64, exact, (tol64 or [dict(rtol=1e-12, atol=1e-13)])[0], name)
-    ours32, optax32 = _run(make, jnp.float32)
+    ours32, optax32 = _run(make, jnp.float32, name)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(ours32))
     if tol32 == SENSITIVE:
         assert _err(ours32, exact) <= 2 * _err(optax32, exact) + 2e-6, name
@@ -248,6 +268,10 @@ INVALID = [
      "dadapt_adamw: betas[0] (b1) must be in [0, 1)"),
     (lambda: gx.contrib.dadapt_adamw(betas=0.9), "dadapt_adamw: betas must be a pair (b1, b2)"),
     (lambda: gx.contrib.dadapt_adamw(-1.0), "dadapt_adamw: learning_rate must be >= 0"),
+    (lambda: gx.contrib.momo(beta=1.0), "momo: beta must be in [0, 1)"),
+    (lambda: gx.contrib.momo(weight_decay=-1.0), "momo: weight_decay must be >= 0"),
+    (lambda: gx.contrib.momo_adam(b2=1.0), "momo_adam: b2 must be in [0, 1)"),
+    (lambda: gx.contrib.momo_adam(-0.1), "momo_adam: learning_rate must be >= 0"),
     (lambda: gx.contrib.cocob(learning_rate=-1.0),
      "scale_by_learning_rate: learning_rate must be >= 0"),
 ]
@@ -363,3 +387,22 @@ def test_trajectories_follow_the_papers_equations(name, args):
     for n in ref:
         np.testing.assert_allclose(np.asarray(ours64[n]), ref[n], rtol=1e-12, atol=1e-13,
                                    err_msg=f"{name} {n}")
+
+
+@pytest.mark.parametrize("make", [lambda: gx.contrib.momo(), lambda: gx.contrib.momo_adam()])
+def test_momo_asks_for_the_loss_value(make):
+    opt = make()
+    params = _params(jnp.float32)
+    with pytest.raises(ValueError, match="the loss value is required"):
+        opt.update(params, opt.init(params), params)
+
+
+def test_momo_gets_the_value_through_a_chain():
+    """chain passes extra arguments to every member (combine.chain)."""
+    params = _params(jnp.float32)
+    opt = gx.chain(gx.clip_by_global_norm(10.0), gx.contrib.momo(0.1, lower_bound=-30.0))
+    ref = optax.chain(optax.clip_by_global_norm(10.0), optax.contrib.momo(0.1, lower_bound=-30.0))
+    value, g = jax.value_and_grad(_loss)(params)
+    u, _ = opt.update(g, opt.init(params), params, value=value)
+    v, _ = ref.update(g, ref.init(params), params, value=value)
+    Trajectories.assert_close(u, v, "float32")
