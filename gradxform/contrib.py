@@ -10,6 +10,10 @@ object here. The implementations live with the rest of the library: primitives i
 `gradxform/_src/presets/contrib.py`.
 """
 
+from gradxform._src.composition.complex_split import (
+    SplitRealAndImaginaryState,
+    split_real_and_imaginary,
+)
 from gradxform._src.composition.schedule_free_wrapper import (
     ScheduleFreeState,
     schedule_free,
@@ -46,6 +50,7 @@ from gradxform._src.primitives.distance_over_gradients import (
 )
 from gradxform._src.primitives.dual_averaging import MadgradState, scale_by_madgrad
 from gradxform._src.primitives.newton_schulz import MuonDimensionNumbers
+from gradxform._src.primitives.normalization import NormalizeState, normalize
 from gradxform._src.primitives.orthogonal import MuonState, scale_by_muon
 from gradxform._src.primitives.polyak_momentum import (
     MomoAdamState,
@@ -70,11 +75,13 @@ __all__ = [
     "MomoState",
     "MuonDimensionNumbers",
     "MuonState",
+    "NormalizeState",
     "ProdigyState",
     "ScaleByAdemamixState",
     "ScaleBySimplifiedAdEMAMixState",
     "ScheduleFreeState",
     "SophiaState",
+    "SplitRealAndImaginaryState",
     "acprop",
     "ademamix",
     "adopt",
@@ -86,6 +93,7 @@ __all__ = [
     "momo",
     "momo_adam",
     "muon",
+    "normalize",
     "prodigy",
     "scale_by_acprop",
     "scale_by_ademamix",
@@ -102,4 +110,5 @@ __all__ = [
     "schedule_free_sgd",
     "simplified_ademamix",
     "sophia",
+    "split_real_and_imaginary",
 ]

@@ -114,6 +114,8 @@ CASES = {
     "dadapt_adamw": lambda: gx.contrib.dadapt_adamw(weight_decay=1e-3),
     "momo": lambda: gx.contrib.momo(weight_decay=1e-3, adapt_lower_bound=True),
     "momo_adam": lambda: gx.contrib.momo_adam(weight_decay=1e-3),
+    "normalize": lambda: gx.chain(gx.contrib.normalize(), gx.scale(-0.1)),
+    "split_real_and_imaginary": lambda: gx.contrib.split_real_and_imaginary(gx.adam(1e-2)),
     "scale_by_cocob": lambda: gx.contrib.scale_by_cocob(),
     "cocob": lambda: gx.contrib.cocob(weight_decay=1e-3),
 }

@@ -120,6 +120,8 @@ PAIRS = {
     "momo_args": (_preset("momo", 0.3, 0.8, -30.0, 0.01, True), AMPLIFIED),
     "momo_adam": (_preset("momo_adam", 0.05, lower_bound=-30.0), AMPLIFIED),
     "momo_adam_args": (_preset("momo_adam", 0.1, 0.8, 0.99, 1e-6, -30.0, 0.01, True), AMPLIFIED),
+    # normalization.py
+    "normalize": (_descend(lambda c: c.normalize()), F32),
     # coin_betting.py
     "cocob": (_preset("cocob"), AMPLIFIED),
     "cocob_args": (_preset("cocob", 0.5, 50.0, 1e-6, 0.01,
@@ -269,6 +271,8 @@ INVALID = [
     (lambda: gx.contrib.dadapt_adamw(betas=0.9), "dadapt_adamw: betas must be a pair (b1, b2)"),
     (lambda: gx.contrib.dadapt_adamw(-1.0), "dadapt_adamw: learning_rate must be >= 0"),
     (lambda: gx.contrib.momo(beta=1.0), "momo: beta must be in [0, 1)"),
+    (lambda: gx.contrib.split_real_and_imaginary(0.1),
+     "split_real_and_imaginary: inner must be a transformation"),
     (lambda: gx.contrib.momo(weight_decay=-1.0), "momo: weight_decay must be >= 0"),
     (lambda: gx.contrib.momo_adam(b2=1.0), "momo_adam: b2 must be in [0, 1)"),
     (lambda: gx.contrib.momo_adam(-0.1), "momo_adam: learning_rate must be >= 0"),
@@ -279,7 +283,7 @@ INVALID = [
 
 @pytest.mark.parametrize("make, message", INVALID, ids=[m for _, m in INVALID])
 def test_invalid_hyperparameters_fail_at_construction(make, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises((ValueError, TypeError), match=re.escape(message)):
         make()
 
 
@@ -406,3 +410,40 @@ def test_momo_gets_the_value_through_a_chain():
     u, _ = opt.update(g, opt.init(params), params, value=value)
     v, _ = ref.update(g, ref.init(params), params, value=value)
     Trajectories.assert_close(u, v, "float32")
+
+
+def _complex_params(dtype):
+    rng = np.random.RandomState(0)
+    c = lambda *shape: jnp.asarray(rng.randn(*shape) + 1j * rng.randn(*shape), dtype)  # noqa
+    return {"w": c(4, 3), "b": jnp.asarray(rng.randn(3), jnp.finfo(dtype).dtype),
+            "k": c(2, 3, 2)}
+
+
+def _complex_grads(p, t):
+    """An analytic function of the params (any deterministic one serves to compare)."""
+    return jax.tree.map(lambda x: jnp.sin(x) * x + 0.1, p)
+
+
+def test_split_real_and_imaginary_matches_optax(trajectories):
+    """Adam on the split parts differs from Adam on complex leaves (one |g|² per number), and
+    gives optax's numbers: complex128 to 1e-12, complex64 near that (optax's float32 bias
+    corrections 1 - β^t cancel, so its complex64 run is further away)."""
+    def make(lib):
+        return lib.contrib.split_real_and_imaginary(lib.adam(0.01))
+
+    def run(dtype):
+        params = _complex_params(dtype)
+        return trajectories.run(
+            [trajectories.stepper(make(gx), params, _complex_grads),
+             trajectories.stepper(make(optax), params, _complex_grads),
+             trajectories.stepper(gx.adam(0.01), params, _complex_grads)], STEPS)
+
+    with jax.enable_x64(True):
+        (ours, _), (exact, _), (whole, _) = run(jnp.complex128)
+    trajectories.assert_close(ours, exact, dict(rtol=1e-12, atol=1e-13), "split")
+    assert float(jnp.max(jnp.abs(ours["w"][-1] - whole["w"][-1]))) > 1e-3
+    (ours32, _), (optax32, _), _ = run(jnp.complex64)
+    assert ours32["w"].dtype == jnp.complex64 and ours32["b"].dtype == jnp.float32
+    # sin(z) z grows along the imaginary axis and carries the rounding on (AMPLIFIED above)
+    trajectories.assert_close(ours32, exact, AMPLIFIED, "split (complex64 vs complex128)")
+    assert _err(ours32, exact) <= 1.5 * _err(optax32, exact) + 1e-7
