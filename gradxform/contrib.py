@@ -26,6 +26,7 @@ from gradxform._src.presets.contrib import (
     cocob,
     dog,
     dowg,
+    dpsgd,
     madgrad,
     muon,
     schedule_free_adamw,
@@ -58,6 +59,10 @@ from gradxform._src.primitives.polyak_momentum import (
     momo,
     momo_adam,
 )
+from gradxform._src.primitives.privacy_noise import (
+    DifferentiallyPrivateAggregateState,
+    differentially_private_aggregate,
+)
 from gradxform._src.primitives.slow_momentum import (
     ScaleByAdemamixState,
     ScaleBySimplifiedAdEMAMixState,
@@ -68,6 +73,7 @@ from gradxform._src.primitives.slow_momentum import (
 __all__ = [
     "COCOBState",
     "DAdaptAdamWState",
+    "DifferentiallyPrivateAggregateState",
     "DoGState",
     "DoWGState",
     "MadgradState",
@@ -87,8 +93,10 @@ __all__ = [
     "adopt",
     "cocob",
     "dadapt_adamw",
+    "differentially_private_aggregate",
     "dog",
     "dowg",
+    "dpsgd",
     "madgrad",
     "momo",
     "momo_adam",

@@ -2,15 +2,35 @@
 
 import inspect
 
+import jax
+import jax.numpy as jnp
 import optax
 import pytest
 
 import gradxform as gx
 from gradxform._src import presets
+from gradxform._src.protocol.fields import child
 from gradxform.testing import check_transformation
 
 # The matrices of gradxform.testing.default_params (Muon orthogonalizes matrices only).
 _MATRICES = {"dense": {"w": True, "b": False}, "scale": False, "frozen": False, "empty": False}
+
+@gx.pytree_dataclass
+class _with_examples(gx.Transformation):
+    """Feeds `inner` three per-example gradients (axis 0) made from each gradient, for the
+    transformations that aggregate examples (DP-SGD): the checks then see params-shaped
+    updates."""
+
+    inner: gx.Transformation = child()
+
+    def init(self, params):
+        return self.inner.init(params)
+
+    def update(self, updates, state, params=None, **extra_args):
+        examples = jax.tree.map(
+            lambda g: jnp.stack([g, -0.5 * g, 3 * g + 1]), updates)
+        return self.inner.update(examples, state, params, **extra_args)
+
 
 # One zero-argument factory per public transformation or optimizer, under its public name.
 CASES = {
@@ -116,6 +136,9 @@ CASES = {
     "momo_adam": lambda: gx.contrib.momo_adam(weight_decay=1e-3),
     "normalize": lambda: gx.chain(gx.contrib.normalize(), gx.scale(-0.1)),
     "split_real_and_imaginary": lambda: gx.contrib.split_real_and_imaginary(gx.adam(1e-2)),
+    "differentially_private_aggregate": lambda: _with_examples(
+        gx.contrib.differentially_private_aggregate(1.0, 0.5, 0)),
+    "dpsgd": lambda: _with_examples(gx.contrib.dpsgd(0.1, 1.0, 0.5, 0, momentum=0.9)),
     "scale_by_cocob": lambda: gx.contrib.scale_by_cocob(),
     "cocob": lambda: gx.contrib.cocob(weight_decay=1e-3),
 }

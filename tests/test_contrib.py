@@ -198,6 +198,8 @@ def test_contrib_mirrors_optax_contrib_names_and_signatures():
         ours, theirs = getattr(gx.contrib, name), _optax_contrib(name)
         if not (inspect.isfunction(ours) and inspect.isfunction(theirs)):
             continue
+        if name in ("differentially_private_aggregate",):  # a class: its fields, below
+            continue
         if name in ("muon", "sophia", "schedule_free_sgd", "schedule_free_adamw",
                     "schedule_free", "schedule_free_eval_params"):
             continue  # older presets: their differences are documented in their docstrings
@@ -212,7 +214,8 @@ def test_contrib_mirrors_optax_contrib_names_and_signatures():
 
 @pytest.mark.parametrize("name", ["scale_by_adopt", "scale_by_acprop", "scale_by_ademamix",
                                   "scale_by_simplified_ademamix", "scale_by_madgrad",
-                                  "scale_by_dog", "scale_by_dowg", "scale_by_cocob"])
+                                  "scale_by_dog", "scale_by_dowg", "scale_by_cocob",
+                                  "differentially_private_aggregate"])
 def test_primitive_signatures_follow_optax(name):
     ours = getattr(gx.contrib, name)
     theirs = inspect.signature(_optax_contrib(name)).parameters
@@ -271,6 +274,12 @@ INVALID = [
     (lambda: gx.contrib.dadapt_adamw(betas=0.9), "dadapt_adamw: betas must be a pair (b1, b2)"),
     (lambda: gx.contrib.dadapt_adamw(-1.0), "dadapt_adamw: learning_rate must be >= 0"),
     (lambda: gx.contrib.momo(beta=1.0), "momo: beta must be in [0, 1)"),
+    (lambda: gx.contrib.differentially_private_aggregate(-1.0, 1.0, 0),
+     "differentially_private_aggregate: l2_norm_clip must be >= 0"),
+    (lambda: gx.contrib.dpsgd(0.1, 1.0, -0.5, 0),
+     "differentially_private_aggregate: noise_multiplier must be >= 0"),
+    (lambda: gx.contrib.differentially_private_aggregate(1.0, 1.0, 0, seed=1),
+     "differentially_private_aggregate: pass key or seed, not both"),
     (lambda: gx.contrib.split_real_and_imaginary(0.1),
      "split_real_and_imaginary: inner must be a transformation"),
     (lambda: gx.contrib.momo(weight_decay=-1.0), "momo: weight_decay must be >= 0"),
@@ -447,3 +456,72 @@ def test_split_real_and_imaginary_matches_optax(trajectories):
     # sin(z) z grows along the imaginary axis and carries the rounding on (AMPLIFIED above)
     trajectories.assert_close(ours32, exact, AMPLIFIED, "split (complex64 vs complex128)")
     assert _err(ours32, exact) <= 1.5 * _err(optax32, exact) + 1e-7
+
+
+# -- differentially private aggregation ------------------------------------------------------
+
+BATCH = 4
+
+
+def _per_example_grads(p, t):
+    """B gradients per leaf (axis 0), of different sizes: some are clipped at C = 3."""
+    g = _grads(p, t)
+    scales = jnp.arange(1, BATCH + 1, dtype=jnp.result_type(g["w"])) * 0.7
+    return jax.tree.map(lambda x: scales.reshape((-1,) + (1,) * x.ndim) * x[None]
+                        + 0.1 * jnp.sin(x + scales.reshape((-1,) + (1,) * x.ndim)), g)
+
+
+@pytest.mark.parametrize("momentum", [None, 0.9])
+def test_dpsgd_same_trajectories_and_noise_as_optax(momentum, trajectories):
+    """For the same seed, the noise is optax's bit for bit: the trajectories agree."""
+    def make(lib):
+        return lib.contrib.dpsgd(0.05, 3.0, 0.5, 7, momentum=momentum, nesterov=True)
+
+    def run(dtype):
+        params = _params(dtype)
+        return trajectories.run([trajectories.stepper(make(lib), params, _per_example_grads)
+                                 for lib in (gx, optax)], STEPS)
+
+    with jax.enable_x64(True):
+        (ours, _), (exact, _) = run(jnp.float64)
+    trajectories.assert_close(ours, exact, dict(rtol=1e-12, atol=1e-13), "dpsgd")
+    assert min(float(jnp.max(jnp.abs(x[-1] - x[0]))) for x in jax.tree.leaves(ours)) > 1e-2
+    (ours32, _), (optax32, _) = run(jnp.float32)
+    trajectories.assert_close(ours32, optax32, "float32", "dpsgd float32")
+
+
+def test_differentially_private_aggregate_noise_statistics():
+    """ḡ - mean of the clipped gradients is N(0, (σC/B)²) per coordinate, fresh at each step."""
+    rng = np.random.default_rng(0)
+    grads = {"w": jnp.asarray(rng.normal(size=(BATCH, 100, 100)), jnp.float32),
+             "b": jnp.asarray(rng.normal(size=(BATCH, 50)), jnp.float32)}
+    clip, sigma = 1e6, 0.8  # nothing clipped: the clipped sum is the plain sum
+    opt = gx.contrib.differentially_private_aggregate(clip, sigma, jax.random.key(3))
+    state = opt.init(None)
+    u1, state = opt.update(grads, state)
+    u2, _ = opt.update(grads, state)
+    noise = (u1["w"] - jnp.mean(grads["w"], axis=0)) / (sigma * clip / BATCH)
+    assert abs(float(jnp.mean(noise))) < 0.03              # 1e4 draws: σ of the mean is 0.01
+    assert abs(float(jnp.std(noise)) - 1.0) < 0.03
+    assert float(jnp.max(jnp.abs(u1["w"] - u2["w"]))) > 1.0  # a new draw every step
+    assert u1["b"].shape == (50,)
+
+
+def test_differentially_private_aggregate_clips_each_example():
+    grads = {"w": jnp.asarray([[3.0, 4.0], [0.3, 0.4]])}     # norms 5 and 0.5
+    opt = gx.contrib.differentially_private_aggregate(1.0, 0.0, 0)
+    u, _ = opt.update(grads, opt.init(None))
+    np.testing.assert_allclose(np.asarray(u["w"]), [(0.6 + 0.3) / 2, (0.8 + 0.4) / 2],
+                               rtol=1e-6)
+
+
+def test_dpsgd_with_momentum_checks_its_state_against_the_params():
+    params = _params(jnp.float32)
+    opt = gx.contrib.dpsgd(0.1, 1.0, 1.0, 0, momentum=0.9)
+    state = opt.init(params)
+    g = _per_example_grads(params, 0)
+    opt.update(g, state, params)                            # per-example updates accepted
+    opt.update(g, state)
+    wrong = opt.init({"w": params["w"]})
+    with pytest.raises(ValueError, match="state does not match"):
+        opt.update(g, wrong, params)

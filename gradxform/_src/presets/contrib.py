@@ -30,8 +30,10 @@ from gradxform._src.primitives.distance_over_gradients import (
     scale_by_dowg,
 )
 from gradxform._src.primitives.dual_averaging import scale_by_madgrad
+from gradxform._src.primitives.moments import trace
 from gradxform._src.primitives.newton_schulz import DEFAULT_NS_COEFFS, StaticDims
 from gradxform._src.primitives.orthogonal import MuonLabels, scale_by_muon, scale_by_shape
+from gradxform._src.primitives.privacy_noise import differentially_private_aggregate
 from gradxform._src.primitives.scaling import (
     add_decayed_weights,
     identity,
@@ -360,4 +362,28 @@ def cocob(learning_rate: ScalarOrSchedule = 1.0, alpha: float = 100.0, eps: floa
         add_decayed_weights(weight_decay, mask=mask),
         scale_by_learning_rate(learning_rate, flip_sign=False),
         scale_by_cocob(alpha, eps),
+    )
+
+
+# -- optax.contrib's differentially private SGD ------------------------------------------------
+
+
+def dpsgd(learning_rate: ScalarOrSchedule, l2_norm_clip: float, noise_multiplier: float,
+          seed: int, momentum: ScalarOrSchedule | None = None,
+          nesterov: bool = False) -> chain:
+    """DP-SGD (optax's `contrib.dpsgd`).
+
+    chain(differentially_private_aggregate(l2_norm_clip, noise_multiplier, seed=seed),
+          [trace(momentum, nesterov=nesterov)], scale_by_learning_rate(learning_rate))
+
+    θ_{t+1} = θ_t - η (Σ_i clip_C(g_i) + σ C ξ_t) / B, with optional heavy-ball momentum.
+    `update` takes per-example gradients (examples on axis 0 of every leaf).
+
+    References:
+      Abadi et al., "Deep Learning with Differential Privacy", CCS 2016 (arXiv:1607.00133).
+    """
+    return chain(
+        differentially_private_aggregate(l2_norm_clip, noise_multiplier, seed=seed),
+        identity() if momentum is None else trace(momentum, nesterov=nesterov),
+        scale_by_learning_rate(learning_rate),
     )
