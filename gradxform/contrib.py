@@ -14,6 +14,7 @@ from gradxform._src.composition.complex_split import (
     SplitRealAndImaginaryState,
     split_real_and_imaginary,
 )
+from gradxform._src.composition.mechanic import MechanicState, mechanize
 from gradxform._src.composition.schedule_free_wrapper import (
     ScheduleFreeState,
     schedule_free,
@@ -77,6 +78,7 @@ __all__ = [
     "DoGState",
     "DoWGState",
     "MadgradState",
+    "MechanicState",
     "MomoAdamState",
     "MomoState",
     "MuonDimensionNumbers",
@@ -98,6 +100,7 @@ __all__ = [
     "dowg",
     "dpsgd",
     "madgrad",
+    "mechanize",
     "momo",
     "momo_adam",
     "muon",

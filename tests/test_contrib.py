@@ -52,6 +52,10 @@ def _preset(name, *args, **kwargs):
     return lambda lib: getattr(lib.contrib, name)(*args, **kwargs)
 
 
+def _optax_base(lib, optax_opt):
+    return gx.from_optax(optax_opt) if lib is gx else optax_opt
+
+
 def _chain_prefix(prefix, make):
     """`make`'s optimizer after a transformation `prefix(lib)` (e.g. clipping, for methods that
     the gradients of an unbounded loss would otherwise send far away)."""
@@ -66,7 +70,7 @@ F32 = "float32"
 # rounding further: their float32 runs, optax's as much as these, stay within ~5e-6 of the
 # float64 trajectory on leaves of size ~1.
 AMPLIFIED = dict(rtol=1e-5, atol=1e-5)
-# Methods with one step size for the whole tree, from the distance travelled, take large steps
+# Methods with one step size for the whole tree (DoG, DoWG, Mechanic) take large steps
 # across the non-convex loss: their float32 runs (optax's too) end up to 10% away from the
 # float64 one; held instead to optax's float32 run, within a few ulps per step.
 CHAOTIC = "same as optax's float32"
@@ -120,6 +124,13 @@ PAIRS = {
     "momo_args": (_preset("momo", 0.3, 0.8, -30.0, 0.01, True), AMPLIFIED),
     "momo_adam": (_preset("momo_adam", 0.05, lower_bound=-30.0), AMPLIFIED),
     "momo_adam_args": (_preset("momo_adam", 0.1, 0.8, 0.99, 1e-6, -30.0, 0.01, True), AMPLIFIED),
+    # mechanic.py: the same base optimizer on both sides (optax's, wrapped), so that only
+    # Mechanic's own numbers are compared; its bets amplify the last-bit differences of two
+    # Adams (1e-16) to ~1e-9 in 100 steps.
+    "mechanize": (lambda lib: lib.contrib.mechanize(_optax_base(lib, optax.adam(0.01))),
+                  CHAOTIC),
+    "mechanize_args": (lambda lib: lib.contrib.mechanize(
+        _optax_base(lib, optax.sgd(0.05, momentum=0.9)), 0.1, 1e-6, 1e-4, 3), CHAOTIC),
     # normalization.py
     "normalize": (_descend(lambda c: c.normalize()), F32),
     # coin_betting.py
@@ -215,7 +226,7 @@ def test_contrib_mirrors_optax_contrib_names_and_signatures():
 @pytest.mark.parametrize("name", ["scale_by_adopt", "scale_by_acprop", "scale_by_ademamix",
                                   "scale_by_simplified_ademamix", "scale_by_madgrad",
                                   "scale_by_dog", "scale_by_dowg", "scale_by_cocob",
-                                  "differentially_private_aggregate"])
+                                  "differentially_private_aggregate", "mechanize"])
 def test_primitive_signatures_follow_optax(name):
     ours = getattr(gx.contrib, name)
     theirs = inspect.signature(_optax_contrib(name)).parameters
@@ -280,6 +291,12 @@ INVALID = [
      "differentially_private_aggregate: noise_multiplier must be >= 0"),
     (lambda: gx.contrib.differentially_private_aggregate(1.0, 1.0, 0, seed=1),
      "differentially_private_aggregate: pass key or seed, not both"),
+    (lambda: gx.contrib.mechanize(gx.adam(0.1), num_betas=0),
+     "mechanize: num_betas must be an integer >= 1"),
+    (lambda: gx.contrib.mechanize(gx.adam(0.1), s_init=0.0), "mechanize: s_init must be > 0"),
+    (lambda: gx.contrib.mechanize(gx.adam(0.1), weight_decay=-1.0),
+     "mechanize: weight_decay must be >= 0"),
+    (lambda: gx.contrib.mechanize(0.1), "mechanize: base_optimizer must be a transformation"),
     (lambda: gx.contrib.split_real_and_imaginary(0.1),
      "split_real_and_imaginary: inner must be a transformation"),
     (lambda: gx.contrib.momo(weight_decay=-1.0), "momo: weight_decay must be >= 0"),
