@@ -20,6 +20,7 @@ from gradxform._src.composition.schedule_free_wrapper import (
     schedule_free,
     schedule_free_eval_params,
 )
+from gradxform._src.composition.sharpness import SAMState, sam
 from gradxform._src.presets.contrib import (
     acprop,
     ademamix,
@@ -85,6 +86,7 @@ __all__ = [
     "MuonState",
     "NormalizeState",
     "ProdigyState",
+    "SAMState",
     "ScaleByAdemamixState",
     "ScaleBySimplifiedAdEMAMixState",
     "ScheduleFreeState",
@@ -106,6 +108,7 @@ __all__ = [
     "muon",
     "normalize",
     "prodigy",
+    "sam",
     "scale_by_acprop",
     "scale_by_ademamix",
     "scale_by_adopt",

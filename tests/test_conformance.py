@@ -135,6 +135,8 @@ CASES = {
     "momo": lambda: gx.contrib.momo(weight_decay=1e-3, adapt_lower_bound=True),
     "momo_adam": lambda: gx.contrib.momo_adam(weight_decay=1e-3),
     "mechanize": lambda: gx.contrib.mechanize(gx.adam(1e-2)),
+    "sam": lambda: gx.contrib.sam(gx.sgd(0.1, 0.9), gx.chain(gx.contrib.normalize(),
+                                                             gx.sgd(0.05))),
     "normalize": lambda: gx.chain(gx.contrib.normalize(), gx.scale(-0.1)),
     "split_real_and_imaginary": lambda: gx.contrib.split_real_and_imaginary(gx.adam(1e-2)),
     "differentially_private_aggregate": lambda: _with_examples(
