@@ -364,8 +364,11 @@ def test_updates_follow_the_papers_equations(name, x64):
         p = p + u
 
 
-@pytest.mark.parametrize("make", [lambda: gx.contrib.adopt(1e-2), lambda: gx.contrib.ademamix(
-    1e-2), lambda: gx.contrib.acprop(1e-2), lambda: gx.contrib.simplified_ademamix(1e-2)])
+@pytest.mark.parametrize("make", [
+    lambda: gx.contrib.adopt(1e-2), lambda: gx.contrib.ademamix(1e-2),
+    lambda: gx.contrib.acprop(1e-2), lambda: gx.contrib.simplified_ademamix(1e-2),
+    lambda: gx.contrib.madgrad(1e-2), lambda: gx.contrib.cocob(),
+    lambda: gx.chain(gx.contrib.normalize(), gx.scale(-0.1))])
 def test_elementwise_chains_are_fused_whole(make):
     from gradxform._src.fast import fusion
 
@@ -558,3 +561,21 @@ def test_sam_opaque_mode_matches_optax(trajectories):
     assert min(float(jnp.max(jnp.abs(x[-1] - x[0]))) for x in jax.tree.leaves(ours)) > 1e-2
     with pytest.raises(ValueError, match="grad_fn is required"):
         make(gx).update(params, make(gx).init(params), params)
+
+
+@pytest.mark.parametrize("make", [lambda: gx.contrib.madgrad(1e-2), lambda: gx.contrib.cocob(),
+                                  lambda: gx.contrib.prodigy()])
+def test_donating_step_gives_the_numbers_of_update_and_apply(make):
+    """make_step donates params and state: the copies of x_0 in the state must be arrays of
+    their own, and the step keeps the numbers."""
+    opt = make()
+    params = _params(jnp.float32)
+    reference = jax.jit(gx.update_and_apply)
+    step = gx.make_step(opt)
+    p_ref, s_ref = params, opt.init(params)
+    p, s = jax.tree.map(jnp.copy, params), opt.init(jax.tree.map(jnp.copy, params))
+    for t in range(2):
+        p_ref, s_ref = reference(opt, _grads(p_ref, t), s_ref, p_ref)
+        p, s = step(_grads(p, t), s, p)
+    for a, b in zip(jax.tree.leaves((p, s)), jax.tree.leaves((p_ref, s_ref))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

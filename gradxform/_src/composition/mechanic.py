@@ -125,5 +125,11 @@ class mechanize(Transformation):
         return new_updates, MechanicState(base_state, safe_increment(state.count), r, m, v, s,
                                           x0)
 
+    def hyperparams(self, state) -> dict:
+        out = super().hyperparams(state)
+        if hasattr(self.base_optimizer, "hyperparams"):
+            out["base_optimizer"] = self.base_optimizer.hyperparams(state.base_optimizer_state)
+        return out
+
     def _substates(self, state):
         return [("base_optimizer", self.base_optimizer, state.base_optimizer_state)]

@@ -115,6 +115,10 @@ class sam(Transformation):
         return out, SAMState(steps_since_sync=jnp.zeros([], jnp.int32), opt_state=opt_state,
                              adv_state=adv_state, cache=None)
 
+    def hyperparams(self, state) -> dict:
+        return {name: t.hyperparams(st) for name, t, st in self._substates(state)
+                if hasattr(t, "hyperparams")}
+
     def _substates(self, state):
         return [("optimizer", self.optimizer, state.opt_state),
                 ("adv_optimizer", self.adv_optimizer, state.adv_state)]
