@@ -523,10 +523,11 @@ __all__ = [
 ]
 
 # -- Public submodules: attributes of the package once it is imported, as optax's are
-# (`gx.tree_utils.tree_norm`, `gx.schedules.cosine_decay_schedule`, `gx.projections`). They are
+# (`gx.tree_utils.tree_norm`, `gx.contrib.adopt`, `gx.schedules.cosine_decay_schedule`). They are
 # modules, not names of __all__. --
 from gradxform import (  # noqa: E402
     checkpoint,
+    contrib,
     microbatching,
     projections,
     schedules,

@@ -3,15 +3,34 @@
 import inspect
 
 import jax
+import jax.numpy as jnp
 import optax
 import pytest
 
 import gradxform as gx
 from gradxform._src import presets
+from gradxform._src.protocol.fields import child
 from gradxform.testing import check_transformation
 
 # The matrices of gradxform.testing.default_params (Muon orthogonalizes matrices only).
 _MATRICES = {"dense": {"w": True, "b": False}, "scale": False, "frozen": False, "empty": False}
+
+@gx.pytree_dataclass
+class _with_examples(gx.Transformation):
+    """Feeds `inner` three per-example gradients (axis 0) made from each gradient, for the
+    transformations that aggregate examples (DP-SGD): the checks then see params-shaped
+    updates."""
+
+    inner: gx.Transformation = child()
+
+    def init(self, params):
+        return self.inner.init(params)
+
+    def update(self, updates, state, params=None, **extra_args):
+        examples = jax.tree.map(
+            lambda g: jnp.stack([g, -0.5 * g, 3 * g + 1]), updates)
+        return self.inner.update(examples, state, params, **extra_args)
+
 
 # One zero-argument factory per public transformation or optimizer, under its public name.
 CASES = {
@@ -161,6 +180,35 @@ CASES = {
     "scale_by_distance_over_gradients": lambda: gx.scale_by_distance_over_gradients(1e-4),
     "centralize": lambda: gx.centralize(),
     "normalize_by_update_norm": lambda: gx.normalize_by_update_norm(-0.1),
+    # gradxform.contrib (asynchronous_moments.py, slow_momentum.py, dual_averaging.py, ...)
+    "scale_by_adopt": lambda: gx.contrib.scale_by_adopt(nesterov=True),
+    "adopt": lambda: gx.contrib.adopt(1e-3),
+    "scale_by_acprop": lambda: gx.contrib.scale_by_acprop(),
+    "acprop": lambda: gx.contrib.acprop(1e-3, weight_decay=1e-2),
+    "scale_by_ademamix": lambda: gx.contrib.scale_by_ademamix(),
+    "ademamix": lambda: gx.contrib.ademamix(1e-3, weight_decay=1e-2),
+    "scale_by_simplified_ademamix": lambda: gx.contrib.scale_by_simplified_ademamix(alpha=1.0),
+    "simplified_ademamix": lambda: gx.contrib.simplified_ademamix(1e-3),
+    "scale_by_madgrad": lambda: gx.contrib.scale_by_madgrad(1e-2),
+    "madgrad": lambda: gx.contrib.madgrad(1e-2, weight_decay=1e-3),
+    "scale_by_dog": lambda: gx.contrib.scale_by_dog(("learning_rate", 1e-2)),
+    "dog": lambda: gx.contrib.dog(weight_decay=1e-3),
+    "scale_by_dowg": lambda: gx.contrib.scale_by_dowg(),
+    "dowg": lambda: gx.contrib.dowg(init_estim_sq_dist=1e-2, weight_decay=1e-3),
+    "prodigy": lambda: gx.contrib.prodigy(weight_decay=1e-3, safeguard_warmup=True),
+    "dadapt_adamw": lambda: gx.contrib.dadapt_adamw(weight_decay=1e-3),
+    "momo": lambda: gx.contrib.momo(weight_decay=1e-3, adapt_lower_bound=True),
+    "momo_adam": lambda: gx.contrib.momo_adam(weight_decay=1e-3),
+    "mechanize": lambda: gx.contrib.mechanize(gx.adam(1e-2)),
+    "sam": lambda: gx.contrib.sam(gx.sgd(0.1, 0.9), gx.chain(gx.contrib.normalize(),
+                                                             gx.sgd(0.05))),
+    "normalize": lambda: gx.chain(gx.contrib.normalize(), gx.scale(-0.1)),
+    "split_real_and_imaginary": lambda: gx.contrib.split_real_and_imaginary(gx.adam(1e-2)),
+    "differentially_private_aggregate": lambda: _with_examples(
+        gx.contrib.differentially_private_aggregate(1.0, 0.5, 0)),
+    "dpsgd": lambda: _with_examples(gx.contrib.dpsgd(0.1, 1.0, 0.5, 0, momentum=0.9)),
+    "scale_by_cocob": lambda: gx.contrib.scale_by_cocob(),
+    "cocob": lambda: gx.contrib.cocob(weight_decay=1e-3),
 }
 
 # Keyword arguments of check_transformation for the cases that need them: the Polyak step
@@ -170,6 +218,8 @@ CHECK_OPTIONS = {
     "polyak_sgd": dict(extra_args={"value": 2.5}),
     "reduce_on_plateau": dict(extra_args={"value": 0.5}),
     "reduce_lr_on_plateau": dict(extra_args={"value": 0.5}),
+    "momo": dict(extra_args={"value": 1.5}),
+    "momo_adam": dict(extra_args={"value": 1.5}),
 }
 
 
@@ -183,6 +233,23 @@ def _public_transformations():
         elif inspect.isfunction(value) and value.__module__.startswith(presets.__name__ + "."):
             names.add(name)  # every preset, wherever in gradxform/_src/presets it is assembled
     return names
+
+
+def _contrib_transformations():
+    """The transformations and optimizers of gradxform.contrib, under their names there."""
+    names = set()
+    for name in gx.contrib.__all__:
+        value = getattr(gx.contrib, name)
+        if inspect.isclass(value) and issubclass(value, gx.Transformation):
+            names.add(name)
+        elif inspect.isfunction(value) and value.__module__.startswith(presets.__name__ + "."):
+            names.add(name)
+    return names
+
+
+def test_every_contrib_transformation_is_checked():
+    missing = _contrib_transformations() - set(CASES)
+    assert not missing, f"add a conformance case to CASES for: {sorted(missing)}"
 
 
 def test_every_public_transformation_is_checked():

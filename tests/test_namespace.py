@@ -76,6 +76,14 @@ def test_init_only_re_exports():
     assert defined == []
 
 
+def test_public_submodules_list_their_names_literally():
+    for name in PUBLIC_SUBMODULES:
+        module = getattr(gradxform, name)
+        if hasattr(module, "__all__"):  # optax.contrib's namespace, for one
+            listed = _literal_all(ast.parse(Path(module.__file__).read_text()))
+            assert listed == sorted(listed) == module.__all__, name
+
+
 @pytest.mark.parametrize("name", gradxform.__all__)
 def test_no_public_name_is_also_a_submodule(name):
     assert importlib.util.find_spec("gradxform." + name) is None, (

@@ -76,14 +76,34 @@ def expected_state_structure(transformation, updates):
     return _state_structures.get_or_compute(key, compute)
 
 
+def takes_per_example_updates(transformation) -> bool:
+    """Whether the updates given to `transformation` carry a batch axis that the params lack:
+    it, or the first member of its chain, declares `per_example_updates = True` (DP-SGD's
+    aggregation of per-example gradients)."""
+    if getattr(transformation, "per_example_updates", False):
+        return True
+    members = getattr(transformation, "transforms", None)
+    return isinstance(members, tuple) and bool(members) and takes_per_example_updates(members[0])
+
+
 def check_trees(transformation, updates, state, params) -> None:
-    """Raises a ValueError (TypeError for non-float leaves) naming the first tree mismatch."""
+    """Raises a ValueError (TypeError for non-float leaves) naming the first tree mismatch.
+
+    For per-example updates (`takes_per_example_updates`), the updates are not compared with
+    the params, and the state is checked against `init(params)` when params are given.
+    """
     name = type(transformation).__name__
     tree_utils.check_inexact(updates, f"{name}.update", "updates")
+    per_example = takes_per_example_updates(transformation)
     if params is not None:
-        tree_utils.check_same_structure(updates, params, f"{name}.update", "updates", "params")
+        if not per_example:
+            tree_utils.check_same_structure(updates, params, f"{name}.update", "updates",
+                                            "params")
         tree_utils.check_inexact(params, f"{name}.update", "params")
-    expected, expected_leaves = expected_state_structure(transformation, updates)
+    if per_example and params is None:
+        return
+    expected, expected_leaves = expected_state_structure(
+        transformation, params if per_example else updates)
     actual = jax.tree_util.tree_structure(state)
     hint = None
     if actual != expected:
