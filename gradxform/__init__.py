@@ -149,6 +149,22 @@ from gradxform._src.presets.alias import (
 )
 from gradxform._src.presets.contrib import muon, schedule_free_adamw, schedule_free_sgd, sophia
 
+# -- Full-batch optimisation: L-BFGS, line searches and the one-call solver --
+from gradxform._src.presets.alias import lbfgs
+from gradxform._src.primitives.linesearch import (
+    BacktrackingLinesearchInfo,
+    ScaleByBacktrackingLinesearchState,
+    scale_by_backtracking_linesearch,
+    value_and_grad_from_state,
+)
+from gradxform._src.primitives.quasi_newton import ScaleByLBFGSState, scale_by_lbfgs
+from gradxform._src.primitives.zoom import (
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_zoom_linesearch,
+)
+from gradxform._src.solvers.full_batch import MinimizeResult, MinimizeStatus, minimize
+
 # -- Schedules (gradxform/_src/schedules/) --
 from gradxform._src.schedules.common import function_schedule
 from gradxform._src.schedules.cosine import (
@@ -192,6 +208,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ApplyIfFiniteState",
+    "BacktrackingLinesearchInfo",
     "ClipByGlobalNormState",
     "CountState",
     "EmaParamsState",
@@ -201,6 +218,8 @@ __all__ = [
     "FactoredState",
     "LookaheadState",
     "MaskedState",
+    "MinimizeResult",
+    "MinimizeStatus",
     "MultiSteps",
     "MultiStepsState",
     "MuonDimensionNumbers",
@@ -212,19 +231,23 @@ __all__ = [
     "ScaleByAdamState",
     "ScaleByAdanState",
     "ScaleByAmsgradState",
+    "ScaleByBacktrackingLinesearchState",
     "ScaleByBeliefState",
+    "ScaleByLBFGSState",
     "ScaleByLionState",
     "ScaleByNadamState",
     "ScaleByRmsState",
     "ScaleByRssState",
     "ScaleByStddevState",
     "ScaleByYogiState",
+    "ScaleByZoomLinesearchState",
     "Schedule",
     "ScheduleFreeState",
     "SophiaState",
     "TraceState",
     "Transformation",
     "ZeroNansState",
+    "ZoomLinesearchInfo",
     "adabelief",
     "adafactor",
     "adagrad",
@@ -269,12 +292,14 @@ __all__ = [
     "hyperparams",
     "identity",
     "join_schedules",
+    "lbfgs",
     "linear_onecycle_schedule",
     "linear_schedule",
     "lion",
     "lookahead",
     "make_step",
     "masked",
+    "minimize",
     "multistep_lr_schedule",
     "muon",
     "nadam",
@@ -300,8 +325,10 @@ __all__ = [
     "scale_by_adamax",
     "scale_by_adan",
     "scale_by_amsgrad",
+    "scale_by_backtracking_linesearch",
     "scale_by_belief",
     "scale_by_factored_rms",
+    "scale_by_lbfgs",
     "scale_by_learning_rate",
     "scale_by_lion",
     "scale_by_muon",
@@ -315,6 +342,7 @@ __all__ = [
     "scale_by_sophia",
     "scale_by_stddev",
     "scale_by_yogi",
+    "scale_by_zoom_linesearch",
     "schedule_free",
     "schedule_free_adamw",
     "schedule_free_eval_params",
@@ -335,6 +363,7 @@ __all__ = [
     "unitwise_norm",
     "unpack",
     "update_and_apply",
+    "value_and_grad_from_state",
     "warmup_constant_schedule",
     "warmup_cosine_decay_schedule",
     "warmup_exponential_decay_schedule",

@@ -22,8 +22,15 @@ from gradxform._src.primitives.adaptive import scale_by_rms, scale_by_rss, scale
 from gradxform._src.primitives.clipping import clip_by_block_rms
 from gradxform._src.primitives.factored import scale_by_factored_rms, scale_by_param_block_rms
 from gradxform._src.primitives.moments import ema, trace
-from gradxform._src.primitives.scaling import add_decayed_weights, scale, scale_by_learning_rate
+from gradxform._src.primitives.quasi_newton import scale_by_lbfgs
+from gradxform._src.primitives.scaling import (
+    add_decayed_weights,
+    identity,
+    scale,
+    scale_by_learning_rate,
+)
 from gradxform._src.primitives.sign_momentum import scale_by_lion
+from gradxform._src.primitives.zoom import scale_by_zoom_linesearch
 from gradxform._src.protocol.masks import MaskLike
 from gradxform._src.protocol.schedule import ScalarOrSchedule
 from gradxform._src.protocol.transformation import Transformation
@@ -287,4 +294,49 @@ def adan(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.98,
         scale_by_adan(b1, b2=b2, b3=b3, eps=eps, eps_root=eps_root, lookahead=lookahead),
         add_decayed_weights(weight_decay, mask=mask),
         scale_by_learning_rate(learning_rate),
+    )
+
+
+# -- full-batch optimisation --
+
+# optax's default line search for L-BFGS (a frozen transformation: one instance serves all).
+LBFGS_LINESEARCH = scale_by_zoom_linesearch(max_linesearch_steps=20,
+                                            initial_guess_strategy="one")
+
+
+def lbfgs(learning_rate: ScalarOrSchedule | None = None, memory_size: int = 10,
+          scale_init_precond: bool = True,
+          linesearch: Transformation | None = LBFGS_LINESEARCH) -> chain:
+    """L-BFGS with a line search (Liu & Nocedal, 1989), with optax's arguments and numbers.
+
+    chain(scale_by_lbfgs(memory_size, scale_init_precond),
+          scale(-1.0) | scale_by_learning_rate(learning_rate),
+          linesearch | identity())
+
+    w_{k+1} = w_k - η_k H_k ∇f(w_k), H_k the L-BFGS inverse-Hessian estimate and η_k the step
+    the line search finds (by default a strong-Wolfe zoom search starting at η = 1). Its
+    `update` takes the line search's keyword arguments, `value`, `grad` and `value_fn`:
+
+        value, grad = gx.value_and_grad_from_state(f)(params, state=state)
+        updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=f)
+
+    `gx.minimize(f, params)` runs that loop compiled, to a tolerance.
+
+    Args:
+      learning_rate: a fixed step size or schedule instead of η = 1 before the search (None:
+        the search alone sets the step).
+      memory_size: the number of past steps kept, m ≥ 1.
+      scale_init_precond: scale the initial estimate by ⟨s, y⟩/⟨y, y⟩ (see `scale_by_lbfgs`).
+      linesearch: the line search, e.g. `scale_by_zoom_linesearch(...)` or
+        `scale_by_backtracking_linesearch(...)`; None for none (then set a learning rate).
+
+    References:
+      Liu & Nocedal, "On the limited memory BFGS method for large scale optimization",
+      Mathematical Programming 45, 1989.
+    """
+    step = scale(-1.0) if learning_rate is None else scale_by_learning_rate(learning_rate)
+    return chain(
+        scale_by_lbfgs(memory_size, scale_init_precond),
+        step,
+        identity() if linesearch is None else linesearch,
     )
