@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
@@ -80,6 +81,18 @@ def objective_arguments(owner: str, updates: Updates, params: Params | None, val
             f"keyword besides value, grad and value_fn is passed to value_fn"
         )
     return dict(extra_args)
+
+
+def compilable(value_fn: ValueFn, fn_kwargs: dict) -> bool:
+    """Whether a search's loop can go through a `jax.jit` keyed on `value_fn`: the function is
+    hashable and its keyword arguments are arrays or numbers. Then a Python loop of eager
+    updates compiles the loop once, not at every call (each call would trace a new loop)."""
+    try:
+        hash(value_fn)
+    except TypeError:
+        return False
+    return all(isinstance(x, jax.Array | np.ndarray | np.generic | int | float | complex)
+               for x in jax.tree_util.tree_leaves(fn_kwargs))
 
 
 def scalar_dtype(params: Params) -> jnp.dtype:
@@ -213,14 +226,14 @@ class scale_by_backtracking_linesearch(Transformation):
             if self.store_grad:
                 # Evaluate f with its linearization, and transpose that to get ∇f only at the
                 # point the search stops at.
-                new_value, f_jvp = jax.linearize(objective, new_params)
-                new_value = jnp.asarray(new_value).astype(dtype)
+                raw_value, f_jvp = jax.linearize(objective, new_params)
+                new_value = jnp.asarray(raw_value).astype(dtype)
                 error = decrease_error(lr, new_value)
                 new_grad = jax.lax.cond(
                     (error <= self.atol) | (c.iter_num == max_steps),
                     lambda: tree_utils.cast_like(
                         jax.linear_transpose(f_jvp, new_params)(
-                            jnp.ones([], jnp.result_type(new_value)))[0], c.new_grad),
+                            jnp.ones([], jnp.result_type(raw_value)))[0], c.new_grad),
                     lambda: c.new_grad,
                 )
             else:

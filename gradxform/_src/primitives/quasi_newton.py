@@ -137,41 +137,50 @@ class scale_by_lbfgs(Transformation):
 
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, type(self).__name__, "the point the updates were taken at")
-        m = self.memory_size
-        dtype = state.weights_memory.dtype
-        first = state.count == 0
-        memory_idx = state.count % m
-        prev_memory_idx = (state.count - 1) % m
-        g = tree_utils.cast_like(updates, state.updates)
-        w = tree_utils.cast_like(params, state.params)
+        return _lbfgs_step(self.memory_size, self.scale_init_precond, updates, state, params)
 
-        # 1. The newest pair s, y and ρ = 1/⟨y, s⟩ (nothing before the first step).
-        s = jax.tree.map(jnp.subtract, w, state.params)
-        y = jax.tree.map(jnp.subtract, g, state.updates)
-        ys = tree_utils.tree_vdot(y, s, dtype)
-        rho = jnp.where(ys == 0.0, 0.0, 1.0 / ys)
-        s, y, rho = jax.tree.map(lambda x: jnp.where(first, jnp.zeros_like(x), x), (s, y, rho))
-        diff_params_memory, diff_updates_memory, weights_memory = jax.tree.map(
-            lambda memory, x: memory.at[prev_memory_idx].set(x),
-            (state.diff_params_memory, state.diff_updates_memory, state.weights_memory),
-            (s, y, rho),
-        )
 
-        # 2. γ_k, the scale of the initial estimate.
-        if self.scale_init_precond:
-            yy = _sum_of_squares(y, dtype)
-            gamma = jnp.where(yy > 0.0, tree_utils.tree_vdot(y, s, dtype) / yy, 1.0)
-            g_norm = jnp.sqrt(_sum_of_squares(jax.lax.stop_gradient(g), dtype))
-            gamma = jnp.where(first, jnp.minimum(1.0, 1.0 / g_norm), gamma)
-        else:
-            gamma = jnp.ones([], dtype)
+def _lbfgs_update(memory_size: int, scale_init_precond: bool, updates, state, params):
+    """One update of `scale_by_lbfgs`: the memory takes the newest pair, then H_k g."""
+    m = memory_size
+    dtype = state.weights_memory.dtype
+    first = state.count == 0
+    memory_idx = state.count % m
+    prev_memory_idx = (state.count - 1) % m
+    g = tree_utils.cast_like(updates, state.updates)
+    w = tree_utils.cast_like(params, state.params)
 
-        # 3. H_k g by the two-loop recursion.
-        direction = precondition_by_lbfgs(g, diff_params_memory, diff_updates_memory,
-                                          weights_memory, gamma.astype(dtype), memory_idx)
-        new_state = ScaleByLBFGSState(
-            count=safe_increment(state.count), params=w, updates=g,
-            diff_params_memory=diff_params_memory, diff_updates_memory=diff_updates_memory,
-            weights_memory=weights_memory,
-        )
-        return tree_utils.cast_like(direction, updates), new_state
+    # 1. The newest pair s, y and ρ = 1/⟨y, s⟩ (nothing before the first step).
+    s = jax.tree.map(jnp.subtract, w, state.params)
+    y = jax.tree.map(jnp.subtract, g, state.updates)
+    ys = tree_utils.tree_vdot(y, s, dtype)
+    rho = jnp.where(ys == 0.0, 0.0, 1.0 / ys)
+    s, y, rho = jax.tree.map(lambda x: jnp.where(first, jnp.zeros_like(x), x), (s, y, rho))
+    diff_params_memory, diff_updates_memory, weights_memory = jax.tree.map(
+        lambda memory, x: memory.at[prev_memory_idx].set(x),
+        (state.diff_params_memory, state.diff_updates_memory, state.weights_memory),
+        (s, y, rho),
+    )
+
+    # 2. γ_k, the scale of the initial estimate.
+    if scale_init_precond:
+        yy = _sum_of_squares(y, dtype)
+        gamma = jnp.where(yy > 0.0, tree_utils.tree_vdot(y, s, dtype) / yy, 1.0)
+        g_norm = jnp.sqrt(_sum_of_squares(jax.lax.stop_gradient(g), dtype))
+        gamma = jnp.where(first, jnp.minimum(1.0, 1.0 / g_norm), gamma)
+    else:
+        gamma = jnp.ones([], dtype)
+
+    # 3. H_k g by the two-loop recursion.
+    direction = precondition_by_lbfgs(g, diff_params_memory, diff_updates_memory,
+                                      weights_memory, gamma.astype(dtype), memory_idx)
+    new_state = ScaleByLBFGSState(
+        count=safe_increment(state.count), params=w, updates=g,
+        diff_params_memory=diff_params_memory, diff_updates_memory=diff_updates_memory,
+        weights_memory=weights_memory,
+    )
+    return tree_utils.cast_like(direction, updates), new_state
+
+
+# Eager calls (a Python loop of updates) then compile the two scans once per structure.
+_lbfgs_step = jax.jit(_lbfgs_update, static_argnums=(0, 1))

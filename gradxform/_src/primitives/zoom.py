@@ -21,6 +21,7 @@ import numpy as np
 
 from gradxform._src.primitives.linesearch import (
     at_least_one,
+    compilable,
     cond_print,
     conj,
     objective_arguments,
@@ -213,117 +214,132 @@ class scale_by_zoom_linesearch(Transformation):
                **extra_args):
         owner = type(self).__name__
         fn_kwargs = objective_arguments(owner, updates, params, value, grad, value_fn, extra_args)
-        dtype = state.learning_rate.dtype
-        as_scalar = lambda x: jnp.asarray(x).astype(dtype)  # noqa: E731
-        value_and_grad = jax.value_and_grad(lambda p: value_fn(p, **fn_kwargs))
-        max_steps = self.max_linesearch_steps
-        value_init = as_scalar(value)
-        slope_init = tree_utils.tree_vdot(updates, grad, dtype)
-        if self.initial_guess_strategy == "one":
-            guess = jnp.ones([], dtype)
-        else:
-            guess = state.learning_rate
-
-        def keep_going(c):
-            return c.phase < DONE
-
-        def step(c):
-            last, low, high, cubic_ref, safe = (c.points[i] for i in (LAST, LOW, HIGH, CUBIC,
-                                                                      SAFE))
-            zooming = c.phase == ZOOMING
-            # The interval search's next trial: the guess, then η grown by the factor.
-            grown = jnp.where(c.count == 0, guess, self.increase_factor * last[0])
-            if self.max_learning_rate is not None:
-                max_reached = grown >= self.max_learning_rate
-                grown = jnp.minimum(grown, self.max_learning_rate)
-            else:
-                max_reached = jnp.zeros([], bool)
-            # The zoom's next trial: the cubic's minimizer, else the quadratic's, else the
-            # middle, whichever lies well inside the bracket.
-            delta = jnp.abs(high[0] - low[0])
-            left, right = jnp.minimum(high[0], low[0]), jnp.maximum(high[0], low[0])
-            cubic = cubic_minimizer(low[0], low[1], low[2], high[0], high[1], cubic_ref[0],
-                                    cubic_ref[1])
-            use_cubic = (cubic > left + 0.2 * delta) & (cubic < right - 0.2 * delta)
-            quad = quadratic_minimizer(low[0], low[1], low[2], high[0], high[1])
-            use_quad = ~use_cubic & (quad > left + 0.1 * delta) & (quad < right - 0.1 * delta)
-            middle = jnp.where(use_cubic, cubic, cubic_ref[0])
-            middle = jnp.where(use_quad, quad, middle)
-            middle = jnp.where(~use_cubic & ~use_quad, (low[0] + high[0]) / 2.0, middle)
-            stepsize = as_scalar(jnp.where(zooming, middle, grown))
-
-            # The one evaluation of this iteration.
-            new_value, new_grad = value_and_grad(tree_utils.tree_add_scale(params, stepsize,
-                                                                          updates))
-            new_value = as_scalar(new_value)
-            new_slope = tree_utils.tree_vdot(conj(new_grad), updates, dtype)
-            dec_error = self._decrease_error(stepsize, new_value, new_slope, value_init,
-                                             slope_init)
-            curv_error = self._curvature_error(new_slope, slope_init)
-            accepted = jnp.maximum(dec_error, curv_error) <= self.tol
-            last_step = c.count + 1 >= max_steps
-
-            # Interval search (Algorithm 3.5): the bracket is (last, new), or (new, last) once
-            # the slope turns positive without the value rising.
-            s_high = (dec_error > 0.0) | ((new_value >= last[1]) & (c.count > 0))
-            s_low = (new_slope >= 0.0) & ~s_high
-            s_found = s_high | s_low | accepted
-            s_done = accepted | (max_reached & ~s_found)
-            search = _rows(LAST="NEW", LOW="LAST", HIGH="NEW", CUBIC="LAST",
-                           ERRORS="NEW_ERRORS")
-            search = _assign(search, s_low, LOW="NEW", HIGH="LAST", CUBIC="NEW")
-            search = _assign(search, dec_error <= self.tol, SAFE="NEW")
-
-            # Zoom (Algorithm 3.6): the new point replaces low, or high (and when the slope
-            # points away from high, high moves to the old low).
-            z_high_to_new = (dec_error > 0.0) | (new_value >= low[1])
-            z_high_to_low = (new_slope * (high[0] - low[0]) >= 0.0) & ~z_high_to_new
-            zoom = _rows(LAST="NEW", LOW="NEW", CUBIC="LOW", ERRORS="NEW_ERRORS")
-            zoom = _assign(zoom, z_high_to_new, LOW="LOW", HIGH="NEW", CUBIC="HIGH")
-            zoom = _assign(zoom, z_high_to_low, HIGH="LOW", CUBIC="HIGH")
-            zoom = _assign(zoom, (dec_error <= self.tol) & (new_value < safe[1]), SAFE="NEW")
-
-            choice = jnp.where(zooming, zoom, search)
-            table = jnp.concatenate([c.points, jnp.stack([
-                jnp.stack([stepsize, new_value, new_slope]),
-                jnp.stack([dec_error, curv_error, jnp.zeros([], dtype)])])])
-            safe_stepsize = table[choice[SAFE], 0]
-            done = jnp.where(zooming, accepted, s_done)
-            narrow = (delta <= self.stepsize_precision) & (safe_stepsize > 0.0)
-            failed = jnp.where(zooming, last_step | narrow, last_step) & ~done
-            # Out of steps: fall back on the best step with sufficient decrease, or, with none
-            # and a non-finite last trial, on no step (the safe point starts at η = 0).
-            fall_back = failed & ((safe_stepsize > 0.0) | jnp.isinf(dec_error))
-            choice = jnp.where(fall_back & (np.arange(_NUM_ROWS) == LAST), choice[SAFE], choice)
-
-            safe_grad = _where(choice[SAFE] == NEW, new_grad, c.safe_grad)
-            grad = _where(choice[LAST] == NEW, new_grad,
-                          _where(choice[LAST] == SAFE, c.safe_grad, c.grad))
-            phase = jnp.where(done, DONE, jnp.where(failed, FAILED, jnp.where(
-                zooming | s_found, ZOOMING, SEARCHING)))
-            return _ZoomCarry(count=c.count + 1, phase=phase.astype(jnp.int32),
-                              points=table[choice],
-                              grad=tree_utils.cast_like(grad, c.grad),
-                              safe_grad=tree_utils.cast_like(safe_grad, c.safe_grad))
-
-        zero, inf = jnp.zeros([], dtype), jnp.full([], jnp.inf, dtype)
-        start = jnp.stack([zero, value_init, slope_init])
-        points = jnp.stack([start, start, start, start, start, jnp.stack([inf, inf, zero])])
-        carry = _ZoomCarry(count=jnp.zeros([], jnp.int32), phase=jnp.zeros([], jnp.int32),
-                           points=points, grad=grad, safe_grad=grad)
-        carry = jax.lax.while_loop(keep_going, step, carry)
-        stepsize, final_value = carry.points[LAST, 0], carry.points[LAST, 1]
-        dec_error, curv_error = carry.points[ERRORS, 0], carry.points[ERRORS, 1]
-        if self.verbose:
-            cond_print(carry.phase == FAILED,
-                       "scale_by_zoom_linesearch: no step size satisfying both conditions "
-                       "after {count} steps; value {value}, slope {slope}, step size "
-                       "{stepsize}, decrease error {dec}, curvature error {curv}",
-                       count=carry.count, value=value_init, slope=slope_init,
-                       stepsize=stepsize, dec=dec_error, curv=curv_error)
+        search = _search_compiled if compilable(value_fn, fn_kwargs) else _search
+        stepsize, final_value, final_grad, count, dec_error, curv_error = search(
+            self, updates, params, value, grad, state.learning_rate, fn_kwargs,
+            value_fn=value_fn)
         new_state = ScaleByZoomLinesearchState(
-            learning_rate=stepsize, value=final_value, grad=carry.grad,
-            info=ZoomLinesearchInfo(num_linesearch_steps=carry.count,
-                                    decrease_error=dec_error, curvature_error=curv_error),
+            learning_rate=stepsize, value=final_value, grad=final_grad,
+            info=ZoomLinesearchInfo(num_linesearch_steps=count, decrease_error=dec_error,
+                                    curvature_error=curv_error),
         )
         return tree_utils.tree_scale(stepsize, updates), new_state
+
+
+def _search(ls: scale_by_zoom_linesearch, updates, params, value, grad, learning_rate,
+            fn_kwargs: dict, *, value_fn):
+    """The search of `ls` from `params` along `updates`: (η, f, ∇f at the step, evaluations, the
+    two errors)."""
+    dtype = learning_rate.dtype
+    as_scalar = lambda x: jnp.asarray(x).astype(dtype)  # noqa: E731
+    value_and_grad = jax.value_and_grad(lambda p: value_fn(p, **fn_kwargs))
+    max_steps = ls.max_linesearch_steps
+    value_init = as_scalar(value)
+    slope_init = tree_utils.tree_vdot(updates, grad, dtype)
+    if ls.initial_guess_strategy == "one":
+        guess = jnp.ones([], dtype)
+    else:
+        guess = learning_rate
+
+    def keep_going(c):
+        return c.phase < DONE
+
+    def step(c):
+        last, low, high, cubic_ref, safe = (c.points[i] for i in (LAST, LOW, HIGH, CUBIC,
+                                                                  SAFE))
+        zooming = c.phase == ZOOMING
+        # The interval search's next trial: the guess, then η grown by the factor.
+        grown = jnp.where(c.count == 0, guess, ls.increase_factor * last[0])
+        if ls.max_learning_rate is not None:
+            max_reached = grown >= ls.max_learning_rate
+            grown = jnp.minimum(grown, ls.max_learning_rate)
+        else:
+            max_reached = jnp.zeros([], bool)
+        # The zoom's next trial: the cubic's minimizer, else the quadratic's, else the
+        # middle, whichever lies well inside the bracket.
+        delta = jnp.abs(high[0] - low[0])
+        left, right = jnp.minimum(high[0], low[0]), jnp.maximum(high[0], low[0])
+        cubic = cubic_minimizer(low[0], low[1], low[2], high[0], high[1], cubic_ref[0],
+                                cubic_ref[1])
+        use_cubic = (cubic > left + 0.2 * delta) & (cubic < right - 0.2 * delta)
+        quad = quadratic_minimizer(low[0], low[1], low[2], high[0], high[1])
+        use_quad = ~use_cubic & (quad > left + 0.1 * delta) & (quad < right - 0.1 * delta)
+        middle = jnp.where(use_cubic, cubic, cubic_ref[0])
+        middle = jnp.where(use_quad, quad, middle)
+        middle = jnp.where(~use_cubic & ~use_quad, (low[0] + high[0]) / 2.0, middle)
+        stepsize = as_scalar(jnp.where(zooming, middle, grown))
+
+        # The one evaluation of this iteration.
+        new_value, new_grad = value_and_grad(tree_utils.tree_add_scale(params, stepsize,
+                                                                      updates))
+        new_value = as_scalar(new_value)
+        new_slope = tree_utils.tree_vdot(conj(new_grad), updates, dtype)
+        dec_error = ls._decrease_error(stepsize, new_value, new_slope, value_init,
+                                         slope_init)
+        curv_error = ls._curvature_error(new_slope, slope_init)
+        accepted = jnp.maximum(dec_error, curv_error) <= ls.tol
+        last_step = c.count + 1 >= max_steps
+
+        # Interval search (Algorithm 3.5): the bracket is (last, new), or (new, last) once
+        # the slope turns positive without the value rising.
+        s_high = (dec_error > 0.0) | ((new_value >= last[1]) & (c.count > 0))
+        s_low = (new_slope >= 0.0) & ~s_high
+        s_found = s_high | s_low | accepted
+        s_done = accepted | (max_reached & ~s_found)
+        search = _rows(LAST="NEW", LOW="LAST", HIGH="NEW", CUBIC="LAST",
+                       ERRORS="NEW_ERRORS")
+        search = _assign(search, s_low, LOW="NEW", HIGH="LAST", CUBIC="NEW")
+        search = _assign(search, dec_error <= ls.tol, SAFE="NEW")
+
+        # Zoom (Algorithm 3.6): the new point replaces low, or high (and when the slope
+        # points away from high, high moves to the old low).
+        z_high_to_new = (dec_error > 0.0) | (new_value >= low[1])
+        z_high_to_low = (new_slope * (high[0] - low[0]) >= 0.0) & ~z_high_to_new
+        zoom = _rows(LAST="NEW", LOW="NEW", CUBIC="LOW", ERRORS="NEW_ERRORS")
+        zoom = _assign(zoom, z_high_to_new, LOW="LOW", HIGH="NEW", CUBIC="HIGH")
+        zoom = _assign(zoom, z_high_to_low, HIGH="LOW", CUBIC="HIGH")
+        zoom = _assign(zoom, (dec_error <= ls.tol) & (new_value < safe[1]), SAFE="NEW")
+
+        choice = jnp.where(zooming, zoom, search)
+        table = jnp.concatenate([c.points, jnp.stack([
+            jnp.stack([stepsize, new_value, new_slope]),
+            jnp.stack([dec_error, curv_error, jnp.zeros([], dtype)])])])
+        safe_stepsize = table[choice[SAFE], 0]
+        done = jnp.where(zooming, accepted, s_done)
+        narrow = (delta <= ls.stepsize_precision) & (safe_stepsize > 0.0)
+        failed = jnp.where(zooming, last_step | narrow, last_step) & ~done
+        # Out of steps: fall back on the best step with sufficient decrease, or, with none
+        # and a non-finite last trial, on no step (the safe point starts at η = 0).
+        fall_back = failed & ((safe_stepsize > 0.0) | jnp.isinf(dec_error))
+        choice = jnp.where(fall_back & (np.arange(_NUM_ROWS) == LAST), choice[SAFE], choice)
+
+        safe_grad = _where(choice[SAFE] == NEW, new_grad, c.safe_grad)
+        grad = _where(choice[LAST] == NEW, new_grad,
+                      _where(choice[LAST] == SAFE, c.safe_grad, c.grad))
+        phase = jnp.where(done, DONE, jnp.where(failed, FAILED, jnp.where(
+            zooming | s_found, ZOOMING, SEARCHING)))
+        return _ZoomCarry(count=c.count + 1, phase=phase.astype(jnp.int32),
+                          points=table[choice],
+                          grad=tree_utils.cast_like(grad, c.grad),
+                          safe_grad=tree_utils.cast_like(safe_grad, c.safe_grad))
+
+    zero, inf = jnp.zeros([], dtype), jnp.full([], jnp.inf, dtype)
+    start = jnp.stack([zero, value_init, slope_init])
+    points = jnp.stack([start, start, start, start, start, jnp.stack([inf, inf, zero])])
+    carry = _ZoomCarry(count=jnp.zeros([], jnp.int32), phase=jnp.zeros([], jnp.int32),
+                       points=points, grad=grad, safe_grad=grad)
+    carry = jax.lax.while_loop(keep_going, step, carry)
+    stepsize, final_value = carry.points[LAST, 0], carry.points[LAST, 1]
+    dec_error, curv_error = carry.points[ERRORS, 0], carry.points[ERRORS, 1]
+    if ls.verbose:
+        cond_print(carry.phase == FAILED,
+                   "scale_by_zoom_linesearch: no step size satisfying both conditions "
+                   "after {count} steps; value {value}, slope {slope}, step size "
+                   "{stepsize}, decrease error {dec}, curvature error {curv}",
+                   count=carry.count, value=value_init, slope=slope_init,
+                   stepsize=stepsize, dec=dec_error, curv=curv_error)
+    return stepsize, final_value, carry.grad, carry.count, dec_error, curv_error
+
+
+# Eager calls (a Python loop of updates) then compile the search once per objective.
+_search_compiled = jax.jit(_search, static_argnames=("value_fn",))
