@@ -2,12 +2,14 @@
 
 import inspect
 
+import jax
+import jax.numpy as jnp
 import optax
 import pytest
 
 import gradxform as gx
 from gradxform._src import presets
-from gradxform.testing import check_transformation
+from gradxform.testing import check_transformation, default_params
 
 # The matrices of gradxform.testing.default_params (Muon orthogonalizes matrices only).
 _MATRICES = {"dense": {"w": True, "b": False}, "scale": False, "frozen": False, "empty": False}
@@ -95,7 +97,31 @@ CASES = {
     "schedule_free_sgd": lambda: gx.schedule_free_sgd(0.1, warmup_steps=2, weight_decay=1e-3),
     "schedule_free_adamw": lambda: gx.schedule_free_adamw(1e-2),
     "quantize_state": lambda: gx.quantize_state(gx.adamw(1e-3), block_size=4, min_size=2),
+    # quasi_newton.py, linesearch.py, zoom.py, alias.py (full-batch optimisation)
+    "scale_by_lbfgs": lambda: gx.scale_by_lbfgs(3),
+    # (lbfgs with its zoom search would compile the whole search for every dtype the check
+    # runs, minutes on 2 cores; the search has its own case, and tests/test_lbfgs.py runs the
+    # preset with it against optax)
+    "lbfgs": lambda: gx.lbfgs(0.5, memory_size=3, linesearch=None),
+    "scale_by_zoom_linesearch": lambda: gx.scale_by_zoom_linesearch(8),
+    "scale_by_backtracking_linesearch": lambda: gx.scale_by_backtracking_linesearch(
+        8, store_grad=True),
 }
+
+
+# A line search evaluates the objective: its update takes value, grad and value_fn, which
+# check_transformation passes to every update (built again for the bf16 and float64 params).
+def _objective(params):
+    return sum(0.5 * jnp.sum(x * x) + jnp.sum(jnp.cos(x)) for x in jax.tree.leaves(params))
+
+
+def _objective_arguments(params):
+    value, grad = jax.value_and_grad(_objective)(params)
+    return dict(value=value, grad=grad, value_fn=_objective)
+
+
+EXTRA_ARGS = {name: _objective_arguments for name in
+              ("scale_by_zoom_linesearch", "scale_by_backtracking_linesearch")}
 
 
 def _public_transformations():
@@ -117,4 +143,9 @@ def test_every_public_transformation_is_checked():
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_conformance(name):
-    check_transformation(CASES[name]())
+    make = EXTRA_ARGS.get(name)
+    if make is None:
+        check_transformation(CASES[name]())
+    else:
+        check_transformation(CASES[name](), extra_args=make(default_params()),
+                             make_extra_args=make)

@@ -148,6 +148,9 @@ def _check_objective(fun: Callable, params, args: tuple, has_aux: bool) -> None:
 
 @functools.partial(jax.jit, static_argnames=("fun", "has_aux"))
 def _solve(fun, has_aux, solver, params, args, max_steps, tol):
+    # Checked while tracing: a call that reuses the compiled solve pays nothing for it.
+    _check_objective(fun, params, args, has_aux)
+
     def value_fn(p):
         out = fun(p, *args)
         return out[0] if has_aux else out
@@ -264,5 +267,4 @@ def minimize(fun: Callable[..., Any], params: Params, *, solver: Transformation 
         raise TypeError(f"minimize: args must be a tuple of fun's further arguments, got "
                         f"{type(args).__name__}")
     tree_utils.check_inexact(params, "minimize", "params")
-    _check_objective(fun, params, args, has_aux)
     return _solve(fun, has_aux, solver, params, args, max_steps, tol)
