@@ -14,7 +14,6 @@ gradient, evaluated once per iteration.
 
 from __future__ import annotations
 
-import enum
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -38,8 +37,9 @@ from gradxform._src.protocol.transformation import (
 from gradxform._src.protocol.updates import apply_updates
 
 
-class MinimizeStatus(enum.IntEnum):
-    """Why a solve stopped: `MinimizeResult.status` holds one of these as an int32."""
+class MinimizeStatus:
+    """Why a solve stopped: `MinimizeResult.status` holds one of these codes as an int32 (a
+    plain int, so that it compares inside jit and under vmap: `result.status == CONVERGED`)."""
 
     CONVERGED = 0    # ‖∇f‖₂ ≤ tol
     MAX_STEPS = 1    # max_steps iterations without converging
@@ -94,7 +94,7 @@ class MinimizeResult(NamedTuple):
 
     def message(self) -> str:
         """Why the solve stopped, in words (for an unbatched result)."""
-        return _MESSAGES[MinimizeStatus(int(self.status))]
+        return _MESSAGES[int(self.status)]
 
 
 def _final_line_search(solver: Transformation, state) -> tuple[Any, Any]:
