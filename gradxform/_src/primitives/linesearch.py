@@ -200,72 +200,83 @@ class scale_by_backtracking_linesearch(Transformation):
                **extra_args):
         owner = type(self).__name__
         fn_kwargs = objective_arguments(owner, updates, params, value, grad, value_fn, extra_args)
-        dtype = state.learning_rate.dtype
-        value = jnp.asarray(value).astype(dtype)
-        max_steps = self.max_backtracking_steps
-        # The slope of η ↦ f(w + η u) at 0, negative for a descent direction.
-        slope = tree_utils.tree_vdot(updates, conj(grad), dtype)
+        search = _backtrack_compiled if compilable(value_fn, fn_kwargs) else _backtrack
+        return search(self, updates, state, params, value, grad, fn_kwargs, value_fn=value_fn)
 
-        def decrease_error(stepsize, new_value):
-            error = new_value - (1.0 + self.rtol) * value - stepsize * self.slope_rtol * slope
-            error = jnp.where(jnp.isnan(error), jnp.inf, error)
-            return jnp.maximum(error, 0.0)
 
-        def objective(p):
-            return value_fn(p, **fn_kwargs)
+def _backtrack(ls: scale_by_backtracking_linesearch, updates, state, params, value, grad,
+               fn_kwargs: dict, *, value_fn):
+    """The update of `scale_by_backtracking_linesearch`, once its arguments are checked."""
+    dtype = state.learning_rate.dtype
+    value = jnp.asarray(value).astype(dtype)
+    max_steps = ls.max_backtracking_steps
+    # The slope of η ↦ f(w + η u) at 0, negative for a descent direction.
+    slope = tree_utils.tree_vdot(updates, conj(grad), dtype)
 
-        def keep_going(c):
-            return (~(c.decrease_error <= self.atol)) & (c.iter_num <= max_steps)
+    def decrease_error(stepsize, new_value):
+        error = new_value - (1.0 + ls.rtol) * value - stepsize * ls.slope_rtol * slope
+        error = jnp.where(jnp.isnan(error), jnp.inf, error)
+        return jnp.maximum(error, 0.0)
 
-        def trial(c):
-            # The first trial keeps η₀; every later one decreases η by τ.
-            lr = jnp.where(c.iter_num > 0, self.decrease_factor * c.learning_rate,
-                           c.learning_rate).astype(dtype)
-            new_params = tree_utils.tree_add_scale(params, lr, updates)
-            new_grad = c.new_grad
-            if self.store_grad:
-                # Evaluate f with its linearization, and transpose that to get ∇f only at the
-                # point the search stops at.
-                raw_value, f_jvp = jax.linearize(objective, new_params)
-                new_value = jnp.asarray(raw_value).astype(dtype)
-                error = decrease_error(lr, new_value)
-                new_grad = jax.lax.cond(
-                    (error <= self.atol) | (c.iter_num == max_steps),
-                    lambda: tree_utils.cast_like(
-                        jax.linear_transpose(f_jvp, new_params)(
-                            jnp.ones([], jnp.result_type(raw_value)))[0], c.new_grad),
-                    lambda: c.new_grad,
-                )
-            else:
-                new_value = jnp.asarray(objective(new_params)).astype(dtype)
-                error = decrease_error(lr, new_value)
-            return _BacktrackingCarry(lr, new_value, new_grad, error.astype(dtype),
-                                      c.iter_num + 1)
+    def objective(p):
+        return value_fn(p, **fn_kwargs)
 
-        first = jnp.minimum(self.increase_factor * state.learning_rate,
-                            self.max_learning_rate).astype(dtype)
-        carry = _BacktrackingCarry(
-            learning_rate=first, new_value=value,
-            new_grad=jax.tree.map(jnp.zeros_like, params),
-            decrease_error=jnp.full([], jnp.inf, dtype), iter_num=jnp.zeros([], jnp.int32),
-        )
-        carry = jax.lax.while_loop(keep_going, trial, carry)
-        # Every trial non-finite: no step, rather than a step to NaN.
-        learning_rate = jnp.where(jnp.isinf(carry.decrease_error), 0.0, carry.learning_rate)
-        if self.verbose:
-            cond_print(carry.decrease_error > self.atol,
-                       "scale_by_backtracking_linesearch: no step size with sufficient "
-                       "decrease; value {value}, slope {slope}, step size {stepsize}, "
-                       "decrease error {error}", value=value, slope=slope,
-                       stepsize=carry.learning_rate, error=carry.decrease_error)
-        new_state = ScaleByBacktrackingLinesearchState(
-            learning_rate=learning_rate.astype(dtype),
-            value=carry.new_value,
-            grad=carry.new_grad if self.store_grad else None,
-            info=BacktrackingLinesearchInfo(num_linesearch_steps=carry.iter_num,
-                                            decrease_error=carry.decrease_error),
-        )
-        return tree_utils.tree_scale(learning_rate, updates), new_state
+    def keep_going(c):
+        return (~(c.decrease_error <= ls.atol)) & (c.iter_num <= max_steps)
+
+    def trial(c):
+        # The first trial keeps η₀; every later one decreases η by τ.
+        lr = jnp.where(c.iter_num > 0, ls.decrease_factor * c.learning_rate,
+                       c.learning_rate).astype(dtype)
+        new_params = tree_utils.tree_add_scale(params, lr, updates)
+        new_grad = c.new_grad
+        if ls.store_grad:
+            # Evaluate f with its linearization, and transpose that to get ∇f only at the
+            # point the search stops at.
+            raw_value, f_jvp = jax.linearize(objective, new_params)
+            new_value = jnp.asarray(raw_value).astype(dtype)
+            error = decrease_error(lr, new_value)
+            new_grad = jax.lax.cond(
+                (error <= ls.atol) | (c.iter_num == max_steps),
+                lambda: tree_utils.cast_like(
+                    jax.linear_transpose(f_jvp, new_params)(
+                        jnp.ones([], jnp.result_type(raw_value)))[0], c.new_grad),
+                lambda: c.new_grad,
+            )
+        else:
+            new_value = jnp.asarray(objective(new_params)).astype(dtype)
+            error = decrease_error(lr, new_value)
+        return _BacktrackingCarry(lr, new_value, new_grad, error.astype(dtype),
+                                  c.iter_num + 1)
+
+    first = jnp.minimum(ls.increase_factor * state.learning_rate,
+                        ls.max_learning_rate).astype(dtype)
+    carry = _BacktrackingCarry(
+        learning_rate=first, new_value=value,
+        new_grad=jax.tree.map(jnp.zeros_like, params),
+        decrease_error=jnp.full([], jnp.inf, dtype), iter_num=jnp.zeros([], jnp.int32),
+    )
+    carry = jax.lax.while_loop(keep_going, trial, carry)
+    # Every trial non-finite: no step, rather than a step to NaN.
+    learning_rate = jnp.where(jnp.isinf(carry.decrease_error), 0.0, carry.learning_rate)
+    if ls.verbose:
+        cond_print(carry.decrease_error > ls.atol,
+                   "scale_by_backtracking_linesearch: no step size with sufficient "
+                   "decrease; value {value}, slope {slope}, step size {stepsize}, "
+                   "decrease error {error}", value=value, slope=slope,
+                   stepsize=carry.learning_rate, error=carry.decrease_error)
+    new_state = ScaleByBacktrackingLinesearchState(
+        learning_rate=learning_rate.astype(dtype),
+        value=carry.new_value,
+        grad=carry.new_grad if ls.store_grad else None,
+        info=BacktrackingLinesearchInfo(num_linesearch_steps=carry.iter_num,
+                                        decrease_error=carry.decrease_error),
+    )
+    return tree_utils.tree_scale(learning_rate, updates), new_state
+
+
+# Eager calls (a Python loop of updates) then compile the search once per objective.
+_backtrack_compiled = jax.jit(_backtrack, static_argnames=("value_fn",))
 
 
 # -- reusing the search's last evaluation ---------------------------------------------------------
