@@ -161,6 +161,9 @@ def optimizer_cases() -> dict[str, OptimizerCase]:
                 ("adabelief", 28, "read p g m s, write p m s"),
                 ("yogi", 28, "read p g m v, write p m v"),
                 ("adan", 44, "read p g m v n g_prev, write p m v n g_prev"),
+                ("signum", 20, "read p g m, write p m"),
+                ("nadamw", 28, "read p g m v, write p m v"),
+                ("optimistic_adam_v2", 36, "read p g m v r_prev, write p m v r_prev"),
             )
             if hasattr(gx, name) and hasattr(optax, name)
         },

@@ -11,6 +11,12 @@ from gradxform._src.protocol.elementwise import ElementwiseTransformation
 from gradxform._src.protocol.fields import constant, hyperparameter, static
 from gradxform._src.protocol.schedule import Schedule, resolve
 from gradxform._src.protocol.transformation import EmptyState, Transformation, safe_increment
+
+# -- optax's names: the protocol's types, hyperparameters in the state (optax compatibility) --
+from gradxform._src.protocol.transformation import (  # noqa: I001
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+)
 from gradxform._src.protocol.updates import apply_updates
 
 # -- Primitives: one idea of an optimizer each (gradxform/_src/primitives/) --
@@ -50,14 +56,20 @@ from gradxform._src.primitives.clipping import (
     global_norm,
     per_example_global_norm_clip,
     per_example_layer_norm_clip,
+    unitwise_clip,
     unitwise_norm,
     zero_nans,
 )
+from gradxform._src.primitives.cover_statistics import ScaleBySM3State, scale_by_sm3
 from gradxform._src.primitives.curvature import (
     SophiaState,
     gauss_newton_bartlett_diagonal,
     hutchinson_diagonal,
     scale_by_sophia,
+)
+from gradxform._src.primitives.distance_over_gradients import (
+    ScaleByDistanceOverGradientsState,
+    scale_by_distance_over_gradients,
 )
 from gradxform._src.primitives.factored import (
     FactoredState,
@@ -79,17 +91,46 @@ from gradxform._src.primitives.newton_schulz import (
     MuonDimensionNumbers,
     orthogonalize_via_newton_schulz,
 )
+from gradxform._src.primitives.normalizing import centralize, normalize_by_update_norm
 from gradxform._src.primitives.orthogonal import MuonState, scale_by_muon, scale_by_shape
+from gradxform._src.primitives.polyak import scale_by_polyak
+from gradxform._src.primitives.plateau import (
+    ReduceLROnPlateauState,
+    reduce_lr_on_plateau,
+    reduce_on_plateau,
+)
 from gradxform._src.primitives.scaling import (
     CountState,
     add_decayed_weights,
     identity,
+    negate,
     scale,
     scale_by_learning_rate,
     scale_by_sign,
     set_to_zero,
 )
 from gradxform._src.primitives.sign_momentum import ScaleByLionState, scale_by_lion
+from gradxform._src.primitives.constraints import keep_params_nonnegative
+from gradxform._src.primitives.layerwise import ScaleByNovogradState, scale_by_novograd
+from gradxform._src.primitives.noise import AddNoiseState, add_noise
+from gradxform._src.primitives.optimistic import (
+    ScaleByOptimisticGradientState,
+    scale_by_optimistic_gradient,
+)
+from gradxform._src.primitives.trust_ratio import (
+    scale_and_shrink,
+    scale_by_param_block_norm,
+    scale_by_trust_ratio,
+)
+from gradxform._src.primitives.step_adaptation import (
+    ScaleByAdaDeltaState,
+    ScaleByRpropState,
+    scale_by_adadelta,
+    scale_by_rprop,
+)
+
+# -- optax's function-made transformations (optax compatibility) --
+from gradxform._src.primitives.functions import stateless, stateless_with_tree_map  # noqa: I001
 
 # -- Composition: chains, masks, partitions and wrappers (gradxform/_src/composition/) --
 from gradxform._src.composition.averaging import (
@@ -101,6 +142,12 @@ from gradxform._src.composition.averaging import (
     slow_params,
 )
 from gradxform._src.composition.combine import chain, get_state, hyperparams, named_chain
+from gradxform._src.composition.iterate_averaging import (
+    PolyakAveragingState,
+    SwaParamsState,
+    polyak_averaging,
+    swa_params,
+)
 from gradxform._src.composition.partitioning import (
     MaskedState,
     PartitionState,
@@ -121,10 +168,31 @@ from gradxform._src.composition.schedule_free_wrapper import (
     schedule_free,
     schedule_free_eval_params,
 )
+from gradxform._src.composition.conditional import (
+    ConditionallyMaskState,
+    ConditionallyTransformState,
+    conditionally_mask,
+    conditionally_transform,
+)
+from gradxform._src.composition.injection import (
+    InjectHyperparamsState,
+    inject_hyperparams,
+    multi_transform,
+    scale_by_schedule,
+)
+from gradxform._src.composition.monitoring import (
+    MonitorState,
+    SnapshotState,
+    measure_with_ema,
+    monitor,
+    snapshot,
+)
 from gradxform._src.composition.wrappers import (
+    ApplyEvery,
     ApplyIfFiniteState,
     MultiSteps,
     MultiStepsState,
+    apply_every,
     apply_if_finite,
     skip_large_updates,
     skip_not_finite,
@@ -140,14 +208,32 @@ from gradxform._src.presets.alias import (
     adamw,
     adan,
     amsgrad,
+    fromage,
+    lamb,
+    lars,
     lion,
     nadam,
+    polyak_sgd,
     radam,
     rmsprop,
     sgd,
+    sm3,
     yogi,
 )
+from gradxform._src.presets.alias import (
+    adamaxw,
+    nadamw,
+    noisy_sgd,
+    novograd,
+    optimistic_adam,
+    optimistic_adam_v2,
+    optimistic_gradient_descent,
+    sign_sgd,
+    signum,
+)
+from gradxform._src.presets.step_adaptation_presets import adadelta, rprop
 from gradxform._src.presets.contrib import muon, schedule_free_adamw, schedule_free_sgd, sophia
+from gradxform._src.presets.torch_forms import adafactor_torch, asgd
 
 # -- Full-batch optimisation: L-BFGS, line searches and the one-call solver --
 from gradxform._src.presets.alias import lbfgs
@@ -195,7 +281,20 @@ from gradxform._src.schedules.polynomial import (
     polynomial_schedule,
     warmup_constant_schedule,
 )
+from gradxform._src.schedules.swa_annealing import swa_lr_schedule
+from gradxform._src.schedules.torch_lr_scheduler import (
+    asgd_schedule,
+    multiply_schedules,
+    onecycle_lr_schedule,
+    onecycle_momentum_schedule,
+    onecycle_schedules,
+    periodic_cosine_annealing_schedule,
+    relative_step_schedule,
+)
 from gradxform._src.schedules.warmup import transformer_schedule, warmup_stable_decay_schedule
+
+# -- Slow copies of the params, also in gradxform.tree_utils (gradxform/_src/trees/) --
+from gradxform._src.trees.tree_math import incremental_update, periodic_update
 
 # -- Fast training steps and packed trees (gradxform/_src/fast/) --
 from gradxform._src.fast.packing import PackedTree, flatten, pack, unpack
@@ -207,6 +306,29 @@ from gradxform._src.interop.optax_interop import from_optax, to_optax
 __version__ = "0.1.0"
 
 __all__ = [
+    # optax's names for the protocol's types and for hyperparameters kept in the state
+    "GradientTransformation",
+    "GradientTransformationExtraArgs",
+    "InjectHyperparamsState",
+    "inject_hyperparams",
+    "multi_transform",
+    "scale_by_schedule",
+    # optax's wrappers and utilities
+    "ApplyEvery",
+    "ConditionallyMaskState",
+    "ConditionallyTransformState",
+    "MonitorState",
+    "SnapshotState",
+    "apply_every",
+    "conditionally_mask",
+    "conditionally_transform",
+    "measure_with_ema",
+    "monitor",
+    "snapshot",
+    "stateless",
+    "stateless_with_tree_map",
+    # everything else
+    "AddNoiseState",
     "ApplyIfFiniteState",
     "BacktrackingLinesearchInfo",
     "ClipByGlobalNormState",
@@ -226,42 +348,58 @@ __all__ = [
     "MuonState",
     "PackedTree",
     "PartitionState",
+    "PolyakAveragingState",
     "QuantizedArray",
     "QuantizedState",
+    "ReduceLROnPlateauState",
+    "ScaleByAdaDeltaState",
     "ScaleByAdamState",
     "ScaleByAdanState",
     "ScaleByAmsgradState",
     "ScaleByBacktrackingLinesearchState",
     "ScaleByBeliefState",
     "ScaleByLBFGSState",
+    "ScaleByDistanceOverGradientsState",
     "ScaleByLionState",
     "ScaleByNadamState",
+    "ScaleByNovogradState",
+    "ScaleByOptimisticGradientState",
     "ScaleByRmsState",
+    "ScaleByRpropState",
     "ScaleByRssState",
+    "ScaleBySM3State",
     "ScaleByStddevState",
     "ScaleByYogiState",
     "ScaleByZoomLinesearchState",
     "Schedule",
     "ScheduleFreeState",
     "SophiaState",
+    "SwaParamsState",
     "TraceState",
     "Transformation",
     "ZeroNansState",
     "ZoomLinesearchInfo",
     "adabelief",
+    "adadelta",
     "adafactor",
+    "adafactor_torch",
     "adagrad",
     "adam",
     "adamax",
+    "adamaxw",
     "adamw",
     "adan",
     "adaptive_grad_clip",
     "add_decayed_weights",
+    "add_noise",
     "amsgrad",
     "apply_if_finite",
     "apply_updates",
+    "asgd",
+    "asgd_schedule",
     "averaged_params",
     "bias_correction",
+    "centralize",
     "chain",
     "clip",
     "clip_by_block_rms",
@@ -282,6 +420,7 @@ __all__ = [
     "flatten",
     "freeze",
     "from_optax",
+    "fromage",
     "function_schedule",
     "gauss_newton_bartlett_diagonal",
     "get_state",
@@ -291,8 +430,12 @@ __all__ = [
     "hyperparameter",
     "hyperparams",
     "identity",
+    "incremental_update",
     "join_schedules",
     "lbfgs",
+    "keep_params_nonnegative",
+    "lamb",
+    "lars",
     "linear_onecycle_schedule",
     "linear_schedule",
     "lion",
@@ -300,47 +443,77 @@ __all__ = [
     "make_step",
     "masked",
     "minimize",
+    "multiply_schedules",
     "multistep_lr_schedule",
     "muon",
     "nadam",
+    "nadamw",
     "named_chain",
+    "negate",
     "nesterov_lookahead_params",
+    "noisy_sgd",
+    "novograd",
+    "optimistic_adam",
+    "optimistic_adam_v2",
+    "optimistic_gradient_descent",
+    "normalize_by_update_norm",
+    "onecycle_lr_schedule",
+    "onecycle_momentum_schedule",
+    "onecycle_schedules",
     "orthogonalize_via_newton_schulz",
     "pack",
     "partition",
     "per_example_global_norm_clip",
     "per_example_layer_norm_clip",
+    "periodic_cosine_annealing_schedule",
+    "periodic_update",
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
+    "polyak_sgd",
+    "polyak_averaging",
     "polynomial_schedule",
     "pytree_dataclass",
     "quantize_blockwise",
     "quantize_state",
     "radam",
+    "reduce_lr_on_plateau",
+    "reduce_on_plateau",
+    "relative_step_schedule",
     "resolve",
     "rmsprop",
+    "rprop",
     "safe_increment",
     "scale",
+    "scale_and_shrink",
+    "scale_by_adadelta",
     "scale_by_adam",
     "scale_by_adamax",
     "scale_by_adan",
     "scale_by_amsgrad",
     "scale_by_backtracking_linesearch",
     "scale_by_belief",
+    "scale_by_distance_over_gradients",
     "scale_by_factored_rms",
     "scale_by_lbfgs",
     "scale_by_learning_rate",
     "scale_by_lion",
     "scale_by_muon",
     "scale_by_nadam",
+    "scale_by_novograd",
+    "scale_by_optimistic_gradient",
+    "scale_by_param_block_norm",
     "scale_by_param_block_rms",
+    "scale_by_polyak",
     "scale_by_radam",
     "scale_by_rms",
+    "scale_by_rprop",
     "scale_by_rss",
     "scale_by_shape",
     "scale_by_sign",
+    "scale_by_sm3",
     "scale_by_sophia",
     "scale_by_stddev",
+    "scale_by_trust_ratio",
     "scale_by_yogi",
     "scale_by_zoom_linesearch",
     "schedule_free",
@@ -351,15 +524,21 @@ __all__ = [
     "set_to_zero",
     "sgd",
     "sgdr_schedule",
+    "sign_sgd",
+    "signum",
     "skip_large_updates",
     "skip_not_finite",
     "slow_params",
+    "sm3",
     "sophia",
     "static",
     "step_lr_schedule",
+    "swa_lr_schedule",
+    "swa_params",
     "to_optax",
     "trace",
     "transformer_schedule",
+    "unitwise_clip",
     "unitwise_norm",
     "unpack",
     "update_and_apply",
@@ -371,3 +550,17 @@ __all__ = [
     "yogi",
     "zero_nans",
 ]
+
+# -- Public submodules: attributes of the package once it is imported, as optax's are
+# (`gx.tree_utils.tree_norm`, `gx.schedules.cosine_decay_schedule`, `gx.projections`). They are
+# modules, not names of __all__. --
+from gradxform import (  # noqa: E402
+    checkpoint,
+    microbatching,
+    projections,
+    schedules,
+    sharding,
+    testing,
+    tree,
+    tree_utils,
+)

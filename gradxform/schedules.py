@@ -9,7 +9,8 @@ accepts one; it is evaluated at the transformation's own step count before that 
 incremented (as in optax), so the first update uses `schedule(0)`.
 
 optax's schedules keep optax's names, arguments and values; the torch.optim.lr_scheduler forms
-optax lacks (`StepLR`, `MultiStepLR`, `CyclicLR`, `CosineAnnealingWarmRestarts`) and the
+optax lacks (`StepLR`, `MultiStepLR`, `CyclicLR`, `CosineAnnealingWarmRestarts`, `OneCycleLR`
+with its momentum, `CosineAnnealingLR` past T_max, `ChainedScheduler`, SWA's `SWALR`) and the
 Transformer and warmup-stable-decay schedules are here under the names below.
 `schedule.values(num_steps)` is the curve as an array and `plot(*schedules, num_steps=...)` draws
 it with matplotlib.
@@ -45,9 +46,20 @@ from gradxform._src.schedules.polynomial import (
     polynomial_schedule,
     warmup_constant_schedule,
 )
+from gradxform._src.schedules.swa_annealing import swa_lr_schedule
+from gradxform._src.schedules.torch_lr_scheduler import (
+    asgd_schedule,
+    multiply_schedules,
+    onecycle_lr_schedule,
+    onecycle_momentum_schedule,
+    onecycle_schedules,
+    periodic_cosine_annealing_schedule,
+    relative_step_schedule,
+)
 from gradxform._src.schedules.warmup import transformer_schedule, warmup_stable_decay_schedule
 
 __all__ = [
+    "asgd_schedule",
     "constant_schedule",
     "cosine_annealing_warm_restarts_schedule",
     "cosine_decay_schedule",
@@ -58,13 +70,20 @@ __all__ = [
     "join_schedules",
     "linear_onecycle_schedule",
     "linear_schedule",
+    "multiply_schedules",
     "multistep_lr_schedule",
+    "onecycle_lr_schedule",
+    "onecycle_momentum_schedule",
+    "onecycle_schedules",
+    "periodic_cosine_annealing_schedule",
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
     "plot",
     "polynomial_schedule",
+    "relative_step_schedule",
     "sgdr_schedule",
     "step_lr_schedule",
+    "swa_lr_schedule",
     "transformer_schedule",
     "warmup_constant_schedule",
     "warmup_cosine_decay_schedule",

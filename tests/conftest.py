@@ -11,11 +11,15 @@ the runner that follows several optimizers side by side and compares their traje
 
 from __future__ import annotations
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+
+import gradxform as gx
 
 
 @pytest.fixture
@@ -147,3 +151,173 @@ class Trajectories:
 def trajectories():
     """The `Trajectories` runner and comparisons."""
     return Trajectories
+
+
+# -- optax's elementwise optimizers: many pairs compared in one compiled run --------------------
+
+def make_cube_params(dtype) -> dict:
+    """A matrix, a vector, a 3-D leaf, a scalar and a None leaf, drawn from a fixed generator."""
+    rng = np.random.default_rng(0)
+    return {"w": jnp.asarray(rng.normal(size=(4, 3)), dtype),
+            "b": jnp.asarray(rng.normal(size=(3,)), dtype),
+            "k": jnp.asarray(rng.normal(size=(2, 3, 2)), dtype),
+            "c": jnp.asarray(rng.normal(), dtype),
+            "n": None}
+
+
+def run_optax_pairs(pairs: dict, dtype, *, steps: int = 100) -> dict:
+    """{name: (gradxform's params after each step, optax's)} for `pairs[name](lib)` built with
+    lib = gradxform and lib = optax, on `make_cube_params(dtype)` and the gradients
+    g_t(θ) = θ - ½ + noise_t (`make_gradient_noise`), every pair in one lax.scan."""
+    params = make_cube_params(dtype)
+    grads = gradients_from_noise(make_gradient_noise(params, steps=steps))
+    steppers = [Trajectories.stepper(make(lib), params, grads)
+                for make in pairs.values() for lib in (gx, optax)]
+    outs = Trajectories.run(steppers, steps)
+    return {name: (outs[2 * i][0], outs[2 * i + 1][0]) for i, name in enumerate(pairs)}
+
+
+def assert_matches_optax(name: str, runs64: dict, runs32: dict, *, exact32: bool = False) -> None:
+    """float64 to 1e-12 relative; float32 within `Trajectories.TOL` of optax's float32 run, or,
+    with `exact32` (optax forms bias corrections 1 - β^t in float32 and loses digits), of the
+    exact float64 run and no further from it than optax's float32 run."""
+    ours64, exact = runs64[name]
+    assert all(x.dtype == jnp.float64 for x in jax.tree.leaves(ours64))
+    moved = max(float(np.max(np.abs(np.asarray(x[-1]) - np.asarray(x[0]))))
+                for x in jax.tree.leaves(ours64))
+    assert moved > 1e-2, f"{name}: the params barely moved, the comparison says little"
+    Trajectories.assert_close(ours64, exact, dict(rtol=1e-12, atol=1e-13), name)
+    ours32, optax32 = runs32[name]
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(ours32))
+    if not exact32:
+        Trajectories.assert_close(ours32, optax32, "float32", f"{name} (float32)")
+        return
+    Trajectories.assert_close(ours32, exact, "float32", f"{name} (float32 vs exact)")
+
+    def err(a):
+        return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y))))
+                   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(exact)))
+
+    assert err(ours32) <= err(optax32), name
+
+
+def assert_fused_like_xla(opt, *, steps: int = 3, ulps: int = 4) -> None:
+    """make_step runs the whole chain `opt` as one run of elementwise transformations, through
+    the vector kernel, with the numbers of the XLA program: within `ulps` units in the last
+    place of each leaf's largest value (XLA may contract a product and a sum into one fused
+    multiply-add where the kernel rounds twice)."""
+    from gradxform._src.fast import fusion, kernel
+
+    members = [t for t, _ in fusion.flat_members(opt, opt.init({"w": jnp.zeros(3)}))]
+    assert fusion.runs(members) == [(0, len(members))], (
+        f"{opt!r} is not one run of ElementwiseTransformations: make_step would not fuse it "
+        f"whole, and the comparison below would compare XLA with itself")
+    rng = np.random.default_rng(0)
+    sizes = (70_001, 1 << 14, 10)  # the last leaf is below the kernel's threshold
+
+    def tree(scale=1.0, shift=0.0):
+        return {f"l{i}": jnp.asarray(shift + scale * rng.normal(size=n), jnp.float32)
+                for i, n in enumerate(sizes)}
+
+    fused = gx.make_step(opt)  # the kernel runs on donated steps
+    plain = gx.make_step(opt, donate=False, fused=False)
+    p = tree(shift=1.0)
+    s = opt.init(p)
+    hlo = jax.jit(fused).lower(tree(), s, p).as_text()
+    assert hlo.count(kernel.TARGET) >= 1, "the step did not call the kernel"
+    for _ in range(steps):  # each step from the same inputs, so that differences do not compound
+        g = tree(1e-1)
+        p2, s2 = plain(g, s, p)
+        p1, s1 = fused(g, *jax.tree.map(jnp.copy, (s, p)))
+        for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p2, s2)), strict=True):
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            assert np.max(np.abs(a - b)) <= ulps * np.spacing(np.float32(np.max(np.abs(b))))
+        p, s = p1, s1
+
+
+def assert_matches_numpy(opt, direction, *, steps: int = 100, rtol: float = 1e-12) -> None:
+    """`opt` in float64 follows θ_t = θ_{t-1} + u_t with (u_t, s_t) = direction(t, g_t, s_{t-1},
+    θ_{t-1}) per leaf (s_0 = None), a numpy re-derivation, on `make_cube_params` and the
+    gradients g_t(θ) = θ - ½ + noise_t."""
+    with jax.enable_x64(True):
+        params = make_cube_params(jnp.float64)
+        noise = make_gradient_noise(params, steps=steps)
+        ours, _ = Trajectories.run(
+            [Trajectories.stepper(opt, params, gradients_from_noise(noise))], steps)[0]
+    p = {k: np.asarray(v) for k, v in params.items() if v is not None}
+    state = {k: None for k in p}
+    for t in range(1, steps + 1):
+        for k in p:
+            u, state[k] = direction(t, p[k] - 0.5 + noise[k][t - 1], state[k], p[k])
+            p[k] = p[k] + u
+            np.testing.assert_allclose(np.asarray(ours[k][t - 1]), p[k], rtol=rtol,
+                                       atol=rtol / 10, err_msg=f"{k} at step {t}")
+# -- Layer-wise transformations: a tree of a matrix, a vector and a 3-D array, and a loss --------
+
+def make_three_leaf_params(dtype) -> dict:
+    """{"w": 4×3 matrix, "b": vector of 3, "k": 2×3×2 array}, drawn from a fixed generator."""
+    rng = np.random.default_rng(2)
+    return {"w": jnp.asarray(rng.normal(size=(4, 3)), dtype),
+            "b": jnp.asarray(rng.normal(size=(3,)), dtype),
+            "k": jnp.asarray(rng.normal(size=(2, 3, 2)), dtype)}
+
+
+def three_leaf_loss(params):
+    """Σ_leaves Σ_i sin(3θ_i) θ_i + θ_i⁴ / 10 + (Σ_i θ_k,i)² / 4: not quadratic, and leaf k
+    couples its entries, so each gradient depends on where the previous steps went."""
+    total = sum(jnp.sum(jnp.sin(3 * x) * x + x**4 / 10) for x in jax.tree.leaves(params))
+    return total + jnp.sum(params["k"]) ** 2 / 4
+
+
+def three_leaf_grad_np(params) -> dict:
+    """∇three_leaf_loss in numpy, written out by hand (independent of jax.grad)."""
+    grads = {k: np.sin(3 * x) + 3 * x * np.cos(3 * x) + 0.4 * x**3 for k, x in params.items()}
+    grads["k"] = grads["k"] + np.sum(params["k"]) / 2
+    return grads
+
+
+def run_on_three_leaf_loss(opts, params, steps: int = 100, *, with_value: bool = False) -> list:
+    """The params after each of `steps` steps of every optimizer in `opts` (gradxform or optax)
+    on `three_leaf_loss`, from `params`, all in one compiled lax.scan. With `with_value`,
+    `update` also gets the loss as `value=` (Polyak step sizes)."""
+    def body(carries, _):
+        out = []
+        for opt, (p, s) in zip(opts, carries):
+            value, g = jax.value_and_grad(three_leaf_loss)(p)
+            extra = {"value": value} if with_value else {}
+            u, s = opt.update(g, s, p, **extra)
+            out.append((optax.apply_updates(p, u), s))
+        return out, [p for p, _ in out]
+
+    init = [(params, opt.init(params)) for opt in opts]
+    return jax.jit(lambda: jax.lax.scan(body, init, None, length=steps)[1])()
+
+
+def assert_same_as_optax(pairs: dict, *, steps: int = 100, with_value: bool = False) -> None:
+    """Each of `pairs` (name -> factory(lib), called with gradxform and with optax) followed
+    for `steps` steps on `three_leaf_loss`: the params equal optax's at every step, to 1e-12 in
+    float64 and to a few float32 ulps (Trajectories.TOL) in float32, and they moved."""
+    names = sorted(pairs)
+    for dtype in ("float64", "float32"):
+        with jax.enable_x64(dtype == "float64"):
+            params = make_three_leaf_params(dtype)
+            opts = [pairs[n](lib) for n in names for lib in (gx, optax)]
+            runs = run_on_three_leaf_loss(opts, params, steps, with_value=with_value)
+            tol = (dict(rtol=1e-12, atol=1e-13) if dtype == "float64"
+                   else Trajectories.TOL["float32"])
+            for i, name in enumerate(names):
+                ours, theirs = runs[2 * i], runs[2 * i + 1]
+                assert all(x.dtype == jnp.dtype(dtype) for x in jax.tree.leaves(ours)), name
+                moved = max(float(jnp.max(jnp.abs(x[-1] - x[0]))) for x in jax.tree.leaves(ours))
+                assert moved > 1e-2, f"{name}: the params barely moved, the comparison says little"
+                Trajectories.assert_close(ours, theirs, tol, f"{name} ({dtype}) ")
+
+
+@pytest.fixture
+def three_leaf():
+    """The layer-wise test problem: `.params(dtype)`, `.loss`, `.grad_np`, `.run(opts, params,
+    steps=100, with_value=False)` and `.assert_same_as_optax(pairs)` (see the functions
+    above)."""
+    return types.SimpleNamespace(params=make_three_leaf_params, loss=three_leaf_loss,
+                                 grad_np=three_leaf_grad_np, run=run_on_three_leaf_loss,
+                                 assert_same_as_optax=assert_same_as_optax)

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import gradxform as gx
+from gradxform import tree_utils
 
 INT32_MAX = np.iinfo(np.int32).max
 
@@ -351,3 +352,24 @@ def test_a_donated_state_used_again_raises_jax_error():
     # The state it returned is the one to carry on with.
     updates, _ = step(_grads(), new, params)
     assert np.all(np.isfinite(np.asarray(updates["w"])))
+
+
+# -- tree_set and tree_get on optimizer states -------------------------------------------------
+
+
+def test_tree_set_refuses_what_does_not_fit_and_tree_get_lists_matches():
+    state = gx.adamw(0.1).init(_params())
+    mu = tree_utils.tree_get(state, "mu")
+    with pytest.raises(TypeError, match=r"tree_set: 'mu' at '0/ScaleByAdamState.mu/b' holds "
+                                        r"float32, the new value float16; cast it"):
+        tree_utils.tree_set(state, mu=tree_utils.tree_cast(mu, jnp.float16))
+    with pytest.raises(ValueError, match="has shape"):
+        tree_utils.tree_set(state, mu={**mu, "b": jnp.zeros(3)})
+    with pytest.raises(KeyError, match="the names in the tree are"):
+        tree_utils.tree_set(state, moment=mu)
+    zeroed = tree_utils.tree_set(state, count=0)
+    assert all(c.dtype == jnp.int32 for _, c in tree_utils.tree_get_all_with_path(zeroed, "count"))
+    with pytest.raises(TypeError, match="cannot hold 2.5"):
+        tree_utils.tree_set(state, count=2.5)
+    with pytest.raises(KeyError, match=r"'0/ScaleByAdamState.count', '1/CountState.count'"):
+        tree_utils.tree_get(state, "count")

@@ -200,3 +200,50 @@ def test_per_example_clipping_refuses_a_negative_or_nan_clip():
         gx.per_example_global_norm_clip(grads, -1.0)
     with pytest.raises(ValueError, match="global_l2_norm_clip must be >= 0, got nan"):
         gx.per_example_layer_norm_clip(grads, float("nan"))
+
+
+# -- global_norm's orders and unitwise_clip, as optax.tree.norm and optax.transforms -----------
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_global_norm_orders_are_those_of_optax_tree_norm(dtype, three_leaf):
+    with jax.enable_x64(dtype == "float64"):
+        tree = {**three_leaf.params(dtype), "none": None}
+        tol = dict(rtol=1e-14) if dtype == "float64" else dict(rtol=1e-6)
+        for ord_ in (None, 2, 1, np.inf, "inf", "infinity"):
+            for squared in (False, True):
+                ours = gx.global_norm(tree, ord=ord_, squared=squared)
+                theirs = optax.tree.norm(tree, ord=ord_, squared=squared)
+                assert ours.dtype == jnp.dtype(dtype)
+                np.testing.assert_allclose(float(ours), float(theirs), **tol,
+                                           err_msg=f"ord={ord_}, squared={squared}")
+        leaves = [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)]
+        flat = np.concatenate(leaves)
+        np.testing.assert_allclose(float(gx.global_norm(tree, ord=1)), np.sum(np.abs(flat)),
+                                   **tol)
+        np.testing.assert_allclose(float(gx.global_norm(tree, squared=True)), flat @ flat, **tol)
+
+
+def test_global_norm_of_a_tree_without_elements_and_a_bad_order():
+    empty = {"a": jnp.zeros((0,)), "b": None}
+    for ord_ in (None, 1, np.inf):
+        assert float(gx.global_norm(empty, ord=ord_)) == 0.0   # optax's ∞-norm gives -inf here
+    with pytest.raises(ValueError, match="global_norm: ord must be None, 1, 2 or inf, got 3"):
+        gx.global_norm({"a": jnp.ones(2)}, ord=3)
+
+
+def test_unitwise_clip_is_optax_transforms_unitwise_clip():
+    rng = np.random.default_rng(4)
+    g = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
+    g_norm = gx.unitwise_norm(g)
+    max_norm = jnp.broadcast_to(jnp.asarray([0.5, 5.0, 1.0], jnp.float32), g.shape)
+    for div_eps in (1e-6, 10.0):
+        np.testing.assert_array_equal(
+            np.asarray(gx.unitwise_clip(g_norm, max_norm, g, div_eps)),
+            np.asarray(optax.transforms.unitwise_clip(g_norm, max_norm, g, div_eps)))
+    # units below their bound pass unchanged, the others are scaled to norm m_i
+    out = gx.unitwise_clip(g_norm, max_norm, g)
+    np.testing.assert_allclose(np.asarray(gx.unitwise_norm(out))[0],
+                               np.minimum(np.asarray(g_norm)[0], [0.5, 5.0, 1.0]), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"unitwise_clip: g_norm, max_norm and grad must have "
+                                         r"one shape, got g_norm \(1, 3\)"):
+        gx.unitwise_clip(g_norm[:1], max_norm, g)

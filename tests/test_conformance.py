@@ -22,6 +22,12 @@ CASES = {
     "scale": lambda: gx.scale(-0.1),
     "scale_by_learning_rate": lambda: gx.scale_by_learning_rate(0.1),
     "scale_by_sign": lambda: gx.scale_by_sign(),
+    "negate": lambda: gx.negate(),
+    # step_adaptation.py
+    "scale_by_adadelta": lambda: gx.scale_by_adadelta(),
+    "scale_by_rprop": lambda: gx.scale_by_rprop(0.01, convention="torch"),
+    "adadelta": lambda: gx.adadelta(1.0, weight_decay=1e-2),
+    "rprop": lambda: gx.rprop(0.01),
     "add_decayed_weights": lambda: gx.add_decayed_weights(0.1, mask=lambda p: {
         k: k != "scale" for k in p}),
     "chain": lambda: gx.chain(gx.trace(0.9), gx.scale(-0.1)),
@@ -80,6 +86,16 @@ CASES = {
     # averaging.py
     "lookahead": lambda: gx.lookahead(gx.sgd(0.1, 0.9), 2, 0.5, reset_state=True),
     "ema_params": lambda: gx.chain(gx.sgd(0.1), gx.ema_params(0.9, debias=True, warmup=10.0)),
+    # iterate_averaging.py, torch_forms.py
+    "polyak_averaging": lambda: gx.chain(gx.sgd(0.1), gx.polyak_averaging(1.0)),
+    "swa_params": lambda: gx.chain(gx.sgd(0.1), gx.swa_params(start=1, every=2, decay=0.9)),
+    "asgd": lambda: gx.asgd(0.1, t0=1.0, weight_decay=1e-2),
+    "adafactor_torch": lambda: gx.adafactor_torch(1e-2, weight_decay=1e-2),
+    # plateau.py (fed a metric: CHECK_OPTIONS)
+    "reduce_on_plateau": lambda: gx.reduce_on_plateau(0.5, 1, cooldown=1),
+    "reduce_lr_on_plateau": lambda: gx.reduce_lr_on_plateau(0.1, mode="max", patience=0),
+    "scale_by_factored_rms_torch": lambda: gx.scale_by_factored_rms(
+        epsilon=None, min_dim_size_to_factor=0, convention="torch"),
     # interop.py
     "from_optax": lambda: gx.from_optax(optax.sgd(0.1, momentum=0.9)),
     # flatten.py
@@ -97,6 +113,55 @@ CASES = {
     "schedule_free_sgd": lambda: gx.schedule_free_sgd(0.1, warmup_steps=2, weight_decay=1e-3),
     "schedule_free_adamw": lambda: gx.schedule_free_adamw(1e-2),
     "quantize_state": lambda: gx.quantize_state(gx.adamw(1e-3), block_size=4, min_size=2),
+    # injection.py, optax's names
+    "inject_hyperparams": lambda: gx.inject_hyperparams(gx.adamw)(
+        1e-3, b1=gx.linear_schedule(0.8, 0.9, 10)),
+    "multi_transform": lambda: gx.multi_transform({"a": gx.adam(1e-2), "b": gx.sgd(0.1, 0.9)},
+                                                  {"dense/w": "a", "**": "b"}),
+    "scale_by_schedule": lambda: gx.scale_by_schedule(gx.linear_schedule(0.1, 0.0, 10)),
+    # conditional.py, monitoring.py, functions.py, apply_every: optax's wrappers
+    "conditionally_transform": lambda: gx.conditionally_transform(
+        gx.sgd(0.1, 0.9), lambda step: step % 2 == 0),
+    "conditionally_mask": lambda: gx.conditionally_mask(gx.sgd(0.1, 0.9), lambda step: step > 0),
+    "snapshot": lambda: gx.chain(gx.snapshot("norm", gx.global_norm), gx.sgd(0.1)),
+    "monitor": lambda: gx.chain(gx.monitor({"norm": gx.global_norm}), gx.sgd(0.1)),
+    "measure_with_ema": lambda: gx.monitor({"ema": gx.measure_with_ema(gx.global_norm, 0.9)}),
+    "stateless": lambda: gx.stateless(lambda u, p: jax.tree.map(lambda g: 0.5 * g, u)),
+    "stateless_with_tree_map": lambda: gx.stateless_with_tree_map(lambda g, p: 0.5 * g),
+    "apply_every": lambda: gx.chain(gx.sgd(0.1), gx.apply_every(2)),
+    # optax's sign, noise, optimistic and layer-wise optimizers (optimistic.py, noise.py,
+    # layerwise.py, constraints.py, alias.py)
+    "sign_sgd": lambda: gx.sign_sgd(1e-3),
+    "signum": lambda: gx.signum(1e-3, 0.8),
+    "nadamw": lambda: gx.nadamw(1e-3, weight_decay=1e-2),
+    "adamaxw": lambda: gx.adamaxw(1e-3, mask={"dense": True, "scale": False, "frozen": False,
+                                              "empty": True}),
+    "add_noise": lambda: gx.add_noise(0.01, 0.55, 0),
+    "noisy_sgd": lambda: gx.noisy_sgd(1e-2, key=jax.random.key(3)),
+    "scale_by_optimistic_gradient": lambda: gx.scale_by_optimistic_gradient(0.5, 2.0),
+    "optimistic_gradient_descent": lambda: gx.optimistic_gradient_descent(1e-2),
+    "optimistic_adam": lambda: gx.optimistic_adam(1e-2),
+    "optimistic_adam_v2": lambda: gx.optimistic_adam_v2(1e-2, alpha=0.5, beta=2.0),
+    "scale_by_novograd": lambda: gx.scale_by_novograd(weight_decay=0.1),
+    "novograd": lambda: gx.novograd(1e-2),
+    "keep_params_nonnegative": lambda: gx.chain(gx.sgd(0.1), gx.keep_params_nonnegative()),
+    # trust_ratio.py, cover_statistics.py, polyak.py, distance_over_gradients.py, normalizing.py
+    "scale_by_trust_ratio": lambda: gx.scale_by_trust_ratio(1e-6, 0.5, 1e-8),
+    "scale_by_param_block_norm": lambda: gx.scale_by_param_block_norm(),
+    "scale_and_shrink": lambda: gx.scale_and_shrink(0.1),
+    "lamb": lambda: gx.lamb(1e-3, weight_decay=1e-2, mask=lambda p: {k: k != "scale"
+                                                                     for k in p}),
+    "lars": lambda: gx.lars(0.1, 1e-4, trust_ratio_mask={"dense": {"w": True, "b": False},
+                                                         "scale": False, "frozen": False,
+                                                         "empty": True}, nesterov=True),
+    "fromage": lambda: gx.fromage(0.1),
+    "scale_by_sm3": lambda: gx.scale_by_sm3(0.9, 0.99),
+    "sm3": lambda: gx.sm3(0.1),
+    "scale_by_polyak": lambda: gx.scale_by_polyak(-1.0, 0.5, 1e-6, "sps+"),
+    "polyak_sgd": lambda: gx.polyak_sgd(0.5, 0.1, f_min=-1.0),
+    "scale_by_distance_over_gradients": lambda: gx.scale_by_distance_over_gradients(1e-4),
+    "centralize": lambda: gx.centralize(),
+    "normalize_by_update_norm": lambda: gx.normalize_by_update_norm(-0.1),
     # quasi_newton.py, linesearch.py, zoom.py, alias.py (full-batch optimisation)
     "scale_by_lbfgs": lambda: gx.scale_by_lbfgs(3),
     # (lbfgs with its zoom search would compile the whole search for every dtype the check
@@ -119,9 +184,17 @@ def _objective_arguments(params):
     value, grad = jax.value_and_grad(_objective)(params)
     return dict(value=value, grad=grad, value_fn=_objective)
 
-
-EXTRA_ARGS = {name: _objective_arguments for name in
-              ("scale_by_zoom_linesearch", "scale_by_backtracking_linesearch")}
+# Keyword arguments of check_transformation for the cases that need them: the Polyak step
+# size reads the loss at the params from update(..., value=loss).
+CHECK_OPTIONS = {
+    "scale_by_polyak": dict(extra_args={"value": 2.5}),
+    "polyak_sgd": dict(extra_args={"value": 2.5}),
+    "reduce_on_plateau": dict(extra_args={"value": 0.5}),
+    "reduce_lr_on_plateau": dict(extra_args={"value": 0.5}),
+    **{name: dict(extra_args=_objective_arguments(default_params()),
+                  make_extra_args=_objective_arguments)
+       for name in ("scale_by_zoom_linesearch", "scale_by_backtracking_linesearch")},
+}
 
 
 def _public_transformations():
@@ -141,11 +214,7 @@ def test_every_public_transformation_is_checked():
     assert not missing, f"add a conformance case to CASES for: {sorted(missing)}"
 
 
+# keyword arguments every `update` of these cases is given
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_conformance(name):
-    make = EXTRA_ARGS.get(name)
-    if make is None:
-        check_transformation(CASES[name]())
-    else:
-        check_transformation(CASES[name](), extra_args=make(default_params()),
-                             make_extra_args=make)
+    check_transformation(CASES[name](), **CHECK_OPTIONS.get(name, {}))

@@ -283,3 +283,39 @@ def test_experiments_print_nothing(capsys):
     train_xor(xor_optimizers()["Adam"], epochs=1)
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_paths_that_coincide_are_drawn_once_under_both_names(quick_demo):
+    from gradxform.demo.experiments import plotting
+
+    runs = quick_demo[3]["rosenbrock"].results
+    groups = plotting.coinciding(runs)
+    assert groups["Momentum = Momentum (EMA form)"] == ["Momentum", "Momentum (EMA form)"]
+    assert sum(len(g) for g in groups.values()) == len(runs)
+    fig = plotting.plot_rosenbrock_paths(runs)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels[:len(groups)] == list(groups)
+    # No two curves share a colour, a line style and a marker.
+    looks = {(ln.get_color(), ln.get_linestyle(), ln.get_marker()) for ln in fig.axes[0].lines
+             if ln.get_label() in groups}
+    assert len(looks) == len(groups)
+
+
+def test_the_warmup_figure_names_each_settings_early_peak(quick_demo):
+    from gradxform.demo.experiments import plotting
+
+    runs = quick_demo[3]["schedules"].results
+    fig = plotting.plot_losses_per_step(runs, early_steps=100)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    constant = runs["constant η"]
+    assert labels[0] == f"constant η: peak {constant[:, :101].max(axis=1).mean():.2f}"
+    # Both warmups take the same first 100 steps: one curve, both names.
+    assert labels[1].startswith("warmup, then constant = warmup, then cosine decay: peak")
+
+
+def test_moving_average_is_the_mean_of_the_last_window_values():
+    from gradxform.demo.experiments import plotting
+
+    x = np.random.default_rng(0).random((2, 50))
+    want = np.stack([[row[max(0, i - 4):i + 1].mean() for i in range(50)] for row in x])
+    np.testing.assert_allclose(plotting.moving_average(x, 5), want, rtol=1e-12)

@@ -120,3 +120,60 @@ def test_bfloat16_params_keep_float32_statistics():
     u, state = t.update(jax.tree.map(lambda p: p * 1e-3, params), state, params)
     assert u["w"].dtype == jnp.bfloat16
     assert bool(jnp.all(jnp.isfinite(u["w"].astype(jnp.float32))))
+
+
+# -- convention="torch": torch.optim.Adafactor's direction ---------------------------------------
+
+def _torch_direction_np(seq, c, eps1):
+    """torch.optim.Adafactor's `update` (before α and the clipping) for a sequence of gradients
+    of one leaf, written out in numpy (float64)."""
+    shape = seq[0].shape
+    factored = len(shape) > 1
+    r = np.zeros(shape[:-1] + (1,)) if factored else None
+    col = np.zeros(shape[:-2] + (1,) + shape[-1:]) if factored else None
+    v = None if factored else np.zeros(shape)
+    out = []
+    for t, g in enumerate(seq, start=1):
+        w = t ** -c  # 1 - β̂_t, torch's lerp weight
+        if factored:
+            r = r + w * ((g * g).mean(-1, keepdims=True) - r)
+            col = col + w * ((g * g).mean(-2, keepdims=True) - col)
+            est = (r @ col) / np.maximum(r.mean(-2, keepdims=True), eps1)
+        else:
+            v = v + w * (g * g - v)
+            est = v
+        out.append(g / np.sqrt(np.maximum(est, eps1 * eps1)))
+    return out
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 2), (6,), (3, 1)])
+def test_torch_convention_is_torchs_update(shape):
+    rng = np.random.RandomState(5)
+    seq = rng.randn(12, *shape)
+    seq[:, ..., 0] *= 1e-5  # small enough that torch's ε1 bound, not ε1 added to g², acts
+    eps1 = 1e-4
+    with jax.enable_x64(True):
+        t = scale_by_factored_rms(decay_rate=0.6, epsilon=eps1, min_dim_size_to_factor=0,
+                                  convention="torch")
+        state = t.init(jnp.zeros(shape))
+        got = []
+        for g in seq:
+            u, state = t.update(jnp.asarray(g), state)
+            got.append(np.asarray(u))
+    np.testing.assert_allclose(got, _torch_direction_np(seq, 0.6, eps1), rtol=1e-12)
+    if shape == (4, 5, 2):
+        # optax's convention factors the two largest axes (4 and 5), not the last two
+        with jax.enable_x64(True):
+            o = scale_by_factored_rms(decay_rate=0.6, epsilon=eps1, min_dim_size_to_factor=0)
+            u, _ = o.update(jnp.asarray(seq[0]), o.init(jnp.zeros(shape)))
+        assert not np.allclose(np.asarray(u), got[0], rtol=1e-3)
+
+
+def test_torch_convention_default_eps_is_the_dtype_epsilon():
+    g = jnp.array([[1e-30, 1.0], [2.0, 3.0]], jnp.float32)
+    t = scale_by_factored_rms(epsilon=None, min_dim_size_to_factor=0, convention="torch")
+    u, _ = t.update(g, t.init(g))
+    eps = float(jnp.finfo(jnp.float32).eps)
+    assert np.isfinite(np.asarray(u)).all() and abs(float(u[0, 0])) <= 1e-30 / eps * 1.01
+    with pytest.raises(ValueError, match="epsilon=None"):
+        scale_by_factored_rms(epsilon=None)

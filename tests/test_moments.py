@@ -30,6 +30,9 @@ ELEMENTWISE = {
     "scale_by_amsgrad": lambda: gx.scale_by_amsgrad(max_of="raw"),
     "scale_by_adamax": lambda: gx.scale_by_adamax(),
     "clip": lambda: gx.clip(0.2),
+    "scale_by_lion_refined": lambda: gx.scale_by_lion(mode="refined"),
+    "scale_by_optimistic_gradient": lambda: gx.scale_by_optimistic_gradient(0.5, 2.0),
+    "keep_params_nonnegative": lambda: gx.keep_params_nonnegative(),
 }
 
 

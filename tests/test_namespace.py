@@ -34,10 +34,31 @@ def _literal_all(tree: ast.Module) -> list[str]:
     return [e.value for e in value.elts]
 
 
+# The public submodules: gradxform/<name>.py without a leading underscore (and the package's
+# __main__). __init__ imports each, so that `import gradxform` makes them attributes.
+PUBLIC_SUBMODULES = sorted(path.stem for path in PACKAGE.glob("*.py")
+                           if not path.stem.startswith("_"))
+
+
+def _imported_submodules() -> list[str]:
+    return [alias.name for node in INIT.body
+            if isinstance(node, ast.ImportFrom) and node.module == "gradxform"
+            for alias in node.names]
+
+
+def test_every_public_submodule_is_an_attribute_of_the_package():
+    assert "tree_utils" in PUBLIC_SUBMODULES and "schedules" in PUBLIC_SUBMODULES
+    assert sorted(_imported_submodules()) == PUBLIC_SUBMODULES
+    for name in PUBLIC_SUBMODULES:
+        assert getattr(gradxform, name).__name__ == f"gradxform.{name}"
+        assert name not in gradxform.__all__  # modules, not public names
+
+
 def test_all_is_a_literal_list_of_exactly_the_imported_names():
     listed = _literal_all(INIT)
     imported = [alias.asname or alias.name for node in INIT.body
-                if isinstance(node, ast.ImportFrom) and node.module != "__future__"
+                if isinstance(node, ast.ImportFrom) and node.module not in ("__future__",
+                                                                           "gradxform")
                 for alias in node.names]
     assert len(set(listed)) == len(listed), "__all__ lists a name twice"
     assert len(set(imported)) == len(imported), "__init__ imports a name twice"

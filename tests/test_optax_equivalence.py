@@ -246,7 +246,16 @@ FOUNDATION_MODULES = {f"gradxform._src.{m}" for m in
                        "primitives.sign_momentum")}
 # Presets of presets/alias.py compared with optax in their own test files.
 COMPARED_ELSEWHERE = {"adafactor": "test_factored.py", "adabelief": "test_adam_variants.py",
-                      "yogi": "test_adam_variants.py", "adan": "test_adam_variants.py"}
+                      "yogi": "test_adam_variants.py", "adan": "test_adam_variants.py",
+                      "sign_sgd": "test_sign_momentum.py", "signum": "test_sign_momentum.py",
+                      "nadamw": "test_adam_family.py", "adamaxw": "test_adam_family.py",
+                      "noisy_sgd": "test_noise.py",
+                      "optimistic_gradient_descent": "test_optimistic.py",
+                      "optimistic_adam": "test_optimistic.py",
+                      "optimistic_adam_v2": "test_optimistic.py", "novograd": "test_layerwise.py",
+                      "lamb": "test_trust_ratio.py", "lars": "test_trust_ratio.py",
+                      "fromage": "test_trust_ratio.py", "sm3": "test_cover_statistics.py",
+                      "polyak_sgd": "test_polyak.py"}
 
 
 def test_pairs_cover_every_optax_name():

@@ -144,17 +144,60 @@ def test_a_gradxform_schedule_is_an_optax_schedule():
 _SCALE_FNS = {"half_sine": lambda x: 0.5 * (1 + jnp.sin(x * jnp.pi / 2))}
 
 
+def _build(name, args):
+    """The gradxform schedule a fixture names; arguments that are schedules are nested specs."""
+    args = dict(args)
+    if "scale_fn" in args:
+        args["scale_fn"] = _SCALE_FNS[args["scale_fn"]]
+    if "boundaries_and_scales" in args:  # JSON keys are strings
+        args["boundaries_and_scales"] = {int(k): v for k, v in
+                                         args["boundaries_and_scales"].items()}
+    if "schedules" in args:
+        return getattr(gx, name)(*[_build(s["schedule"], s["args"]) for s in args["schedules"]])
+    return getattr(gx, name)(**args)
+
+
 @pytest.mark.parametrize("case", sorted(FIXTURES["cases"]))
 def test_matches_torch_lr_scheduler(case):
     fixture = FIXTURES["cases"][case]
-    args = dict(fixture["args"])
-    if "scale_fn" in args:
-        args["scale_fn"] = _SCALE_FNS[args["scale_fn"]]
-    schedule = getattr(gx, fixture["schedule"])(**args)
-    want = np.asarray(fixture["lr"])
-    got = curve(schedule, np.arange(len(want)))
-    # float32 against torch's float64: a few float32 ulps of the schedule's scale
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+    recorded = [("lr", fixture["schedule"], fixture["args"])]
+    if "momentum" in fixture:
+        recorded.append(("momentum", fixture["momentum_schedule"], fixture["momentum_args"]))
+    for key, name, args in recorded:
+        want = np.asarray(fixture[key])
+        got = curve(_build(name, args), np.arange(len(want)))
+        # float32 against torch's float64: a few float32 ulps of the schedule's scale
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max(),
+                                   err_msg=f"{case}: {key}")
+
+
+def test_onecycle_schedules_is_the_lr_and_the_momentum():
+    fixture = FIXTURES["cases"]["OneCycleLR_three_phase"]
+    lr, momentum = gx.onecycle_schedules(0.2, 97, three_phase=True, base_momentum=0.8,
+                                         max_momentum=0.9)
+    np.testing.assert_allclose(curve(lr, np.arange(97)), fixture["lr"], rtol=1e-6, atol=2e-7)
+    np.testing.assert_allclose(curve(momentum, np.arange(97)), fixture["momentum"], rtol=1e-6)
+    assert gx.onecycle_schedules(0.2, 97, cycle_momentum=False)[1] is None
+    # optax's one-cycle puts the phase boundary at pct_start T, not pct_start T - 1
+    optax_form = curve(gx.cosine_onecycle_schedule(97, 0.2), np.arange(97))
+    assert not np.allclose(optax_form, curve(gx.onecycle_lr_schedule(0.2, 97), np.arange(97)),
+                           rtol=1e-3)
+
+
+def test_asgd_and_relative_step_formulas():
+    t = np.arange(0, 5000, 7)
+    np.testing.assert_allclose(curve(gx.asgd_schedule(0.5, lambd=0.1, alpha=0.75), t),
+                               0.5 / (1 + 0.1 * 0.5 * t) ** 0.75, rtol=2e-6)
+    np.testing.assert_allclose(curve(gx.relative_step_schedule(0.01), t),
+                               np.minimum(0.01, 1 / np.sqrt(t + 1)), rtol=2e-6)
+
+
+def test_periodic_cosine_annealing_at_huge_counts():
+    s = gx.periodic_cosine_annealing_schedule(1.0, 7, eta_min=0.1)
+    counts = np.array([0, 7, 14, 2**31 - 1 - (2**31 - 1) % 14, 2**31 - 1])
+    t = counts % 14
+    want = 0.1 + 0.9 * (1 + np.cos(np.pi * t / 7)) / 2
+    np.testing.assert_allclose(curve(s, counts), want, rtol=1e-6)
 
 
 # -- formulas of the papers, re-derived in numpy (float64) --------------------------------------
@@ -336,6 +379,14 @@ RECIPES = [
     gx.multistep_lr_schedule(0.1, [30, 80]),
     gx.warmup_stable_decay_schedule(0.0, 3e-3, 100, 800, 100, decay_type="1-sqrt"),
     gx.linear_onecycle_schedule(1000, 1.0),
+    gx.onecycle_lr_schedule(0.1, 97, three_phase=True),
+    gx.onecycle_momentum_schedule(120, pct_start=0.25, anneal_strategy="linear"),
+    gx.periodic_cosine_annealing_schedule(0.1, 20, eta_min=1e-3),
+    gx.multiply_schedules(gx.piecewise_constant_schedule(0.05, {10: 2.0}),
+                          gx.exponential_decay(1.0, 1, 0.97)),
+    gx.swa_lr_schedule(0.1, 0.01, anneal_epochs=15),
+    gx.asgd_schedule(0.1, lambd=1e-2, alpha=0.5),
+    gx.relative_step_schedule(1e-2),
 ]
 
 

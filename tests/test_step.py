@@ -241,11 +241,17 @@ def test_make_step_inside_a_jitted_training_step(fused):
     assert calls == (1 if fused and _kernel_runs(opt) else 0)  # 2 leaves large enough, one call
 
 
-def test_fused_step_on_many_leaves():
-    # More leaves than one kernel call takes, of sizes that do not divide evenly.
+def test_fused_step_on_many_leaves(monkeypatch):
+    # More leaves than one kernel call takes, of sizes that do not divide evenly. The calls
+    # take 4 leaves here (32 in use), so that 10 large leaves make three calls and the test
+    # compiles a small program.
+    from gradxform._src.fast import kernel
+
+    monkeypatch.setattr(kernel, "LEAVES_PER_CALL", 4)
+    gx.clear_caches()
     params = {f"layer{i}": {"w": jnp.linspace(-1, 1, 701 * i + 16_384), "b": jnp.full((i % 5,),
                                                                                      0.1)}
-              for i in range(40)}
+              for i in range(10)}
     opt = gx.adamw(1e-2, weight_decay=1e-2)
     step = make_step(opt)
     p_ref, s_ref = params, opt.init(params)
@@ -257,6 +263,8 @@ def test_fused_step_on_many_leaves():
         _assert_close(p, p_ref)
         _assert_close(s, s_ref)
         p, s = jax.tree.map(jnp.copy, (p_ref, s_ref))
+    text = jax.jit(lambda g, s, p: step(g, s, p)).lower(grads, s, p).as_text()
+    assert text.count("@gradxform_vector_step(") == (3 if _kernel_runs(opt) else 0)
 
 
 def test_fused_step_falls_back_for_16_bit_params():

@@ -166,7 +166,7 @@ def test_step_counter_saturates_instead_of_overflowing():
     (lambda: gx.scale_by_adam(b1=1.5), "scale_by_adam: b1 must be in [0, 1), got 1.5"),
     (lambda: gx.scale_by_adam(b2=-0.1), "scale_by_adam: b2 must be in [0, 1), got -0.1"),
     (lambda: gx.scale_by_adam(eps=float("nan")), "scale_by_adam: eps must be finite, got nan"),
-    (lambda: gx.sgd(0.1, momentum=1.0), "trace: decay must be in [0, 1), got 1.0"),
+    (lambda: gx.sgd(0.1, momentum=1.5), "trace: decay must be in [0, 1], got 1.5"),
     (lambda: gx.adamw(1e-3, weight_decay=-1e-2),
      "add_decayed_weights: weight_decay must be >= 0, got -0.01"),
     (lambda: gx.rmsprop(0.1, decay=jnp.array([0.9, 1.2])), "scale_by_rms: decay must be in [0, 1)"),

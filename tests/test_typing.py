@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import inspect
 import subprocess
 import sys
@@ -11,7 +12,16 @@ from pathlib import Path
 import pytest
 
 import gradxform
-from gradxform import checkpoint, schedules, sharding, testing
+from gradxform import (
+    checkpoint,
+    microbatching,
+    projections,
+    schedules,
+    sharding,
+    testing,
+    tree,
+    tree_utils,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,8 +33,8 @@ def _unannotated(obj) -> list[str]:
     states are NamedTuples, checked field by field; other classes by their `__init__`.
     """
     if inspect.isclass(obj):
-        if dataclasses.is_dataclass(obj):
-            return []
+        if dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum):
+            return []  # fields annotated by construction; enum members are not constructed
         if issubclass(obj, tuple) and hasattr(obj, "_fields"):
             annotations = inspect.get_annotations(obj)
             return [name for name in obj._fields if name not in annotations]
@@ -41,7 +51,8 @@ def _unannotated(obj) -> list[str]:
     return missing
 
 
-@pytest.mark.parametrize("module", [gradxform, checkpoint, schedules, sharding, testing],
+@pytest.mark.parametrize("module", [gradxform, checkpoint, schedules, sharding, testing,
+                                    projections, tree, tree_utils, microbatching],
                          ids=lambda m: m.__name__)
 def test_every_public_callable_is_annotated(module):
     missing = {name: _unannotated(getattr(module, name)) for name in module.__all__}

@@ -209,3 +209,21 @@ def test_helpers_explain_what_is_missing():
         gx.MultiSteps(gx.sgd(0.1), 0)
     with pytest.raises(ValueError, match=r"ema_params: warmup must be > 1, got 1.0"):
         gx.ema_params(0.9, warmup=1.0)
+
+
+def test_apply_every_matches_optax(x64, mixed_params, noisy_gradients, trajectories):
+    params = mixed_params("float64")
+    grads = noisy_gradients(params)
+    steppers = [trajectories.stepper(o, params, grads) for o in (
+        gx.chain(gx.sgd(0.1, 0.9), gx.apply_every(3)),
+        optax.chain(optax.sgd(0.1, 0.9), optax.apply_every(3)),
+        gx.chain(gx.adam(1e-2), gx.apply_every()),
+        optax.chain(optax.adam(1e-2), optax.apply_every()))]
+    outs = trajectories.run(steppers, steps=30)
+    trajectories.assert_close(outs[0][0], outs[1][0], "float64", "apply_every(3)")
+    trajectories.assert_close(outs[2][0], outs[3][0], "float64", "apply_every(1)")
+    w = np.asarray(outs[0][0]["dense"]["w"])
+    np.testing.assert_array_equal(w[0], w[1])          # held for two steps, then the sum
+    assert not np.allclose(w[1], w[2])
+    with pytest.raises(ValueError, match="apply_every: k must be an integer >= 1, got 0"):
+        gx.apply_every(0)

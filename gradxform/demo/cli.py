@@ -177,7 +177,8 @@ def schedules_section(progress: Progress, *, seeds: int = 8, steps: int = 500) -
         figures={
             "schedules.png": lambda: plotting.plot_schedule_gallery(schedule_gallery()),
             "warmup.png": lambda: plotting.plot_losses_per_step(
-                runs, title=f"XOR MLP, Adam at η = {peak}: loss after each step"
+                runs, title=f"XOR MLP, Adam at η = {peak}: loss after each step",
+                early_steps=warmup_steps,
             ),
         },
         results=runs,

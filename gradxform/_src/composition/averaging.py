@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from gradxform._src.composition.combine import find_states
+from gradxform._src.composition.iterate_averaging import PolyakAveragingState, SwaParamsState
 from gradxform._src.primitives.clipping import norm_dtype
 from gradxform._src.primitives.moments import ema_step
 from gradxform._src.protocol import tree_utils
@@ -58,7 +59,7 @@ class LookaheadState(NamedTuple):
     slow: Any
 
 
-@pytree_dataclass(positional=3)
+@pytree_dataclass(positional=4)
 class lookahead(Transformation):
     """Lookahead: k fast steps forward, then the slow weights move a fraction α toward them.
 
@@ -230,18 +231,30 @@ class ema_params(Transformation):
 
 
 def averaged_params(state: OptState) -> Params:
-    """The averaged params θ̂ of the `ema_params` inside `state`, the params to evaluate.
+    """The averaged params of the `ema_params`, `swa_params` or `polyak_averaging` inside
+    `state` (the one of them it holds), the params to evaluate.
 
-        θ̂_t = θ̄_t / weight_t    (weight_t = 1 - Π γ_s with debias=True, else 1)
+        θ̂_t = θ̄_t / weight_t    (ema_params: weight_t = 1 - Π γ_s with debias=True, else 1)
 
     Before the first update with `debias=True` there is no average yet; this returns zeros.
 
     Args:
-      state: the state of an optimizer that holds one `ema_params`.
+      state: the state of an optimizer that holds one of these averages.
 
     Returns:
       The averaged params (float32 for 16-bit params).
     """
+    kinds = (EmaParamsState, SwaParamsState, PolyakAveragingState)
+    found = [x for x in jax.tree_util.tree_leaves(state, is_leaf=lambda x: isinstance(x, kinds))
+             if isinstance(x, kinds)]
+    if len(found) > 1:
+        raise LookupError(
+            f"averaged_params: the state holds {len(found)} averages "
+            f"({', '.join(type(x).__name__ for x in found)}); expected exactly one. With "
+            f"several, pick one with get_state(optimizer, state, name)."
+        )
+    if found and not isinstance(found[0], EmaParamsState):
+        return found[0].average
     s = find_states(state, EmaParamsState, "averaged_params")
     weight = jnp.where(s.weight > 0, s.weight, jnp.ones_like(s.weight))
     # cast per leaf: XLA rewrites a division by a scalar that many leaves share differently

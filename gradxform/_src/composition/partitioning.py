@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
-import numpy as np
 
 from gradxform._src.primitives.scaling import set_to_zero
 from gradxform._src.protocol import tree_utils
@@ -24,6 +23,8 @@ from gradxform._src.protocol.masks import (
     StaticMask,
     StaticValue,
     broadcast_mask,
+    concrete_mask,
+    mask_bool,
     path_segments,
     prefix_values,
 )
@@ -44,20 +45,24 @@ def _select(leaves, keep, treedef):
     )
 
 
+def _restrict_extra_args(extra_args: dict, treedef, keep, enabled: bool) -> dict:
+    """The extra arguments of `update` with those shaped like the updates restricted to the
+    leaves where `keep` is true (optax's `mask_compatible_extra_args`); the others unchanged."""
+    if not enabled:
+        return extra_args
+    out = {}
+    for name, value in extra_args.items():
+        leaves, tree = _flatten(value)
+        out[name] = _select(leaves, keep, treedef) if tree == treedef else value
+    return out
+
+
 # -- masked ---------------------------------------------------------------------------------------
 
 
 def _mask_values(mask: StaticMask, tree, where: str) -> list:
     """The mask as one Python bool per leaf of `tree` (None for None leaves)."""
-    value = mask.value(tree) if callable(mask.value) else mask.value
-    for path, m in jax.tree_util.tree_leaves_with_path(value):
-        if not isinstance(m, bool | np.bool_):
-            raise TypeError(
-                f"{where}: the mask has {m!r} at '{tree_utils.path_str(path)}'; mask leaves "
-                f"must be "
-                f"Python bools known when the step is traced (decide from names, shapes or "
-                f"dtypes, not from values)"
-            )
+    value = concrete_mask(mask.value(tree) if callable(mask.value) else mask.value, where)
     full = broadcast_mask(value, tree, where)
     return [None if m is None else bool(m) for m in _flatten(full)[0]]
 
@@ -83,6 +88,8 @@ class masked(Transformation):
       mask: a tree of Python bools with the structure of params or a prefix of it (a bool for
         a whole subtree), or a function of the params (or updates) that returns one. True: the
         leaf goes through `inner`.
+      mask_compatible_extra_args: whether an extra argument of `update` with the structure of
+        the updates (per-parameter tags, say) is restricted by the mask too, as the updates are.
 
     Returns:
       A transformation with state `MaskedState(inner_state)`.
@@ -90,6 +97,7 @@ class masked(Transformation):
 
     inner: Transformation = child()
     mask: Any = static()
+    mask_compatible_extra_args: bool = static(False)
 
     def __post_init__(self):
         if self.mask is None:
@@ -107,6 +115,8 @@ class masked(Transformation):
         leaves, treedef = _flatten(updates)
         keep = _mask_values(self.mask, updates, "masked")
         inner_params = None if params is None else _select(_flatten(params)[0], keep, treedef)
+        extra_args = _restrict_extra_args(extra_args, treedef, keep,
+                                          self.mask_compatible_extra_args)
         out, inner_state = self.inner.update(
             _select(leaves, keep, treedef), state.inner_state, inner_params, **extra_args
         )
@@ -152,16 +162,12 @@ def selective_transform(optimizer: Transformation, *, freeze_mask: MaskLike) -> 
     References:
       optax.transforms.selective_transform, whose arguments this keeps.
     """
-    def label(m):
-        if not isinstance(m, bool | np.bool_):
-            raise TypeError(
-                f"selective_transform: freeze_mask leaves must be Python or NumPy bools "
-                f"(True freezes the leaf), got {m!r}"
-            )
-        return "freeze" if m else "train"
+    def label(path, m):
+        return "freeze" if mask_bool(m, "selective_transform: freeze_mask",
+                                     tree_utils.path_str(path)) else "train"
 
     return partition({"train": optimizer, "freeze": set_to_zero()},
-                     jax.tree.map(label, freeze_mask))
+                     jax.tree_util.tree_map_with_path(label, freeze_mask))
 
 
 # -- partition ------------------------------------------------------------------------------------
@@ -268,6 +274,8 @@ class partition(Transformation):
           pattern that matches a path also labels everything under it. The first matching
           pattern wins, so put specific patterns before general ones and '**' last;
         - a function of the params (or updates) returning either of the above.
+      mask_compatible_extra_args: whether an extra argument of `update` with the structure of
+        the updates is restricted to each group's leaves too, as the updates are.
 
     Returns:
       A transformation with state `PartitionState(inner_states={label: state})`.
@@ -278,6 +286,7 @@ class partition(Transformation):
 
     transforms: Any = child()
     param_labels: Any = static()
+    mask_compatible_extra_args: bool = static(False)
 
     def __post_init__(self):
         if not isinstance(self.transforms, Mapping) or not self.transforms:
@@ -318,9 +327,11 @@ class partition(Transformation):
         for group, t in self.transforms.items():
             keep = [lab == group for lab in labels]
             group_params = None if p_leaves is None else _select(p_leaves, keep, treedef)
+            group_extra = _restrict_extra_args(extra_args, treedef, keep,
+                                               self.mask_compatible_extra_args)
             group_out, new_states[group] = t.update(
                 _select(leaves, keep, treedef), state.inner_states[group], group_params,
-                **extra_args,
+                **group_extra,
             )
             for i, o in enumerate(_flatten(group_out)[0]):
                 if keep[i]:

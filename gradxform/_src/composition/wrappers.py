@@ -1,4 +1,7 @@
-"""Wrappers around a whole optimizer: gradient accumulation and skipping non-finite steps."""
+"""Wrappers around a whole optimizer: gradient accumulation and skipping non-finite steps.
+
+`apply_every` accumulates updates instead, as optax's namesake.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,13 @@ from jax.typing import ArrayLike
 
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
-from gradxform._src.protocol.fields import child, hyperparameter, integer_at_least, static
+from gradxform._src.protocol.fields import (
+    child,
+    constant,
+    hyperparameter,
+    integer_at_least,
+    static,
+)
 from gradxform._src.protocol.transformation import (
     Params,
     Transformation,
@@ -81,7 +90,7 @@ class MultiStepsState(NamedTuple):
         return self.gradient_step
 
 
-@pytree_dataclass(positional=2)
+@pytree_dataclass(positional=5)
 class MultiSteps(Transformation):
     """Gradient accumulation: one step of `opt` per k micro-batches, on their mean (or sum).
 
@@ -186,6 +195,11 @@ class MultiSteps(Transformation):
             return accept(None)
         return jax.lax.cond(skip, reject, accept, None)
 
+    def gradient_transformation(self) -> MultiSteps:
+        """This transformation itself: optax's `MultiSteps(...).gradient_transformation()` gives
+        its transformation this way, and code written for optax calls it."""
+        return self
+
     def has_updated(self, state) -> jax.Array:
         """Whether the last `update` stepped the inner optimizer."""
         return jnp.logical_and(state.mini_step == 0, state.gradient_step > 0)
@@ -195,6 +209,50 @@ class MultiSteps(Transformation):
 
     def _substates(self, state):
         return [(type(self.opt).__name__, self.opt, state.inner_opt_state)]
+
+
+class ApplyEvery(NamedTuple):
+    """`count`: micro-batches since the last step (mod k); `grad_acc`: their sum so far."""
+
+    count: Any
+    grad_acc: Any
+
+
+@pytree_dataclass
+class apply_every(Transformation):
+    """Sums the updates of k steps and emits the sum at every k-th step, zeros at the others.
+
+        a_t = g_t + a_{t-1} (a_t = g_t after an emission),   u_t = a_t at every k-th step, else 0
+
+    Put last in a chain (after the learning rate), it is gradient accumulation of the *updates*;
+    `MultiSteps` accumulates the gradients before the optimizer instead, which is the
+    big-batch step.
+
+    Args:
+      k: the number of steps summed, an integer ≥ 1.
+
+    Returns:
+      A transformation with state `ApplyEvery(count, grad_acc)`.
+
+    References:
+      optax.apply_every.
+    """
+
+    k: int = constant(1, check=integer_at_least(1))
+
+    def init(self, params):
+        return ApplyEvery(count=zero_count(), grad_acc=tree_utils.zeros_like(params))
+
+    def update(self, updates, state, params=None, **extra_args):
+        k = jnp.asarray(self.k).astype(jnp.int32)
+        c = state.count % k
+        grad_acc = jax.tree.map(
+            lambda g, a: jnp.where(c != 0, a, jnp.zeros_like(a)) + tree_utils.widen(g, a),
+            updates, state.grad_acc)
+        emit = c == k - 1
+        out = jax.tree.map(lambda a, g: jnp.where(emit, a, jnp.zeros_like(a)).astype(g.dtype),
+                           grad_acc, updates)
+        return out, ApplyEvery(count=safe_increment(state.count) % k, grad_acc=grad_acc)
 
 
 # -- skipping non-finite steps --------------------------------------------------------------------

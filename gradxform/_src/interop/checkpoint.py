@@ -74,10 +74,18 @@ def _is_array_like(x) -> bool:
     return isinstance(x, jax.Array | np.ndarray | np.generic | jax.ShapeDtypeStruct)
 
 
+def _as_stored(x):
+    """How orbax stores a leaf like `x`: a typed PRNG key (a state's random key) as its data."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and jax.numpy.issubdtype(dtype, jax.dtypes.prng_key):
+        return jax.eval_shape(jax.random.key_data, x)
+    return x
+
+
 def _first_mismatch(stored, like) -> str | None:
     """Where `like` and the checkpoint's tree first differ in keys, shapes or dtypes."""
     stored_leaves = tree_utils.leaves_by_path(stored)
-    like_leaves = tree_utils.leaves_by_path(like)
+    like_leaves = {k: _as_stored(v) for k, v in tree_utils.leaves_by_path(like).items()}
     missing = tree_utils.first_missing_path(like_leaves, stored_leaves, "`like`", "the checkpoint")
     if missing is not None:
         return missing

@@ -94,7 +94,7 @@ class ScaleByAdamState(NamedTuple):
     nu: Any
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=5)
 class scale_by_adam(ElementwiseTransformation):
     """Adam's direction: the bias-corrected first moment over the root of the second.
 
@@ -159,7 +159,7 @@ class ScaleByAmsgradState(NamedTuple):
     nu_max: Any
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=7)
 class scale_by_amsgrad(ElementwiseTransformation):
     """AMSGrad: Adam whose denominator never shrinks.
 
@@ -168,7 +168,14 @@ class scale_by_amsgrad(ElementwiseTransformation):
         v_max,t = max(v_max,t-1, v_t),           u_t = m̂_t / (√(v_max,t / (1 - β2^t)) + ε)
             (max_of="raw": torch.optim.Adam(amsgrad=True); the max is over raw v, then corrected)
 
-    Args: as `scale_by_adam`, plus `max_of`.
+    The paper's Algorithm 1 corrects neither moment: u_t = m_t / (√(v_max,t + ε_root) + ε)
+    with v_max,t = max(v_max,t-1, v_t) is `bias_correction_mu=False, bias_correction_nu=False`
+    (optax's options). Without the correction of v, `max_of` makes no difference.
+
+    Args: as `scale_by_adam`, plus
+      max_of: "debiased" or "raw", where v's bias correction is applied (see above).
+      bias_correction_mu: divide m_t by 1 - β1^t (default True, as optax).
+      bias_correction_nu: divide v_t by 1 - β2^t (default True, as optax).
 
     References:
       Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018.
@@ -179,6 +186,8 @@ class scale_by_amsgrad(ElementwiseTransformation):
     eps: ScalarOrSchedule = hyperparameter(1e-8, check=non_negative)
     eps_root: ScalarOrSchedule = hyperparameter(0.0, check=non_negative)
     mu_dtype: DTypeLike | None = static(None)
+    bias_correction_mu: bool = static(True)
+    bias_correction_nu: bool = static(True)
     max_of: str = static(
         "debiased", check=lambda x: None if x in ("debiased", "raw") else "'debiased' or 'raw'"
     )
@@ -195,16 +204,20 @@ class scale_by_amsgrad(ElementwiseTransformation):
     def element(self, s, g, m, v, v_max):
         m = ema_step(m, g, s.b1)                         # m_t = β1 m_{t-1} + (1 - β1) g_t
         v = ema_step(v, abs_sq(g), s.b2)                 # v_t = β2 v_{t-1} + (1 - β2) g_t²
-        if self.max_of == "debiased":
+        if not self.bias_correction_nu:
+            v_max = jnp.maximum(v_max, v)                # v_max,t = max(v_max,t-1, v_t)
+            v_hat = v_max
+        elif self.max_of == "debiased":
             v_max = jnp.maximum(v_max, v * s.c2)         # v_max,t = max(v_max,t-1, v̂_t)
             v_hat = v_max
         else:
             v_max = jnp.maximum(v_max, v)                # v_max,t = max(v_max,t-1, v_t)
             v_hat = v_max * s.c2
-        return m * s.c1 / (jnp.sqrt(v_hat + s.eps_root) + s.eps), (m, v, v_max)
+        m_hat = m * s.c1 if self.bias_correction_mu else m   # m̂_t = m_t / (1 - β1^t)
+        return m_hat / (jnp.sqrt(v_hat + s.eps_root) + s.eps), (m, v, v_max)
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=3)
 class scale_by_adamax(ElementwiseTransformation):
     """AdaMax: Adam with the infinity norm in place of the second moment.
 
@@ -266,7 +279,7 @@ def _radam_rho(b2, rho_inf, count):
     return jnp.where(small, series, direct)
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=5)
 class scale_by_radam(Transformation):
     """RAdam: Adam with the variance of the adaptive learning rate rectified.
 

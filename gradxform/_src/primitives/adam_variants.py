@@ -28,7 +28,7 @@ class ScaleByBeliefState(NamedTuple):
     nu: Any
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=4)
 class scale_by_belief(ElementwiseTransformation):
     """AdaBelief's direction: Adam divided by the spread of g_t around its prediction m_t.
 
@@ -94,7 +94,7 @@ class ScaleByYogiState(NamedTuple):
     nu: Any
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=5)
 class scale_by_yogi(ElementwiseTransformation):
     """Yogi's direction: Adam whose second moment moves additively, by at most (1 - β2) g_t².
 
@@ -158,8 +158,18 @@ class ScaleByAdanState(NamedTuple):
     n: Any
     prev_grad: Any
 
+    @property
+    def g(self):
+        """optax's name of `prev_grad`, the previous step's gradient."""
+        return self.prev_grad
 
-@pytree_dataclass
+    @property
+    def t(self):
+        """optax's name of `count`."""
+        return self.count
+
+
+@pytree_dataclass(positional=5)
 class scale_by_adan(ElementwiseTransformation):
     """Adan's direction: Nesterov momentum estimated from the change of the gradient.
 

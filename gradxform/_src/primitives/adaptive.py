@@ -46,7 +46,7 @@ class ScaleByRssState(NamedTuple):
     sum_of_squares: Any
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=2)
 class scale_by_rss(ElementwiseTransformation):
     """AdaGrad: scale by the root of the sum of all squared gradients so far.
 
@@ -99,7 +99,7 @@ class ScaleByRmsState(NamedTuple):
     nu: Any
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=5)
 class scale_by_rms(ElementwiseTransformation):
     """RMSProp: scale by the root of an EMA of squared gradients.
 
@@ -147,7 +147,7 @@ class ScaleByStddevState(NamedTuple):
     nu: Any
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=5)
 class scale_by_stddev(ElementwiseTransformation):
     """Centered RMSProp: scale by the root of an EMA estimate of the gradient's variance.
 

@@ -55,21 +55,40 @@ def _widen_to(x, real_dtype):
     return x.astype(real_dtype)
 
 
-def global_norm(updates: Updates) -> jax.Array:
-    """The global L2 norm of a tree, the quantity `clip_by_global_norm` bounds.
+def global_norm(updates: Updates, *, ord: int | float | str | None = None,
+                squared: bool = False) -> jax.Array:
+    """The global norm of a tree: by default the L2 norm that `clip_by_global_norm` bounds.
 
-        ‖u‖ = √(Σ_leaves Σ_i |u_i|²)
+        ‖u‖_2 = √(Σ_leaves Σ_i |u_i|²)      (ord=None or 2)
+        ‖u‖_1 = Σ_leaves Σ_i |u_i|          (ord=1)
+        ‖u‖_∞ = max_leaves max_i |u_i|      (ord=inf, "inf" or "infinity")
+
+    The arguments are those of optax's `tree.norm`.
 
     Args:
       updates: a tree of arrays (None leaves are skipped).
+      ord: the order of the norm: None or 2, 1, or inf.
+      squared: return the norm squared (for L2, the sum of squares, without the root).
 
     Returns:
-      A scalar, accumulated in float32 for 16-bit leaves (float64 if any leaf is float64).
+      A scalar, accumulated in float32 for 16-bit leaves (float64 if any leaf is float64). The
+      ∞-norm of a tree without elements is 0 (optax's `tree.norm` gives -inf there).
     """
     dtype = norm_dtype(updates)
-    squares = [jnp.sum(abs_sq(_widen_to(x, dtype))) for x in jax.tree_util.tree_leaves(updates)]
-    total = functools.reduce(jnp.add, squares) if squares else jnp.zeros([], dtype)
-    return jnp.sqrt(total)
+    leaves = [_widen_to(x, dtype) for x in jax.tree_util.tree_leaves(updates)]
+    if ord is None or (not isinstance(ord, str) and ord == 2):
+        squares = [jnp.sum(abs_sq(x)) for x in leaves]
+        total = functools.reduce(jnp.add, squares) if squares else jnp.zeros([], dtype)
+        return total if squared else jnp.sqrt(total)
+    if not isinstance(ord, str) and ord == 1:
+        sums = [jnp.sum(jnp.abs(x)) for x in leaves]
+        norm = functools.reduce(jnp.add, sums) if sums else jnp.zeros([], dtype)
+    elif ord in ("inf", "infinity") or (not isinstance(ord, str) and ord == np.inf):
+        maxima = [jnp.max(jnp.abs(x)) for x in leaves if x.size]
+        norm = functools.reduce(jnp.maximum, maxima) if maxima else jnp.zeros([], dtype)
+    else:
+        raise ValueError(f"global_norm: ord must be None, 1, 2 or inf, got {ord!r}")
+    return norm * norm if squared else norm
 
 
 @pytree_dataclass
@@ -311,11 +330,45 @@ def unitwise_norm(x: jax.Array, axis: int | tuple[int, ...] | None = None) -> ja
     return jnp.broadcast_to(jnp.sqrt(sq), x.shape)
 
 
+def unitwise_clip(g_norm: ArrayLike, max_norm: ArrayLike, grad: ArrayLike,
+                  div_eps: ArrayLike = 1e-6) -> jax.Array:
+    """Clips each unit of `grad` whose norm is at least its bound (AGC's clipping step).
+
+        u_i = g_i                                 if ‖g_i‖ < m_i
+        u_i = g_i · m_i / max(‖g_i‖, δ)           otherwise
+
+    with ‖g_i‖ from `unitwise_norm` and m_i the bound of unit i (`adaptive_grad_clip` uses
+    λ max(‖θ_i‖, ε)); δ only guards the division.
+
+    Args:
+      g_norm: the unit norms of `grad`, broadcast to its shape (`unitwise_norm(grad)`).
+      max_norm: the bound of each unit, of the same shape.
+      grad: the array to clip.
+      div_eps: δ > 0 (1e-6).
+
+    Returns:
+      An array of `grad`'s shape and dtype.
+
+    References:
+      Brock, De, Smith & Simonyan, "High-Performance Large-Scale Image Recognition Without
+      Normalization", ICML 2021.
+    """
+    shapes = {"g_norm": jnp.shape(g_norm), "max_norm": jnp.shape(max_norm),
+              "grad": jnp.shape(grad)}
+    if len(set(shapes.values())) > 1:
+        found = ", ".join(f"{k} {v}" for k, v in shapes.items())
+        raise ValueError(f"unitwise_clip: g_norm, max_norm and grad must have one shape, got "
+                         f"{found}; broadcast the norms with unitwise_norm")
+    g_norm, max_norm, grad = jnp.asarray(g_norm), jnp.asarray(max_norm), jnp.asarray(grad)
+    clipped = grad * (max_norm / jnp.maximum(g_norm, div_eps))
+    return jnp.where(g_norm < max_norm, grad, clipped)
+
+
 def _as_axis(axis):
     return tuple(axis) if isinstance(axis, list) else axis
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=3)
 class adaptive_grad_clip(Transformation):
     """Adaptive gradient clipping (AGC): bounds each unit's gradient norm relative to its weights.
 
@@ -361,9 +414,7 @@ class adaptive_grad_clip(Transformation):
             p_norm = unitwise_norm(_widen_to(p, dt), self.axis)
             s = lookup(w)
             max_norm = s.clipping * jnp.maximum(p_norm, s.eps)   # λ max(‖θ_i‖, ε)
-            # 1e-6 only guards the division; the select keeps g where it is not clipped.
-            clipped = w * (max_norm / jnp.maximum(g_norm, 1e-6))
-            return jnp.where(g_norm < max_norm, w, clipped).astype(g.dtype)
+            return unitwise_clip(g_norm, max_norm, w).astype(g.dtype)
 
         updates = jax.tree.map(clip_units, updates, params)
         return updates, CountState(count=safe_increment(state.count))

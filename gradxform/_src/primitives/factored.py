@@ -48,10 +48,15 @@ def decay_rate_pow(count: jax.Array, exponent: float | jax.Array = 0.8) -> jax.A
     return 1.0 - t ** (-exponent)
 
 
-def _factored_dims(shape, factored: bool, min_dim_size_to_factor: int):
-    """The two largest axes (second largest, largest) if both are large enough, else None."""
+def _factored_dims(shape, factored: bool, min_dim_size_to_factor: int, convention: str = "optax"):
+    """The axes (rows, columns) to factor over, or None: the two largest axes (second largest,
+    largest), or the last two with `convention="torch"`, if both are large enough."""
     if not factored or len(shape) < 2:
         return None
+    if convention == "torch":
+        if min(shape[-2:]) < min_dim_size_to_factor:
+            return None
+        return len(shape) - 2, len(shape) - 1
     order = np.argsort(shape)
     if shape[order[-2]] < min_dim_size_to_factor:
         return None
@@ -69,7 +74,7 @@ def _placeholder(dtype):
     return jnp.zeros((1,), dtype)
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=6)
 class scale_by_factored_rms(Transformation):
     """Adafactor's direction: the gradient over the root of a factored second moment.
 
@@ -88,13 +93,26 @@ class scale_by_factored_rms(Transformation):
     Extra leading axes (stacked layers, conv kernels) are kept in the statistics: the
     factoring is over the two largest axes only, as in optax.
 
+    `convention="torch"` computes torch.optim.Adafactor's direction instead: the last two axes
+    are factored (rows d1 = -2, columns d0 = -1), and ε1 is not added to g² but bounds what is
+    divided by:
+
+        r_t = β̂_t r_{t-1} + (1 - β̂_t) mean_{d0}(g_t²),   c_t likewise over d1
+        V̂_t = r_t c_tᵀ / max(mean(r_t), ε1)      (v_t = β̂_t v_{t-1} + (1 - β̂_t) g_t² unfactored)
+        u_t = g_t / √max(V̂_t, ε1²)
+
+    with `epsilon=None` meaning ε1 = the machine epsilon of the leaf's dtype (torch's default);
+    pass `min_dim_size_to_factor=0` to factor every matrix, as torch does.
+
     Args:
       factored: factor the second moment of large matrices (False: Adam-like full moments).
       decay_rate: c, the exponent of the decay schedule (0.8).
       step_offset: the step count at which the decay schedule restarts (fine-tuning).
       min_dim_size_to_factor: factor only when the two largest axes have at least this size.
-      epsilon: ε1, added to g² (1e-30).
+      epsilon: ε1, added to g² (1e-30); with `convention="torch"` the bound ε1 (None: the
+        machine epsilon of each leaf's dtype).
       decay_rate_fn: `fn(step, decay_rate) -> β̂` (default `decay_rate_pow`).
+      convention: "optax" (default) or "torch" (see above).
 
     References:
       Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
@@ -105,11 +123,19 @@ class scale_by_factored_rms(Transformation):
     decay_rate: ScalarOrSchedule = hyperparameter(0.8, check=non_negative)
     step_offset: ScalarOrSchedule = hyperparameter(0, check=non_negative)
     min_dim_size_to_factor: int = static(128)
-    epsilon: ScalarOrSchedule = hyperparameter(1e-30, check=non_negative)
+    epsilon: ScalarOrSchedule | None = hyperparameter(1e-30, check=non_negative)
     decay_rate_fn: Callable = static(decay_rate_pow)
+    convention: str = static(
+        "optax", check=lambda x: None if x in ("optax", "torch") else "'optax' or 'torch'")
+
+    def _validate(self):
+        if self.convention == "optax" and self.epsilon is None:
+            raise ValueError("scale_by_factored_rms: epsilon=None (the dtype's machine epsilon) "
+                             "is torch's bound; pass convention='torch' or a number")
 
     def _dims(self, x):
-        return _factored_dims(jnp.shape(x), self.factored, self.min_dim_size_to_factor)
+        return _factored_dims(jnp.shape(x), self.factored, self.min_dim_size_to_factor,
+                              self.convention)
 
     def init(self, params):
         def row(p):
@@ -143,6 +169,8 @@ class scale_by_factored_rms(Transformation):
         lookup = leaf_scalars(dict(beta=decay, eps=hp.epsilon))
 
         def one(g, v_row, v_col, v):
+            if self.convention == "torch":
+                return self._torch_leaf(lookup, g, v_row, v_col, v)
             dt = v.dtype
             s = lookup(v)
             g_w = tree_utils.widen(g, v)
@@ -165,6 +193,25 @@ class scale_by_factored_rms(Transformation):
         return updates, FactoredState(
             count=safe_increment(state.count), v_row=v_row, v_col=v_col, v=v
         )
+
+    def _torch_leaf(self, lookup, g, v_row, v_col, v):
+        """One leaf of `convention="torch"` (see the docstring)."""
+        s = lookup(v)
+        eps1 = jnp.finfo(v.dtype).eps if s.eps is None else s.eps
+        g_w = tree_utils.widen(g, v)
+        g2 = abs_sq(g_w)
+        dims = self._dims(g)
+        if dims is None:
+            v = ema_step(v, g2, s.beta, decay_first=True)      # β̂ v_{t-1} + (1 - β̂) g_t²
+            estimate = v
+        else:
+            v_row = ema_step(v_row, jnp.mean(g2, axis=-1), s.beta, decay_first=True)
+            v_col = ema_step(v_col, jnp.mean(g2, axis=-2), s.beta, decay_first=True)
+            scale = jnp.maximum(jnp.mean(v_row, axis=-1, keepdims=True), eps1)
+            # V̂ = r cᵀ / max(mean(r), ε1)
+            estimate = v_row[..., :, None] * v_col[..., None, :] / scale[..., None]
+        u = g_w * jax.lax.rsqrt(jnp.maximum(estimate, eps1 * eps1))   # g / √max(V̂, ε1²)
+        return u.astype(g.dtype), v_row, v_col, v
 
 
 @pytree_dataclass

@@ -124,7 +124,7 @@ class EmaState(NamedTuple):
     ema: Any
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=3)
 class ema(ElementwiseTransformation):
     """Exponential moving average of the updates, the EMA form of momentum.
 
@@ -165,7 +165,7 @@ class TraceState(NamedTuple):
     trace: Any
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=3)
 class trace(ElementwiseTransformation):
     """Heavy-ball momentum in torch's form, with optional dampening and Nesterov.
 
@@ -179,10 +179,10 @@ class trace(ElementwiseTransformation):
     point for users who want the original form.
 
     Args:
-      decay: μ in [0, 1).
+      decay: μ in [0, 1]; μ = 1 is plain accumulation, v_t = Σ_s (1 - d) g_s (as optax allows).
       nesterov: use Nesterov momentum.
-      dampening: d in [0, 1), torch's dampening (0 in optax and by default).
       accumulator_dtype: dtype of v (default: the params' dtype, float32 for 16-bit params).
+      dampening: d in [0, 1), torch's dampening (0 in optax and by default).
 
     References:
       Polyak, "Some methods of speeding up the convergence of iteration methods", 1964.
@@ -190,10 +190,10 @@ class trace(ElementwiseTransformation):
       deep learning", ICML 2013.
     """
 
-    decay: ScalarOrSchedule = hyperparameter(check=in_interval(0, 1, "[)"))
+    decay: ScalarOrSchedule = hyperparameter(check=in_interval(0, 1, "[]"))
     nesterov: bool = static(False)
-    dampening: ScalarOrSchedule = hyperparameter(0.0, check=in_interval(0, 1, "[)"))
     accumulator_dtype: DTypeLike | None = static(None)
+    dampening: ScalarOrSchedule = hyperparameter(0.0, check=in_interval(0, 1, "[)"))
 
     state_type = TraceState
 

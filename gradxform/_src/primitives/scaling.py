@@ -85,6 +85,22 @@ class scale_by_learning_rate(ElementwiseTransformation):
 
 
 @pytree_dataclass
+class negate(ElementwiseTransformation):
+    """Negates the updates: u_t = -g_t. Put first, it turns any optimizer into an ascent method.
+
+    `chain(negate(), opt)` maximizes what `opt` minimizes: it is torch.optim's `maximize=True`
+    for every optimizer (torch negates the gradient before anything else reads it, weight decay
+    included). `scale(-1.0)` gives the same numbers; `negate` keeps no step count and says why
+    the sign is there.
+    """
+
+    state_type = EmptyState
+
+    def element(self, s, g):
+        return -g, ()                                    # u_t = -g_t
+
+
+@pytree_dataclass
 class scale_by_sign(ElementwiseTransformation):
     """Keeps only the sign of each update: u_t = sign(g_t).
 
@@ -99,7 +115,7 @@ class scale_by_sign(ElementwiseTransformation):
         return jnp.sign(g), ()                           # u_t = sign(g_t)
 
 
-@pytree_dataclass
+@pytree_dataclass(positional=2)
 class add_decayed_weights(ElementwiseTransformation):
     """Adds weight decay to the updates: u_t = g_t + λ θ_{t-1}.
 

@@ -64,6 +64,11 @@ def _assert_close(a, b, what: str, rtol: float, atol: float) -> None:
     if ta != tb:
         raise AssertionError(f"{what}: tree structures differ: {ta} vs {tb}")
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
+        if jnp.issubdtype(jnp.result_type(x), jax.dtypes.prng_key):  # a state's random key
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+            if not np.array_equal(np.asarray(x), np.asarray(y)):
+                raise AssertionError(f"{what}: key {jax.tree_util.keystr(path)} differs")
+            continue
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         if x.shape != y.shape or not np.allclose(x, y, rtol=rtol, atol=atol, equal_nan=True):
             err = np.max(np.abs(x - y)) if x.shape == y.shape and x.size else "shape"
@@ -173,24 +178,25 @@ def check_transformation(
                        for x in jax.tree_util.tree_leaves(p16)):
                 raise AssertionError(f"non-finite params after a step in {jnp.dtype(dtype).name}")
 
-    # 3. float64 under x64.
+    # 3. float64 under x64 (traced, not compiled: the dtypes are known once it is traced).
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda x: jnp.asarray(np.asarray(x), jnp.float64), params)
         s64 = t.init(p64)
         extra64 = make_extra(p64)
-        u64, s64 = jax.jit(lambda t, g, s, p: t.update(g, s, p, **extra64))(
-            t, _gradients(p64, 0), s64, p64
-        )
+        u64, s64 = jax.eval_shape(lambda t, g, s, p: t.update(g, s, p, **extra64),
+                                  t, _gradients(p64, 0), s64, p64)
         for path, u in jax.tree_util.tree_leaves_with_path(u64):
             if u.dtype != jnp.float64:
                 raise AssertionError(
                     f"float64 updates came back as {u.dtype} at {jax.tree_util.keystr(path)}"
                 )
 
-    # 4. strict dtype promotion.
+    # 4. strict dtype promotion, eagerly (Python numbers) and traced (hyperparameters as
+    # arrays, as in a jitted step; a promotion error is raised while tracing).
     with jax.numpy_dtype_promotion("strict"):
         s = t.init(params)
         u, s = t.update(grads_seq[0], s, params, **extra_args)
-        jax.jit(lambda t, g, s, p: t.update(g, s, p, **extra_args))(t, grads_seq[0], s, params)
+        jax.jit(lambda t, g, s, p: t.update(g, s, p, **extra_args)).trace(
+            t, grads_seq[0], s, params)
         p16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
         t.update(_gradients(p16, 0), t.init(p16), p16, **make_extra(p16))

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 
 from gradxform._src.protocol import tree_utils
 
@@ -41,6 +42,33 @@ class StaticValue:
         return getattr(self.value, "__name__", None) or repr(self.value)
 
 
+def mask_bool(leaf: Any, where: str, path: str) -> bool:
+    """A mask leaf as a Python bool: a Python or NumPy bool, or a concrete boolean scalar array
+    (`jnp.array(True)`). A traced value cannot decide which leaves a transformation touches,
+    since that is fixed when the step is traced; the TypeError says so."""
+    if isinstance(leaf, bool | np.bool_):
+        return bool(leaf)
+    if isinstance(leaf, jax.core.Tracer):
+        raise TypeError(
+            f"{where}: the mask has a traced value at '{path}'; mask leaves must be Python bools "
+            f"or concrete boolean arrays, known when the step is traced (decide from names, "
+            f"shapes or dtypes, not from values inside the jitted function)"
+        )
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is not None and np.dtype(dtype) == np.bool_ and np.shape(leaf) == ():
+        return bool(np.asarray(leaf))
+    raise TypeError(
+        f"{where}: the mask has {leaf!r} at '{path}'; mask leaves must be Python or NumPy bools "
+        f"or boolean scalar arrays (True: the transformation applies to that subtree)"
+    )
+
+
+def concrete_mask(value: Any, where: str) -> Any:
+    """The mask tree `value` with every leaf a Python bool (see `mask_bool`)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, m: mask_bool(m, where, tree_utils.path_str(path)), value)
+
+
 class StaticMask(StaticValue):
     """A mask held as static (hashable) data: a tree of Python bools or a callable on params."""
 
@@ -50,18 +78,13 @@ class StaticMask(StaticValue):
         if callable(value):
             super().__init__(value, ("callable", value))
             return
-        for path, leaf in jax.tree_util.tree_leaves_with_path(value):
-            if not isinstance(leaf, bool):
-                raise TypeError(
-                    f"mask leaf '{tree_utils.path_str(path)}' is {leaf!r}; mask leaves must be "
-                    f"Python bools (True: the transformation applies to that subtree)"
-                )
+        value = concrete_mask(value, "mask")
         super().__init__(value, self.tree_key(value))
 
     def resolve(self, params, where: str):
         """The mask as a full tree of bools with the structure of `params`."""
         mask = self.value(params) if callable(self.value) else self.value
-        return broadcast_mask(mask, params, where)
+        return broadcast_mask(concrete_mask(mask, where), params, where)
 
 
 def broadcast_mask(mask, tree, where: str):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradxform._src.protocol.dataclass import PytreeDataclass
+from gradxform._src.protocol.dataclass import PytreeDataclass, pytree_dataclass
+from gradxform._src.protocol.fields import static
 from gradxform._src.protocol.schedule import resolve
 
 Params = Any
@@ -40,19 +42,25 @@ class Transformation(PytreeDataclass):
 
     def __post_init__(self) -> None:
         # A `child()` field holds a transformation, or a tuple or mapping of them: one check for
-        # every combinator and wrapper, naming the field.
+        # every combinator and wrapper, naming the field. A transformation of another library
+        # (an optax one) is adopted as `from_optax(tx)`: static data, so the pytree of this one
+        # holds only numbers, its update receives only the extra arguments it takes, and its
+        # state is the other library's, untouched.
         owner = type(self).__name__
         for name in self._child_fields:
             value = getattr(self, name)
-            if isinstance(value, tuple):
-                for i, t in enumerate(value):
-                    require_transformation(t, owner, f"{name}[{i}]")
-            elif isinstance(value, Mapping):
-                for key, t in value.items():
-                    require_transformation(t, owner, f"{name}[{key!r}]")
+            if isinstance(value, tuple) and not is_transformation(value):
+                value = tuple(adopt(t, owner, f"{name}[{i}]") for i, t in enumerate(value))
+            elif isinstance(value, Mapping) and not is_transformation(value):
+                value = {key: adopt(t, owner, f"{name}[{key!r}]") for key, t in value.items()}
             else:
-                require_transformation(value, owner, name)
+                value = adopt(value, owner, name)
+            object.__setattr__(self, name, value)
         super().__post_init__()
+
+    def __iter__(self) -> Iterator[Callable]:
+        """`init_fn, update_fn = transformation`, as optax's NamedTuple unpacks."""
+        return iter((self.init, self.update))
 
     def init(self, params: Params) -> OptState:
         raise NotImplementedError
@@ -80,6 +88,93 @@ class Transformation(PytreeDataclass):
         return out
 
 
+class _ProtocolType(type):
+    """A type whose instances are the objects that follow a protocol, whatever their class."""
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return cls._follows(obj)  # type: ignore[attr-defined]
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        return type.__subclasscheck__(cls, sub) or issubclass(sub, Transformation)
+
+
+class _GradientTransformation(metaclass=_ProtocolType):
+    """The type of a gradient transformation, for annotations and `isinstance` (optax's name).
+
+    Every gradxform transformation is an instance, and so is every object with callable
+    `init` and `update`, such as an `optax.GradientTransformation` (checked without importing
+    optax): `isinstance(gx.adam(1e-3), gx.GradientTransformation)` and
+    `isinstance(optax.adam(1e-3), gx.GradientTransformation)` are both true.
+    """
+
+    init: Callable[..., Any]
+    update: Callable[..., Any]
+
+    @staticmethod
+    def _follows(obj: Any) -> bool:
+        return is_transformation(obj)
+
+
+class _GradientTransformationExtraArgs(_GradientTransformation):
+    """A `GradientTransformation` whose `update` takes extra keyword arguments (optax's name).
+
+    Every gradxform transformation is one (its `update` takes `**extra_args` and passes each
+    inner transformation those it accepts); another library's transformation is one when its
+    `update` takes `**kwargs`, as optax's `GradientTransformationExtraArgs` do.
+    """
+
+    @staticmethod
+    def _follows(obj: Any) -> bool:
+        return isinstance(obj, Transformation) or (
+            is_transformation(obj) and _takes_any_keyword(obj.update))
+
+
+if TYPE_CHECKING:
+    # To a type checker these are protocols: a gradxform transformation and an optax one both
+    # match them by their `init` and `update`.
+    class GradientTransformation(Protocol):
+        def init(self, params: Params) -> OptState: ...
+
+        def update(self, updates: Updates, state: OptState, params: Params | None = None
+                   ) -> tuple[Updates, OptState]: ...
+
+    class GradientTransformationExtraArgs(GradientTransformation, Protocol):
+        def update(self, updates: Updates, state: OptState, params: Params | None = None,
+                   **extra_args: Any) -> tuple[Updates, OptState]: ...
+else:
+    GradientTransformation = _GradientTransformation
+    GradientTransformation.__name__ = GradientTransformation.__qualname__ = \
+        "GradientTransformation"
+    GradientTransformationExtraArgs = _GradientTransformationExtraArgs
+    GradientTransformationExtraArgs.__name__ = GradientTransformationExtraArgs.__qualname__ = \
+        "GradientTransformationExtraArgs"
+
+
+def _takes_any_keyword(fn: Callable) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def accepted_extra_args(update: Callable, extra_args: dict) -> dict:
+    """The extra arguments that `update` accepts: all of them when it takes `**kwargs`, else
+    those it names (optax's `with_extra_args_support` passes a plain transformation none)."""
+    if not extra_args:
+        return extra_args
+    try:
+        parameters = inspect.signature(update).parameters
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return extra_args
+    named = {name for name, p in parameters.items()
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    return {k: v for k, v in extra_args.items()
+            if k in named and k not in ("updates", "state", "params")}
+
+
 def is_transformation(value) -> bool:
     """Whether `value` follows the protocol: it has callable `init` and `update` (a gradxform
     transformation, an optax `GradientTransformation`, or any such object)."""
@@ -94,6 +189,70 @@ def require_transformation(value, where: str, what: str, expected: str = "a tran
         raise TypeError(
             f"{where}: {what} must be {expected} (an object with init and update), got {value!r}"
         )
+
+
+def adopt(value, where: str, what: str):
+    """`value` as a gradxform transformation: itself, or `from_optax(value)` for a transformation
+    of another library; a TypeError naming `what` (an argument of `where`) for anything else."""
+    if isinstance(value, Transformation):
+        return value
+    require_transformation(value, where, what)
+    return from_optax(value)
+
+
+def _optax_name(tx) -> str:
+    """`optax.adam` for the transformation built by `optax.adam(...)`, when that can be told."""
+    qualname = getattr(getattr(tx, "init", None), "__qualname__", "")
+    module = getattr(getattr(tx, "init", None), "__module__", "") or ""
+    head = qualname.split(".<locals>")[0]
+    if module.startswith("optax") and head and "<" not in head:
+        return f"optax.{head}"
+    return type(tx).__name__
+
+
+@pytree_dataclass
+class from_optax(Transformation):
+    """An optax `GradientTransformation` used as a gradxform transformation.
+
+        u_t, s_t = tx.update(g_t, s_{t-1}, θ_{t-1})        (optax's own rule, unchanged)
+
+    Every gradxform combinator and wrapper applies it to an optax transformation it is given
+    (`chain(optax.scale_by_lbfgs(), scale_by_learning_rate(0.1))`,
+    `MultiSteps(optax.lamb(1e-3), 2)`), so writing it is rarely needed. The state is optax's
+    state, untouched. Extra keyword arguments of `update` (e.g. `value` for optax's line
+    searches) reach `tx` when its update accepts them, as `optax.with_extra_args_support` does.
+
+    The optax transformation is static data: its hyperparameters are constants baked into its
+    functions, so changing one builds a new `tx` and recompiles the step. To change them during
+    training, build `tx` with `optax.inject_hyperparams`; `hyperparams(state)` then reads them
+    from the state.
+
+    Args:
+      tx: an `optax.GradientTransformation` (any object with `init` and `update`).
+
+    Returns:
+      A transformation whose state is `tx`'s state.
+    """
+
+    tx: Any = static()
+
+    def __post_init__(self):
+        require_transformation(self.tx, "from_optax", "tx", "an optax.GradientTransformation")
+        super().__post_init__()
+
+    def init(self, params):
+        return self.tx.init(params)
+
+    def update(self, updates, state, params=None, **extra_args):
+        return self.tx.update(updates, state, params,
+                              **accepted_extra_args(self.tx.update, extra_args))
+
+    def hyperparams(self, state) -> dict:
+        """The values `optax.inject_hyperparams` keeps in the state (empty otherwise)."""
+        return dict(getattr(state, "hyperparams", {}))
+
+    def __repr__(self) -> str:
+        return f"from_optax({_optax_name(self.tx)})"
 
 
 def require_params(params, where: str, meaning: str = "") -> None:

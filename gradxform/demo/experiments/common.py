@@ -1,4 +1,4 @@
-"""Helpers shared by the experiments: float64 runs and plain-text tables."""
+"""Helpers shared by the experiments: float64 runs, quickly compiled loops, plain-text tables."""
 
 from __future__ import annotations
 
@@ -19,6 +19,18 @@ def float64():
     from jax.experimental import enable_x64  # jax < 0.6
 
     return enable_x64()
+
+
+def quick_jit(fn=None, **jit_kwargs):
+    """`jax.jit` for a whole training run that computes for a fraction of a second and would
+    compile for seconds: XLA's backend optimizes less (measured on the XOR run: 1.9 s to compile
+    instead of 3.2 s, 0.15 s to run instead of 0.10 s). The numbers are the same operations;
+    float results can differ in the last bits, so runs compared with numpy to rounding (the
+    Rosenbrock comparison) keep `jax.jit`."""
+    options = {"xla_backend_optimization_level": 0}
+    if fn is None:
+        return lambda f: jax.jit(f, compiler_options=options, **jit_kwargs)
+    return jax.jit(fn, compiler_options=options, **jit_kwargs)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence], *, floatfmt: str = ".4f") -> str:

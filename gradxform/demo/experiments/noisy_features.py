@@ -13,7 +13,6 @@ weight by ηλθ regardless of its gradient history (Loshchilov & Hutter, 2019).
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 
 from gradxform._src.presets.alias import adam, adamw
 from gradxform._src.protocol.updates import apply_updates
+from gradxform.demo.experiments.common import quick_jit
 
 
 class NoisyFeatures(NamedTuple):
@@ -74,7 +74,7 @@ def weight_decay_optimizers(learning_rate: float = 3e-2, weight_decay: float = 0
     }
 
 
-@partial(jax.jit, static_argnames=("steps", "batch_size"))
+@quick_jit(static_argnames=("steps", "batch_size"))
 def train_regression(optimizer, data: NoisyFeatures, key, *, steps: int = 2000,
                      batch_size: int = 10) -> RegressionRun:
     """Fits y ≈ x·w + b from zero with `optimizer` on random mini-batches (one `lax.scan`).

@@ -6,7 +6,6 @@ binary cross-entropy, mini-batches of 32, trained as torch.nn and torch.optim wo
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -15,6 +14,7 @@ import numpy as np
 
 from gradxform._src.presets.alias import adam, adamw, rmsprop, sgd
 from gradxform._src.protocol.updates import apply_updates
+from gradxform.demo.experiments.common import quick_jit
 
 
 def xor_data(key, n: int = 1000):
@@ -79,7 +79,7 @@ def xor_optimizers() -> dict:
     }
 
 
-@partial(jax.jit, static_argnames=("epochs", "batch_size"))
+@quick_jit(static_argnames=("epochs", "batch_size"))
 def _train(optimizer, params, x, y, key, epochs, batch_size):
     n_batches = x.shape[0] // batch_size
 
@@ -126,7 +126,7 @@ def train_xor(
     )
 
 
-@partial(jax.jit, static_argnames=("steps", "batch_size"))
+@quick_jit(static_argnames=("steps", "batch_size"))
 def _loss_per_step(optimizer, key, steps, batch_size):
     k_data, k_init, k_batches = jax.random.split(key, 3)
     x, y = xor_data(k_data)
