@@ -235,6 +235,22 @@ from gradxform._src.presets.step_adaptation_presets import adadelta, rprop
 from gradxform._src.presets.contrib import muon, schedule_free_adamw, schedule_free_sgd, sophia
 from gradxform._src.presets.torch_forms import adafactor_torch, asgd
 
+# -- Full-batch optimisation: L-BFGS, line searches and the one-call solver --
+from gradxform._src.presets.alias import lbfgs
+from gradxform._src.primitives.linesearch import (
+    BacktrackingLinesearchInfo,
+    ScaleByBacktrackingLinesearchState,
+    scale_by_backtracking_linesearch,
+    value_and_grad_from_state,
+)
+from gradxform._src.primitives.quasi_newton import ScaleByLBFGSState, scale_by_lbfgs
+from gradxform._src.primitives.zoom import (
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_zoom_linesearch,
+)
+from gradxform._src.solvers.full_batch import MinimizeResult, MinimizeStatus, minimize
+
 # -- Schedules (gradxform/_src/schedules/) --
 from gradxform._src.schedules.common import function_schedule
 from gradxform._src.schedules.cosine import (
@@ -314,6 +330,7 @@ __all__ = [
     # everything else
     "AddNoiseState",
     "ApplyIfFiniteState",
+    "BacktrackingLinesearchInfo",
     "ClipByGlobalNormState",
     "CountState",
     "EmaParamsState",
@@ -323,6 +340,8 @@ __all__ = [
     "FactoredState",
     "LookaheadState",
     "MaskedState",
+    "MinimizeResult",
+    "MinimizeStatus",
     "MultiSteps",
     "MultiStepsState",
     "MuonDimensionNumbers",
@@ -337,7 +356,9 @@ __all__ = [
     "ScaleByAdamState",
     "ScaleByAdanState",
     "ScaleByAmsgradState",
+    "ScaleByBacktrackingLinesearchState",
     "ScaleByBeliefState",
+    "ScaleByLBFGSState",
     "ScaleByDistanceOverGradientsState",
     "ScaleByLionState",
     "ScaleByNadamState",
@@ -349,6 +370,7 @@ __all__ = [
     "ScaleBySM3State",
     "ScaleByStddevState",
     "ScaleByYogiState",
+    "ScaleByZoomLinesearchState",
     "Schedule",
     "ScheduleFreeState",
     "SophiaState",
@@ -356,6 +378,7 @@ __all__ = [
     "TraceState",
     "Transformation",
     "ZeroNansState",
+    "ZoomLinesearchInfo",
     "adabelief",
     "adadelta",
     "adafactor",
@@ -409,6 +432,7 @@ __all__ = [
     "identity",
     "incremental_update",
     "join_schedules",
+    "lbfgs",
     "keep_params_nonnegative",
     "lamb",
     "lars",
@@ -418,6 +442,7 @@ __all__ = [
     "lookahead",
     "make_step",
     "masked",
+    "minimize",
     "multiply_schedules",
     "multistep_lr_schedule",
     "muon",
@@ -465,9 +490,11 @@ __all__ = [
     "scale_by_adamax",
     "scale_by_adan",
     "scale_by_amsgrad",
+    "scale_by_backtracking_linesearch",
     "scale_by_belief",
     "scale_by_distance_over_gradients",
     "scale_by_factored_rms",
+    "scale_by_lbfgs",
     "scale_by_learning_rate",
     "scale_by_lion",
     "scale_by_muon",
@@ -488,6 +515,7 @@ __all__ = [
     "scale_by_stddev",
     "scale_by_trust_ratio",
     "scale_by_yogi",
+    "scale_by_zoom_linesearch",
     "schedule_free",
     "schedule_free_adamw",
     "schedule_free_eval_params",
@@ -514,6 +542,7 @@ __all__ = [
     "unitwise_norm",
     "unpack",
     "update_and_apply",
+    "value_and_grad_from_state",
     "warmup_constant_schedule",
     "warmup_cosine_decay_schedule",
     "warmup_exponential_decay_schedule",

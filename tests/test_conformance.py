@@ -10,7 +10,7 @@ import pytest
 import gradxform as gx
 from gradxform._src import presets
 from gradxform._src.protocol.fields import child
-from gradxform.testing import check_transformation
+from gradxform.testing import check_transformation, default_params
 
 # The matrices of gradxform.testing.default_params (Muon orthogonalizes matrices only).
 _MATRICES = {"dense": {"w": True, "b": False}, "scale": False, "frozen": False, "empty": False}
@@ -209,7 +209,27 @@ CASES = {
     "dpsgd": lambda: _with_examples(gx.contrib.dpsgd(0.1, 1.0, 0.5, 0, momentum=0.9)),
     "scale_by_cocob": lambda: gx.contrib.scale_by_cocob(),
     "cocob": lambda: gx.contrib.cocob(weight_decay=1e-3),
+    # quasi_newton.py, linesearch.py, zoom.py, alias.py (full-batch optimisation)
+    "scale_by_lbfgs": lambda: gx.scale_by_lbfgs(3),
+    # (lbfgs with its zoom search would compile the whole search for every dtype the check
+    # runs, minutes on 2 cores; the search has its own case, and tests/test_lbfgs.py runs the
+    # preset with it against optax)
+    "lbfgs": lambda: gx.lbfgs(0.5, memory_size=3, linesearch=None),
+    "scale_by_zoom_linesearch": lambda: gx.scale_by_zoom_linesearch(8),
+    "scale_by_backtracking_linesearch": lambda: gx.scale_by_backtracking_linesearch(
+        8, store_grad=True),
 }
+
+
+# A line search evaluates the objective: its update takes value, grad and value_fn, which
+# check_transformation passes to every update (built again for the bf16 and float64 params).
+def _objective(params):
+    return sum(0.5 * jnp.sum(x * x) + jnp.sum(jnp.cos(x)) for x in jax.tree.leaves(params))
+
+
+def _objective_arguments(params):
+    value, grad = jax.value_and_grad(_objective)(params)
+    return dict(value=value, grad=grad, value_fn=_objective)
 
 # Keyword arguments of check_transformation for the cases that need them: the Polyak step
 # size reads the loss at the params from update(..., value=loss).
@@ -220,6 +240,9 @@ CHECK_OPTIONS = {
     "reduce_lr_on_plateau": dict(extra_args={"value": 0.5}),
     "momo": dict(extra_args={"value": 1.5}),
     "momo_adam": dict(extra_args={"value": 1.5}),
+    **{name: dict(extra_args=_objective_arguments(default_params()),
+                  make_extra_args=_objective_arguments)
+       for name in ("scale_by_zoom_linesearch", "scale_by_backtracking_linesearch")},
 }
 
 

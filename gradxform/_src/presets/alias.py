@@ -28,14 +28,17 @@ from gradxform._src.primitives.moments import ema, trace
 from gradxform._src.primitives.noise import add_noise
 from gradxform._src.primitives.optimistic import scale_by_optimistic_gradient
 from gradxform._src.primitives.polyak import scale_by_polyak
+from gradxform._src.primitives.quasi_newton import scale_by_lbfgs
 from gradxform._src.primitives.scaling import (
     add_decayed_weights,
+    identity,
     scale,
     scale_by_learning_rate,
     scale_by_sign,
 )
 from gradxform._src.primitives.sign_momentum import scale_by_lion
 from gradxform._src.primitives.trust_ratio import scale_and_shrink, scale_by_trust_ratio
+from gradxform._src.primitives.zoom import scale_by_zoom_linesearch
 from gradxform._src.protocol.fields import non_negative, validate_field
 from gradxform._src.protocol.masks import MaskLike
 from gradxform._src.protocol.schedule import ScalarOrSchedule
@@ -600,3 +603,48 @@ def polyak_sgd(max_learning_rate: ScalarOrSchedule = 1.0, scaling: ScalarOrSched
     """
     return chain(scale_by_learning_rate(scaling),
                  scale_by_polyak(f_min, max_learning_rate, eps, variant))
+
+
+# -- full-batch optimisation --
+
+# optax's default line search for L-BFGS (a frozen transformation: one instance serves all).
+LBFGS_LINESEARCH = scale_by_zoom_linesearch(max_linesearch_steps=20,
+                                            initial_guess_strategy="one")
+
+
+def lbfgs(learning_rate: ScalarOrSchedule | None = None, memory_size: int = 10,
+          scale_init_precond: bool = True,
+          linesearch: Transformation | None = LBFGS_LINESEARCH) -> chain:
+    """L-BFGS with a line search (Liu & Nocedal, 1989), with optax's arguments and numbers.
+
+    chain(scale_by_lbfgs(memory_size, scale_init_precond),
+          scale(-1.0) | scale_by_learning_rate(learning_rate),
+          linesearch | identity())
+
+    w_{k+1} = w_k - η_k H_k ∇f(w_k), H_k the L-BFGS inverse-Hessian estimate and η_k the step
+    the line search finds (by default a strong-Wolfe zoom search starting at η = 1). Its
+    `update` takes the line search's keyword arguments, `value`, `grad` and `value_fn`:
+
+        value, grad = gx.value_and_grad_from_state(f)(params, state=state)
+        updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=f)
+
+    `gx.minimize(f, params)` runs that loop compiled, to a tolerance.
+
+    Args:
+      learning_rate: a fixed step size or schedule instead of η = 1 before the search (None:
+        the search alone sets the step).
+      memory_size: the number of past steps kept, m ≥ 1.
+      scale_init_precond: scale the initial estimate by ⟨s, y⟩/⟨y, y⟩ (see `scale_by_lbfgs`).
+      linesearch: the line search, e.g. `scale_by_zoom_linesearch(...)` or
+        `scale_by_backtracking_linesearch(...)`; None for none (then set a learning rate).
+
+    References:
+      Liu & Nocedal, "On the limited memory BFGS method for large scale optimization",
+      Mathematical Programming 45, 1989.
+    """
+    step = scale(-1.0) if learning_rate is None else scale_by_learning_rate(learning_rate)
+    return chain(
+        scale_by_lbfgs(memory_size, scale_init_precond),
+        step,
+        identity() if linesearch is None else linesearch,
+    )

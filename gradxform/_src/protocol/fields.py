@@ -78,6 +78,17 @@ def finite(x):
     return None if math.isfinite(x) else "finite"
 
 
+def or_infinity(check: Callable) -> Callable:
+    """`check` that also admits +inf, for a number where infinity means "no limit" (a line
+    search's curvature tolerance or growth factor); NaN and -inf stay refused."""
+
+    def extended(x):
+        return None if x == math.inf else check(x)
+
+    extended.admits_infinity = True  # type: ignore[attr-defined]
+    return extended
+
+
 def integer_at_least(lo: int) -> Callable:
     """A check that a value is an integer >= `lo` (a Python or NumPy int, or an integer array;
     not a bool, not a float such as 2.0): for step counts, periods and sizes.
@@ -138,7 +149,8 @@ def validate_field(owner: str, name: str, value, check: Callable | None,
     if values is None:
         return
     for v in values:
-        if not math.isfinite(v):
+        admitted_infinity = v == math.inf and getattr(check, "admits_infinity", False)
+        if not math.isfinite(v) and not admitted_infinity:
             raise ValueError(f"{owner}: {name} must be finite, got {value!r}")
         if check is not None:
             allowed = check(v)

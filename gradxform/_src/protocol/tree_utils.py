@@ -196,3 +196,44 @@ def widen(g, m):
     if jnp.iscomplexobj(g) and not jnp.issubdtype(dt, jnp.complexfloating):
         dt = jnp.promote_types(dt, jnp.complex64)
     return g.astype(dt)
+
+
+# -- inner products and steps along a direction (line searches, quasi-Newton methods) --
+
+
+def accumulation_dtype(tree) -> jnp.dtype:
+    """The real dtype in which inner products of `tree` are accumulated: float32 for 16-bit
+    leaves, else the widest real precision of the leaves (float32 for an empty tree)."""
+    dtypes = [moment_dtype(x) for x in jax.tree_util.tree_leaves(tree)]
+    reals = [jnp.finfo(d).dtype for d in dtypes if jnp.issubdtype(d, jnp.inexact)]
+    return max(reals, key=lambda d: d.itemsize, default=jnp.dtype(jnp.float32))
+
+
+def tree_vdot(a, b, dtype=None) -> jax.Array:
+    """Re ⟨a, b⟩ = Re Σ_leaves Σ_i conj(a_i) b_i, accumulated in `dtype` (default
+    `accumulation_dtype(a)`); None leaves are skipped.
+
+    Each leaf's product is one `tensordot` at the highest matmul precision, summed over the
+    leaves in tree order, as optax's `tree.vdot` forms it.
+    """
+    dtype = accumulation_dtype(a) if dtype is None else jnp.dtype(dtype)
+    total = jnp.zeros([], dtype)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        if jnp.iscomplexobj(x):
+            x = jnp.conj(x)
+        wide = jnp.promote_types(dtype, x.dtype) if jnp.iscomplexobj(x) else dtype
+        d = jnp.tensordot(x.astype(wide), y.astype(wide), x.ndim,
+                          precision=jax.lax.Precision.HIGHEST)
+        total = total + jnp.real(d).astype(dtype)
+    return total
+
+
+def tree_add_scale(a, s, b):
+    """a + s b leaf by leaf, with the scalar `s` in each leaf's dtype (None leaves stay None)."""
+    return tree_map_with_none(lambda x, y: x + coef(s, x) * y, a, b)
+
+
+def tree_scale(s, a):
+    """s a leaf by leaf, with the scalar `s` in each leaf's dtype (None leaves stay None)."""
+    return tree_map_with_none(lambda x: coef(s, x) * x, a)

@@ -1,0 +1,1 @@
+"""Implementation of gradxform; import the public names from `gradxform`."""
