@@ -303,9 +303,37 @@ from gradxform._src.fast.step import make_step, update_and_apply
 # -- Interoperability (gradxform/_src/interop/) --
 from gradxform._src.interop.optax_interop import from_optax, to_optax
 
+# -- optax's remaining utilities: numerics, moment updates, linear algebra, extra args --
+from gradxform._src.protocol.transformation import (  # noqa: I001
+    init_empty_state,
+    safe_int32_increment,
+    with_extra_args_support,
+)
+from gradxform._src.trees.linear_algebra import matrix_inverse_pth_root, power_iteration
+from gradxform._src.trees.moment_updates import (
+    tree_update_infinity_moment as update_infinity_moment,
+    tree_update_moment as update_moment,
+    tree_update_moment_per_elem_norm as update_moment_per_elem_norm,
+)
+from gradxform._src.trees.numerics import safe_norm, safe_root_mean_squares, scale_gradient
+from gradxform._src.composition.microbatching import microbatch  # noqa: I001
+
 __version__ = "0.1.0"
 
 __all__ = [
+    # optax's remaining utilities: numerics, moment updates, linear algebra, extra args
+    "init_empty_state",
+    "matrix_inverse_pth_root",
+    "microbatch",
+    "power_iteration",
+    "safe_int32_increment",
+    "safe_norm",
+    "safe_root_mean_squares",
+    "scale_gradient",
+    "update_infinity_moment",
+    "update_moment",
+    "update_moment_per_elem_norm",
+    "with_extra_args_support",
     # optax's names for the protocol's types and for hyperparameters kept in the state
     "GradientTransformation",
     "GradientTransformationExtraArgs",

@@ -55,6 +55,7 @@ from gradxform._src.primitives.dual_averaging import MadgradState, scale_by_madg
 from gradxform._src.primitives.newton_schulz import MuonDimensionNumbers
 from gradxform._src.primitives.normalization import NormalizeState, normalize
 from gradxform._src.primitives.orthogonal import MuonState, scale_by_muon
+from gradxform._src.primitives.plateau import ReduceLROnPlateauState, reduce_on_plateau
 from gradxform._src.primitives.polyak_momentum import (
     MomoAdamState,
     MomoState,
@@ -125,4 +126,7 @@ __all__ = [
     "simplified_ademamix",
     "sophia",
     "split_real_and_imaginary",
+    # also at top level, in optax.contrib in optax
+    "ReduceLROnPlateauState",
+    "reduce_on_plateau",
 ]

@@ -16,6 +16,7 @@ Transformer and warmup-stable-decay schedules are here under the names below.
 it with matplotlib.
 """
 
+from gradxform._src.composition.injection import InjectHyperparamsState, inject_hyperparams
 from gradxform._src.schedules.common import function_schedule
 from gradxform._src.schedules.cosine import (
     cosine_annealing_warm_restarts_schedule,
@@ -89,4 +90,7 @@ __all__ = [
     "warmup_cosine_decay_schedule",
     "warmup_exponential_decay_schedule",
     "warmup_stable_decay_schedule",
+    # also at top level, in optax.schedules in optax
+    "InjectHyperparamsState",
+    "inject_hyperparams",
 ]

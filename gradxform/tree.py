@@ -13,6 +13,14 @@ from gradxform._src.trees.casting import tree_dtype as dtype
 from gradxform._src.trees.casting import tree_random_like as random_like
 from gradxform._src.trees.casting import tree_split_key_like as split_key_like
 from gradxform._src.trees.casting import tree_unwrap_random_key_data as unwrap_random_key_data
+from gradxform._src.trees.moment_updates import tree_bias_correction as bias_correction
+from gradxform._src.trees.moment_updates import (
+    tree_update_infinity_moment as update_infinity_moment,
+)
+from gradxform._src.trees.moment_updates import tree_update_moment as update_moment
+from gradxform._src.trees.moment_updates import (
+    tree_update_moment_per_elem_norm as update_moment_per_elem_norm,
+)
 from gradxform._src.trees.state_access import tree_get as get
 from gradxform._src.trees.state_access import tree_get_all_with_path as get_all_with_path
 from gradxform._src.trees.state_access import tree_set as set  # noqa: A004
@@ -69,4 +77,9 @@ __all__ = [
     "vdot",
     "where",
     "zeros_like",
+    # moment updates of whole trees
+    "bias_correction",
+    "update_infinity_moment",
+    "update_moment",
+    "update_moment_per_elem_norm",
 ]

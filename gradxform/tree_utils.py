@@ -17,7 +17,9 @@ optax runs with `from gradxform import tree_utils` in its place:
   such as `"1/0/ScaleByAdamState.count"` or `"head/mu"` picks one. `tree_set` keeps the state's
   structure, shapes and dtypes;
 - slow copies of the params: `incremental_update` (Polyak averaging) and `periodic_update`
-  (also in `gradxform`, as in `optax`).
+  (also in `gradxform`, as in `optax`);
+- moment updates: `tree_update_moment`, `tree_update_infinity_moment`,
+  `tree_update_moment_per_elem_norm`, `tree_bias_correction`.
 
 Trees combined with one another must have the same structure; where they do not, the error names
 the first path that differs.
@@ -30,6 +32,12 @@ from gradxform._src.trees.casting import (
     tree_random_like,
     tree_split_key_like,
     tree_unwrap_random_key_data,
+)
+from gradxform._src.trees.moment_updates import (
+    tree_bias_correction,
+    tree_update_infinity_moment,
+    tree_update_moment,
+    tree_update_moment_per_elem_norm,
 )
 from gradxform._src.trees.state_access import (
     NamedTupleKey,
@@ -97,4 +105,9 @@ __all__ = [
     "tree_vdot",
     "tree_where",
     "tree_zeros_like",
+    # moment updates of whole trees
+    "tree_bias_correction",
+    "tree_update_infinity_moment",
+    "tree_update_moment",
+    "tree_update_moment_per_elem_norm",
 ]

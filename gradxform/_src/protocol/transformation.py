@@ -285,3 +285,32 @@ def float_count(count, like=None):
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.result_type(float)
     return jnp.asarray(count).astype(dtype)
+
+
+def safe_int32_increment(count: jax.Array) -> jax.Array:
+    """count + 1 for an int32 count, saturating at 2³¹ - 1 (optax's name for `safe_increment`)."""
+    return safe_increment(count)
+
+
+def init_empty_state(params: Params) -> EmptyState:
+    """The `init` of a transformation that keeps no state: `EmptyState()` whatever the params."""
+    del params
+    return EmptyState()
+
+
+def with_extra_args_support(tx: Any) -> Transformation:
+    """`tx` as a transformation whose `update` takes extra keyword arguments (optax's name).
+
+    Every gradxform transformation already takes them (`update(updates, state, params,
+    **extra_args)`, each inner transformation receiving those it names), so one is returned as
+    it is. Another library's transformation, such as an `optax.GradientTransformation`, is
+    wrapped as `from_optax(tx)`, whose `update` passes `tx` only the extra arguments its update
+    accepts, as `optax.with_extra_args_support` does.
+
+    Args:
+      tx: a transformation.
+
+    Returns:
+      `tx`, or `from_optax(tx)`.
+    """
+    return adopt(tx, "with_extra_args_support", "tx")
