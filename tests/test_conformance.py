@@ -116,6 +116,7 @@ CASES = {
         epsilon=None, min_dim_size_to_factor=0, convention="torch"),
     # interop.py
     "from_optax": lambda: gx.from_optax(optax.sgd(0.1, momentum=0.9)),
+    "with_extra_args_support": lambda: gx.with_extra_args_support(optax.sgd(0.1)),
     # flatten.py
     "flatten": lambda: gx.flatten(gx.adamw(1e-2)),
     # sophia.py, muon.py, schedule_free.py, adafactor.py, quantized.py
