@@ -87,6 +87,7 @@ __all__ = [
     "MuonState",
     "NormalizeState",
     "ProdigyState",
+    "ReduceLROnPlateauState",
     "SAMState",
     "ScaleByAdemamixState",
     "ScaleBySimplifiedAdEMAMixState",
@@ -109,6 +110,7 @@ __all__ = [
     "muon",
     "normalize",
     "prodigy",
+    "reduce_on_plateau",
     "sam",
     "scale_by_acprop",
     "scale_by_ademamix",
@@ -126,7 +128,4 @@ __all__ = [
     "simplified_ademamix",
     "sophia",
     "split_real_and_imaginary",
-    # also at top level, in optax.contrib in optax
-    "ReduceLROnPlateauState",
-    "reduce_on_plateau",
 ]

@@ -60,6 +60,7 @@ from gradxform._src.schedules.torch_lr_scheduler import (
 from gradxform._src.schedules.warmup import transformer_schedule, warmup_stable_decay_schedule
 
 __all__ = [
+    "InjectHyperparamsState",
     "asgd_schedule",
     "constant_schedule",
     "cosine_annealing_warm_restarts_schedule",
@@ -68,6 +69,7 @@ __all__ = [
     "cyclic_lr_schedule",
     "exponential_decay",
     "function_schedule",
+    "inject_hyperparams",
     "join_schedules",
     "linear_onecycle_schedule",
     "linear_schedule",
@@ -90,7 +92,4 @@ __all__ = [
     "warmup_cosine_decay_schedule",
     "warmup_exponential_decay_schedule",
     "warmup_stable_decay_schedule",
-    # also at top level, in optax.schedules in optax
-    "InjectHyperparamsState",
-    "inject_hyperparams",
 ]

@@ -51,6 +51,7 @@ __all__ = [
     "add_scale",
     "allclose",
     "batch_shape",
+    "bias_correction",
     "cast",
     "cast_like",
     "clip",
@@ -74,12 +75,10 @@ __all__ = [
     "sub",
     "sum",
     "unwrap_random_key_data",
-    "vdot",
-    "where",
-    "zeros_like",
-    # moment updates of whole trees
-    "bias_correction",
     "update_infinity_moment",
     "update_moment",
     "update_moment_per_elem_norm",
+    "vdot",
+    "where",
+    "zeros_like",
 ]

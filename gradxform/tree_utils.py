@@ -79,6 +79,7 @@ __all__ = [
     "tree_add_scale",
     "tree_allclose",
     "tree_batch_shape",
+    "tree_bias_correction",
     "tree_cast",
     "tree_cast_like",
     "tree_clip",
@@ -102,12 +103,10 @@ __all__ = [
     "tree_sub",
     "tree_sum",
     "tree_unwrap_random_key_data",
-    "tree_vdot",
-    "tree_where",
-    "tree_zeros_like",
-    # moment updates of whole trees
-    "tree_bias_correction",
     "tree_update_infinity_moment",
     "tree_update_moment",
     "tree_update_moment_per_elem_norm",
+    "tree_vdot",
+    "tree_where",
+    "tree_zeros_like",
 ]

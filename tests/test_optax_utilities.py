@@ -129,7 +129,7 @@ def test_scale_gradient_scales_the_backward_pass_only():
         ours = jax.grad(loss(gx.scale_gradient, scale))(x)
         theirs = jax.grad(loss(optax.scale_gradient, scale))(x)
         _close(ours, theirs, 1e-7)
-        _close(ours, jax.tree.map(lambda v: 2 * v * float(scale), x), 1e-7)
+        _close(ours, jax.tree.map(lambda v, s=float(scale): 2 * v * s, x), 1e-7)
     _close(jax.jit(jax.grad(loss(gx.scale_gradient, jnp.asarray(0.5))))(x),
            jax.tree.map(lambda v: v, x), 1e-7)
 

@@ -17,7 +17,8 @@ from gradxform._src.primitives.moments import bias_correction, ema_step
 from gradxform._src.protocol.tree_utils import is_none
 
 
-def tree_update_moment(updates: Any, moments: Any, decay: ArrayLike, order: int | float) -> Any:
+def tree_update_moment(updates: Any, moments: Any, decay: jax.Array | float,
+                       order: int | float) -> Any:
     """The EMA of the `order`-th power of the updates: m_t = β m_{t-1} + (1 - β) g_t^k.
 
     Args:
@@ -64,7 +65,7 @@ def _orderth_norm(g: jax.Array, order: int | float) -> jax.Array:
     return (g.real ** 2 + g.imag ** 2) ** half_order
 
 
-def tree_update_moment_per_elem_norm(updates: Any, moments: Any, decay: ArrayLike,
+def tree_update_moment_per_elem_norm(updates: Any, moments: Any, decay: jax.Array | float,
                                      order: int | float) -> Any:
     """The EMA of the `order`-th power of each element's magnitude: m_t = β m_{t-1} + (1-β)|g_t|^k.
 
