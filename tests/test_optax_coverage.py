@@ -91,7 +91,6 @@ NOT_IMPLEMENTED = {
     "schedules.inject_stateful_hyperparams": "as inject_stateful_hyperparams",
     "schedules.StatefulSchedule": "optax's protocol of stateful schedules",
     "multi_normal": "a diagonal Gaussian distribution used by optax's perturbation utilities",
-    "nnls": "a non-negative least squares solver",
     "tree_map_params": "mapping a function over the params-shaped leaves of an optimizer state",
     "tree_utils.tree_map_params": "as tree_map_params",
     "tree.map_params": "as tree_map_params",

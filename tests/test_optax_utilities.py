@@ -20,7 +20,7 @@ NAMES = {
     "": ("scale_gradient", "safe_norm", "safe_root_mean_squares", "safe_int32_increment",
          "init_empty_state", "with_extra_args_support", "update_moment",
          "update_infinity_moment", "update_moment_per_elem_norm", "power_iteration",
-         "matrix_inverse_pth_root"),
+         "matrix_inverse_pth_root", "nnls"),
     "tree_utils": ("tree_update_moment", "tree_update_infinity_moment",
                    "tree_update_moment_per_elem_norm", "tree_bias_correction"),
     "tree": ("update_moment", "update_infinity_moment", "update_moment_per_elem_norm",
@@ -205,3 +205,20 @@ def test_power_iteration_matches_optax_and_numpy():
                                    rtol=1e-12)
     with pytest.raises(ValueError, match="v0 must be given"):
         gx.power_iteration(mvp)
+
+
+def test_nnls_matches_optax_and_scipy():
+    import scipy.optimize
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(4)
+        a = jnp.asarray(rng.normal(size=(8, 5)))
+        b = jnp.asarray(rng.normal(size=(8,)))
+        ours = gx.nnls(a, b, 2000)
+        np.testing.assert_allclose(ours, optax.nnls(a, b, 2000), rtol=1e-12, atol=1e-14)
+        ref, _ = scipy.optimize.nnls(np.asarray(a), np.asarray(b))
+        np.testing.assert_allclose(ours, ref, rtol=1e-8, atol=1e-10)
+        assert np.any(ref == 0) and np.all(np.asarray(ours) >= 0)  # a constraint is active
+        b2 = jnp.stack([b, -b], axis=1)
+        np.testing.assert_allclose(gx.nnls(a, b2, 50, L=100.0), optax.nnls(a, b2, 50, L=100.0),
+                                   rtol=1e-12, atol=1e-14)

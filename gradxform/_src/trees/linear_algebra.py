@@ -146,3 +146,50 @@ def matrix_inverse_pth_root(matrix: ArrayLike, p: ArrayLike, num_iters: ArrayLik
     error = jnp.max(jnp.abs(m - identity))
     keep = jnp.asarray(converged, old_h.dtype)
     return jnp.asarray(keep * h + (1 - keep) * old_h, a.dtype), error
+
+
+def _spectral_radius_upper_bound(q: jax.Array) -> jax.Array:
+    """min(‖Q‖_F, ‖Q‖_1) ≥ ρ(Q): both norms bound the spectral radius."""
+    fro = jnp.linalg.matrix_norm(q, ord="fro")
+    return jnp.minimum(fro, jnp.linalg.matrix_norm(q, ord=1) if q.size else 0)
+
+
+def nnls(A: jax.Array, b: jax.Array, iters: int, unroll: int | bool = 1,  # noqa: N803
+         L: ArrayLike | None = None) -> jax.Array:  # noqa: N803 (optax's names)
+    """min ‖A x - b‖₂ subject to x ≥ 0, by Polyak's fast projected gradient.
+
+        Q = Aᵀ A,  q = Aᵀ b,  x_0 = p_0 = 0,  c_0 = 0
+        c_{k+1} = (1 + √(1 + 4 c_k²)) / 2,   s_k = (c_k - 1) / c_{k+1}
+        x_{k+1} = max(p_k - (Q p_k - q) / L, 0),   p_{k+1} = x_{k+1} + s_k (x_{k+1} - x_k)
+
+    Args:
+      A: the matrix, shape (M, N).
+      b: the right-hand side, shape (M,) or (M, K) (K problems at once).
+      iters: the number of iterations (a fixed count, one `lax.scan`).
+      unroll: `lax.scan`'s unroll.
+      L: an upper bound of the spectral radius of AᵀA (default: min(‖Q‖_F, ‖Q‖_1)).
+
+    Returns:
+      x, shape (N,) or (N, K).
+
+    References: Polyak, "Projected gradient method for non-negative least square",
+    Contemporary Mathematics 636, 2015.
+    """
+    if A.ndim != 2 or b.ndim not in (1, 2) or b.shape[0] != A.shape[0]:
+        raise ValueError(f"nnls: A must be (M, N) and b (M,) or (M, K), got A {A.shape} and "
+                         f"b {b.shape}")
+    q_mat = A.mT @ A
+    q = A.mT @ b
+    lip = _spectral_radius_upper_bound(q_mat) if L is None else L
+    lip = jnp.where(lip == 0, 1, lip)
+
+    def step(carry, _):
+        x, p, c = carry
+        c_next = (1 + jnp.sqrt(1 + 4 * c ** 2)) / 2
+        s = (c - 1) / c_next
+        x_next = (p - (q_mat @ p - q) / lip).clip(0)
+        return (x_next, x_next + s * (x_next - x), c_next), None
+
+    x0 = jnp.zeros_like(b, shape=A.shape[-1:] + b.shape[1:])
+    (x, _, _), _ = lax.scan(step, (x0, x0, 0.0), length=iters, unroll=unroll)
+    return x
