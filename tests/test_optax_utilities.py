@@ -98,13 +98,14 @@ def test_none_leaves_stay_none():
 def test_safe_norms_match_optax_with_their_gradients():
     with jax.enable_x64(True):
         x = jax.random.normal(jax.random.PRNGKey(1), (4, 3), jnp.float64)
-        for arr in (x, jnp.zeros_like(x).at[0].set(x[0])):
-            for kw in (dict(), dict(ord=1, axis=0, keepdims=True)):
-                f_ours = lambda v, kw=kw: gx.safe_norm(v, 0.01, **kw).sum()  # noqa: E731
-                f_theirs = lambda v, kw=kw: optax.safe_norm(v, 0.01, **kw).sum()  # noqa: E731
-                np.testing.assert_allclose(f_ours(arr), f_theirs(arr), rtol=1e-12)
-                np.testing.assert_allclose(jax.grad(f_ours)(arr), jax.grad(f_theirs)(arr),
-                                           rtol=1e-12, atol=1e-300)
+        mixed = jnp.zeros_like(x).at[0].set(x[0])  # row norms on both sides of min_norm
+        for arr, kw in ((x, {}), (jnp.zeros_like(x), {}),
+                        (mixed, dict(ord=1, axis=1, keepdims=True))):
+            f_ours = lambda v, kw=kw: gx.safe_norm(v, 0.01, **kw).sum()  # noqa: E731
+            f_theirs = lambda v, kw=kw: optax.safe_norm(v, 0.01, **kw).sum()  # noqa: E731
+            np.testing.assert_allclose(f_ours(arr), f_theirs(arr), rtol=1e-12)
+            np.testing.assert_allclose(jax.grad(f_ours)(arr), jax.grad(f_theirs)(arr),
+                                       rtol=1e-12, atol=1e-300)
             np.testing.assert_allclose(gx.safe_root_mean_squares(arr, 0.01),
                                        optax.safe_root_mean_squares(arr, 0.01), rtol=1e-12)
             g_ours = jax.grad(lambda v: gx.safe_root_mean_squares(v, 0.01))(arr)
@@ -124,7 +125,7 @@ def test_scale_gradient_scales_the_backward_pass_only():
         return lambda t: jax.tree.reduce(jnp.add, jax.tree.map(
             lambda v: jnp.sum(v ** 2), fn(t, scale)))
 
-    for scale in (0.0, 1.0, 0.25, jnp.asarray(-3.0)):
+    for scale in (0.0, 1.0, jnp.asarray(-3.0)):
         assert jax.tree.all(jax.tree.map(jnp.array_equal, gx.scale_gradient(x, scale), x))
         ours = jax.grad(loss(gx.scale_gradient, scale))(x)
         theirs = jax.grad(loss(optax.scale_gradient, scale))(x)
