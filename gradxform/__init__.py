@@ -309,6 +309,7 @@ from gradxform._src.protocol.transformation import (  # noqa: I001
     safe_int32_increment,
     with_extra_args_support,
 )
+from gradxform._src.trees.distributions import multi_normal
 from gradxform._src.trees.linear_algebra import matrix_inverse_pth_root, nnls, power_iteration
 from gradxform._src.trees.moment_updates import (
     tree_update_infinity_moment as update_infinity_moment,
@@ -325,6 +326,7 @@ __all__ = [
     "init_empty_state",
     "matrix_inverse_pth_root",
     "microbatch",
+    "multi_normal",
     "nnls",
     "power_iteration",
     "safe_int32_increment",

@@ -90,7 +90,6 @@ NOT_IMPLEMENTED = {
     "inject_stateful_hyperparams": "stateful schedules, not taken by inject_hyperparams",
     "schedules.inject_stateful_hyperparams": "as inject_stateful_hyperparams",
     "schedules.StatefulSchedule": "optax's protocol of stateful schedules",
-    "multi_normal": "a diagonal Gaussian distribution used by optax's perturbation utilities",
     "tree_map_params": "mapping a function over the params-shaped leaves of an optimizer state",
     "tree_utils.tree_map_params": "as tree_map_params",
     "tree.map_params": "as tree_map_params",

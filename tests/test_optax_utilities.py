@@ -20,7 +20,7 @@ NAMES = {
     "": ("scale_gradient", "safe_norm", "safe_root_mean_squares", "safe_int32_increment",
          "init_empty_state", "with_extra_args_support", "update_moment",
          "update_infinity_moment", "update_moment_per_elem_norm", "power_iteration",
-         "matrix_inverse_pth_root", "nnls"),
+         "matrix_inverse_pth_root", "nnls", "multi_normal"),
     "tree_utils": ("tree_update_moment", "tree_update_infinity_moment",
                    "tree_update_moment_per_elem_norm", "tree_bias_correction"),
     "tree": ("update_moment", "update_infinity_moment", "update_moment_per_elem_norm",
@@ -223,3 +223,27 @@ def test_nnls_matches_optax_and_scipy():
         b2 = jnp.stack([b, -b], axis=1)
         np.testing.assert_allclose(gx.nnls(a, b2, 50, L=100.0), optax.nnls(a, b2, 50, L=100.0),
                                    rtol=1e-12, atol=1e-14)
+
+
+def test_multi_normal_matches_optax_and_scipy():
+    import scipy.stats
+
+    with jax.enable_x64(True):
+        loc = jnp.asarray([[0.5, -1.0, 2.0], [0.0, 1.0, 3.0]])
+        log_scale = jnp.asarray([0.1, -0.3, 0.7])
+        ours, theirs = gx.multi_normal(loc, log_scale), optax.multi_normal(loc, log_scale)
+        key = jax.random.PRNGKey(5)
+        x = ours.sample((4,), key)
+        assert x.shape == (4, 2, 3)
+        np.testing.assert_allclose(x, theirs.sample((4,), key), rtol=1e-12)
+        np.testing.assert_allclose(ours.log_prob(x), theirs.log_prob(x), rtol=1e-12)
+        ref = scipy.stats.norm.logpdf(np.asarray(x), np.asarray(loc),
+                                      np.exp(np.asarray(log_scale))).sum(axis=(-2, -1))
+        np.testing.assert_allclose(ours.log_prob(x), ref, rtol=1e-12)
+        for a, b in zip(ours.params, theirs.params, strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ours.log_scale, theirs.log_scale)
+        g = jax.grad(lambda p: gx.multi_normal(*p).log_prob(x).sum())(ours.params)
+        g_ref = jax.grad(lambda p: optax.multi_normal(*p).log_prob(x).sum())(theirs.params)
+        for a, b in zip(g, g_ref, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12)
