@@ -235,6 +235,15 @@ from gradxform._src.presets.step_adaptation_presets import adadelta, rprop
 from gradxform._src.presets.contrib import muon, schedule_free_adamw, schedule_free_sgd, sophia
 from gradxform._src.presets.torch_forms import adafactor_torch, asgd
 
+# -- Beyond optax and torch: C-AdamW and MARS (2024) --
+from gradxform._src.composition.cautious_masking import cautious
+from gradxform._src.presets.variance_and_caution import cadamw, mars, mars_labels
+from gradxform._src.primitives.transformers_adam import (
+    ScaleByAdamTransformersState,
+    scale_by_adam_transformers,
+)
+from gradxform._src.primitives.variance_reduction import ScaleByMarsState, scale_by_mars
+
 # -- Schedules (gradxform/_src/schedules/) --
 from gradxform._src.schedules.common import function_schedule
 from gradxform._src.schedules.cosine import (
@@ -290,6 +299,15 @@ from gradxform._src.interop.optax_interop import from_optax, to_optax
 __version__ = "0.1.0"
 
 __all__ = [
+    # beyond optax and torch: C-AdamW and MARS (2024)
+    "ScaleByAdamTransformersState",
+    "ScaleByMarsState",
+    "cadamw",
+    "cautious",
+    "mars",
+    "mars_labels",
+    "scale_by_adam_transformers",
+    "scale_by_mars",
     # optax's names for the protocol's types and for hyperparameters kept in the state
     "GradientTransformation",
     "GradientTransformationExtraArgs",
