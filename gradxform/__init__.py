@@ -237,7 +237,7 @@ from gradxform._src.presets.torch_forms import adafactor_torch, asgd
 
 # -- Beyond optax and torch: C-AdamW and MARS (2024) --
 from gradxform._src.composition.cautious_masking import cautious
-from gradxform._src.presets.variance_and_caution import cadamw, mars, mars_labels
+from gradxform._src.presets.variance_and_caution import cadamw, mars
 from gradxform._src.primitives.transformers_adam import (
     ScaleByAdamTransformersState,
     scale_by_adam_transformers,
@@ -305,7 +305,6 @@ __all__ = [
     "cadamw",
     "cautious",
     "mars",
-    "mars_labels",
     "scale_by_adam_transformers",
     "scale_by_mars",
     # optax's names for the protocol's types and for hyperparameters kept in the state

@@ -44,7 +44,7 @@ def cadamw(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
     )
 
 
-def mars_labels(params) -> object:
+def _matrices_to_mars(params) -> object:
     """'mars' for each 2-D leaf, 'adamw' for every other one (MARS's default grouping)."""
     return jax.tree.map(lambda p: "mars" if jnp.ndim(p) == 2 else "adamw", params)
 
@@ -94,5 +94,5 @@ def mars(learning_rate: ScalarOrSchedule = 3e-3, *, b1: ScalarOrSchedule = 0.95,
         {"mars": branch,
          "adamw": adamw(learning_rate_1d, b1=b1_1d, b2=b2_1d, eps=eps,
                         weight_decay=weight_decay_1d)},
-        mars_labels,
+        _matrices_to_mars,
     )

@@ -78,7 +78,11 @@ class scale_by_mars(Transformation):
                                    c1=1 / one_minus_power(h.b1, t),
                                    c2=1 / one_minus_power(h.b2, t)))
 
-        def leaf(g, m, v, g_prev):
+        def leaf(g_in, m, v, g_prev):
+            m = tree_utils.in_update_precision(m, g_in)
+            v = tree_utils.in_update_precision(v, g_in)
+            g = tree_utils.widen(g_in, m)
+            g_prev = g_prev.astype(g.dtype)
             s = lookup(g, m)
             c = g + s.k * (g - g_prev)                   # c_t = g_t + γ β1/(1-β1)(g_t - g_{t-1})
             norm = jnp.sqrt(jnp.sum(abs_sq(c)))
@@ -86,7 +90,7 @@ class scale_by_mars(Transformation):
             m = ema_step(m, c, s.b1)                     # m_t = β1 m_{t-1} + (1 - β1) c_t
             v = ema_step(v, abs_sq(c), s.b2)             # v_t = β2 v_{t-1} + (1 - β2) c_t²
             u = m * s.c1 / (jnp.sqrt(v * s.c2) + s.eps)  # m̂_t / (√v̂_t + ε)
-            return u.astype(g.dtype), m.astype(m.dtype), v, g
+            return u.astype(g_in.dtype), m, v, g
 
         u, mu, nu, prev = map_leaves(leaf, updates, state.mu, state.nu, state.prev_grad,
                                      num_outputs=4)
