@@ -1,4 +1,4 @@
-"""scale_by_mars and mars: the authors' MARS-AdamW trajectories, a numpy step, hyperparameter checks.
+"""scale_by_mars, mars: the authors' MARS-AdamW trajectories, a numpy step, hyperparameter checks.
 
 The trajectories were recorded by `tests/reference/make_mars_fixtures.py` from the authors' own
 code (vendored under tests/reference/vendor/mars/); this file replays them without torch.
