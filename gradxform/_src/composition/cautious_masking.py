@@ -27,8 +27,8 @@ class cautious(Transformation):
 
     Dividing by the fraction of kept coordinates keeps the update's scale; ε (the authors'
     1e-3) bounds the factor when almost every coordinate disagrees. This is the normalisation
-    of the authors' code (`mask.div_(mask.mean().clamp_(min=1e-3))`, taken from timm); the
-    paper's Algorithm 1 divides by (Σφ + 1)/d instead, an older form they keep as a comment.
+    of the authors' code (`mask.div_(mask.mean().clamp_(min=1e-3))`, which they took from timm);
+    their first version multiplied by d / (Σφ + 1) instead, kept there as a comment.
 
     `inner` must produce a descent direction with the gradient's orientation (scale_by_adam,
     trace, scale_by_lion...), not an update already multiplied by -η: put the learning rate and

@@ -31,7 +31,9 @@ def cadamw(learning_rate: ScalarOrSchedule, *, b1: ScalarOrSchedule = 0.9,
     The authors' `c_adamw.AdamW` copies transformers' AdamW, so ε is added before the bias
     correction (`scale_by_adam_transformers`) and the defaults are theirs (ε = 1e-6, λ = 0);
     the decay is not masked. This is the per-parameter loop of their code (`foreach=False`);
-    its `foreach=True` path adds ε after the correction, as `scale_by_adam` does.
+    its `foreach=True` path adds ε after the correction, as `scale_by_adam` does, which
+    `chain(cautious(scale_by_adam(b1, b2, eps)), add_decayed_weights(λ),
+    scale_by_learning_rate(η))` gives.
 
     References:
       Liang, Chen, Liu & Liu, "Cautious Optimizers: Improving Training with One Line of Code",
