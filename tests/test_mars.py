@@ -94,7 +94,9 @@ def test_each_step_matches_the_authors_mars(case):
 @pytest.mark.parametrize("case", sorted(META["cases"]))
 def test_trajectory_matches_the_authors_mars(case):
     """The whole run with `mars`, each side on its own: they differ by float32 rounding
-    amplified along the trajectory, which the authors' own float64 run measures."""
+    amplified along the trajectory, which the authors' own float64 run measures; ours stays
+    within 4 times that distance (the rounding of two float32 runs adds up, and a step reorders
+    a few roundings)."""
     opt = optimizer(case)
     params = {n: jnp.asarray(ARRAYS[f"x0/{n}"]) for n in LEAVES}
     state = opt.init(params)
@@ -109,7 +111,7 @@ def test_trajectory_matches_the_authors_mars(case):
         theirs = ARRAYS[f"{case}/theta/{n}"]
         rounding = np.max(np.abs(theirs - ARRAYS[f"{case}/float64/theta/{n}"]))
         assert rounding < 1e-4, "the float32 run drifted from float64; pick a calmer problem"
-        np.testing.assert_allclose(np.stack(ours[n]), theirs, rtol=0, atol=2 * rounding + 1e-6,
+        np.testing.assert_allclose(np.stack(ours[n]), theirs, rtol=0, atol=4 * rounding,
                                    err_msg=f"leaf {n}")
 
 
