@@ -6,7 +6,7 @@ those two files.
 
 The optimizer is the authors' own code, vendored unmodified from github.com/kyleliang919/C-Optim
 (commit 2c0517c4db2e50b56d389ba4803eab1f4b3b8ae3) as vendor/cautious/c_adamw.py with its MIT
-LICENSE. Its module imports helpers for its distributed `foreach=True` path from a sibling
+LICENSE. Its module imports utilities for its distributed `foreach=True` path from a sibling
 `opt_utils` module; they are not used by the per-parameter loop (`foreach=False`) run here, so
 this script registers empty stand-ins for them before importing it.
 
