@@ -250,6 +250,14 @@ from gradxform._src.primitives.zoom import (
     scale_by_zoom_linesearch,
 )
 from gradxform._src.solvers.full_batch import MinimizeResult, MinimizeStatus, minimize
+# -- Beyond optax and torch: C-AdamW and MARS (2024) --
+from gradxform._src.composition.cautious_masking import cautious
+from gradxform._src.presets.variance_and_caution import cadamw, mars
+from gradxform._src.primitives.transformers_adam import (
+    ScaleByAdamTransformersState,
+    scale_by_adam_transformers,
+)
+from gradxform._src.primitives.variance_reduction import ScaleByMarsState, scale_by_mars
 
 # -- Schedules (gradxform/_src/schedules/) --
 from gradxform._src.schedules.common import function_schedule
@@ -306,6 +314,14 @@ from gradxform._src.interop.optax_interop import from_optax, to_optax
 __version__ = "0.1.0"
 
 __all__ = [
+    # beyond optax and torch: C-AdamW and MARS (2024)
+    "ScaleByAdamTransformersState",
+    "ScaleByMarsState",
+    "cadamw",
+    "cautious",
+    "mars",
+    "scale_by_adam_transformers",
+    "scale_by_mars",
     # optax's names for the protocol's types and for hyperparameters kept in the state
     "GradientTransformation",
     "GradientTransformationExtraArgs",

@@ -118,6 +118,13 @@ CASES = {
     "from_optax": lambda: gx.from_optax(optax.sgd(0.1, momentum=0.9)),
     # flatten.py
     "flatten": lambda: gx.flatten(gx.adamw(1e-2)),
+    # cautious_masking.py, transformers_adam.py, variance_reduction.py, variance_and_caution.py
+    "cautious": lambda: gx.cautious(gx.scale_by_adam(), eps=1e-2),
+    "cadamw": lambda: gx.cadamw(1e-2, weight_decay=1e-2),
+    "scale_by_adam_transformers": lambda: gx.scale_by_adam_transformers(0.8, eps=1e-4),
+    "scale_by_mars": lambda: gx.scale_by_mars(gamma=0.1),
+    "mars": lambda: gx.mars(1e-2, weight_decay=1e-2),
+    "mars_optimize_1d": lambda: gx.mars(1e-2, optimize_1d=True),
     # sophia.py, muon.py, schedule_free.py, adafactor.py, quantized.py
     "scale_by_sophia": lambda: gx.scale_by_sophia(),
     "scale_by_muon": lambda: gx.masked(gx.scale_by_muon(), _MATRICES),
