@@ -196,8 +196,9 @@ def every_transformation():
     for label, n in (("one_device", 1), ("zero1_8", 8)):
         mesh = jax.make_mesh((n,), ("data",), devices=jax.devices()[:n],
                              axis_types=(AxisType.Explicit,))
-        tree = jax.tree.map(lambda s: jax.ShapeDtypeStruct(
-            s, jnp.float32, sharding=NamedSharding(mesh, P())), shapes, is_leaf=is_shape)
+        replicated = NamedSharding(mesh, P())
+        tree = jax.tree.map(lambda s, r=replicated: jax.ShapeDtypeStruct(
+            s, jnp.float32, sharding=r), shapes, is_leaf=is_shape)
         for name, opt in (("adamw", gx.adamw(1e-3)), ("adafactor", gx.adafactor(1e-3)),
                           ("muon", gx.muon(0.02))):
             sh = state_shardings(opt, tree, data_axis="data")

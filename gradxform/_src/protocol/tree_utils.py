@@ -19,7 +19,8 @@ def gathered(x: jax.Array) -> jax.Array:
     first. Arrays that are not split (automatic axes, one device) are returned as they are.
     """
     sharding = getattr(jax.typeof(x), "sharding", None)
-    if any(entry is not None for entry in getattr(sharding, "spec", ())):
+    if isinstance(sharding, jax.sharding.NamedSharding) and any(
+            entry is not None for entry in sharding.spec):
         x = jax.sharding.reshard(
             x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
     return x
