@@ -34,7 +34,8 @@ class ScaleBySM3State(NamedTuple):
     nu: Any
 
     @staticmethod
-    def param_axes(field: str, tail: tuple, param_shape: tuple, leaf_shape: tuple):
+    def param_axes(field: str, tail: tuple, param_shape: tuple,
+                   leaf_shape: tuple) -> tuple[int, ...] | None:
         """The param axes a state leaf keeps, for `gradxform.sharding.state_shardings`: the
         accumulator of axis a (the a-th of a leaf's tuple) lies along axis a of its param."""
         if field == "mu" and len(param_shape) >= 2 and len(tail) == 1:

@@ -70,7 +70,8 @@ class FactoredState(NamedTuple):
     v: Any  # per leaf: the full second moment (leaves that are not factored), else [0]
 
     @staticmethod
-    def param_axes(field: str, tail: tuple, param_shape: tuple, leaf_shape: tuple):
+    def param_axes(field: str, tail: tuple, param_shape: tuple,
+                   leaf_shape: tuple) -> tuple[int, ...] | None:
         """The param axes a state leaf keeps, for `gradxform.sharding.state_shardings`: a row
         statistic keeps every axis of its param but the one it averages over, and so does a
         column statistic; the [0] placeholders keep none (they are replicated)."""
