@@ -311,6 +311,9 @@ from gradxform._src.fast.step import make_step, update_and_apply
 # -- Interoperability (gradxform/_src/interop/) --
 from gradxform._src.interop.optax_interop import from_optax, to_optax
 
+# -- Placing optimizer state on a mesh, also in gradxform.sharding (gradxform/_src/interop/) --
+from gradxform._src.interop.sharding import state_shardings
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -343,6 +346,8 @@ __all__ = [
     "snapshot",
     "stateless",
     "stateless_with_tree_map",
+    # placing optimizer state on a device mesh
+    "state_shardings",
     # everything else
     "AddNoiseState",
     "ApplyIfFiniteState",
