@@ -125,6 +125,31 @@ def test_vmap_over_an_optimizer_passed_as_data():
     np.testing.assert_allclose(out["head"][1], 2 * out["head"][0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("param", [jnp.ones((5, 3)), jnp.ones(())], ids=["matrix", "scalar"])
+def test_an_array_hyperparameter_outside_vmap_is_refused(param):
+    """Without vmap, lr of shape (3,) would train each column of a (5, 3) param at its own rate,
+    or turn a scalar param's update into shape (3,): refused, naming the field and the fix."""
+    opt = gx.adam(jnp.array([1e-3, 1e-2, 1e-1]))
+    state = opt.init(param)
+    message = (r"scale_by_learning_rate: learning_rate must be a scalar at each step, got an "
+               r"array of shape \(3,\)\. An array of values is a sweep: vmap over the optimizer")
+    with pytest.raises(ValueError, match=message):
+        opt.update(param, state, param)
+    with pytest.raises(ValueError, match=message):
+        jax.jit(opt.update)(param, state, param)
+
+
+def test_a_schedule_of_arrays_and_a_constant_array_are_refused_too():
+    schedule = gx.linear_schedule(jnp.array([1.0, 2.0]), 0.0, 10)
+    opt = gx.chain(gx.scale_by_adam(), gx.scale_by_learning_rate(schedule))
+    with pytest.raises(ValueError, match=r"learning_rate must be a scalar .* shape \(2,\)"):
+        opt.update(PARAMS, opt.init(PARAMS), PARAMS)
+    # a transformation without a step count checks its values as given
+    no_count = gx.scale_by_shape(consistent_rms=jnp.array([0.2, 0.3]))
+    with pytest.raises(ValueError, match=r"scale_by_shape: consistent_rms must be a scalar"):
+        no_count.update(PARAMS, no_count.init(PARAMS), PARAMS)
+
+
 # -- state -------------------------------------------------------------------------------------
 
 

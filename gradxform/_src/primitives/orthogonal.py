@@ -192,7 +192,7 @@ class scale_by_shape(Transformation):
         return EmptyState()
 
     def update(self, updates, state, params=None, **extra_args):
-        lookup = leaf_scalars(dict(rho=self.consistent_rms))
+        lookup = leaf_scalars(dict(rho=self.at(None).consistent_rms))
 
         def rescale(g, dims):
             fan_in, fan_out = fan_in_fan_out(g.shape, dims)

@@ -37,3 +37,28 @@ def resolve(value: Any, count: ArrayLike | None) -> Any:
     if isinstance(value, Schedule) or is_plain_callable(value):
         return value(count)
     return value
+
+
+SWEEP_IDIOM = (
+    "in_axes = jax.tree.map(lambda leaf: 0 if jnp.ndim(leaf) else None, opt); "
+    "jax.vmap(train, in_axes=(in_axes,))(opt)"
+)
+
+
+def require_scalar(owner: str, name: str, value: Any) -> None:
+    """Raises a ValueError when a resolved hyperparameter is not a scalar.
+
+    One step uses one value of each hyperparameter. An array of values is a sweep, and a sweep
+    is a `jax.vmap` over the optimizer, inside which the batched leaf is a scalar; applied
+    without vmap, the array would broadcast against the leaves (one learning rate per column,
+    or an update of the array's shape for a scalar param) without a word.
+    """
+    shape = getattr(value, "shape", None)
+    if shape is None or tuple(shape) == ():
+        return
+    raise ValueError(
+        f"{owner}: {name} must be a scalar at each step, got an array of shape "
+        f"{tuple(shape)}. An array of values is a sweep: vmap over the optimizer, so that each "
+        f"copy sees one value ({SWEEP_IDIOM}), or build the optimizer inside the vmapped "
+        f"function, jax.vmap(lambda v: train(...v...))(values)"
+    )

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradxform._src.protocol.dataclass import PytreeDataclass
-from gradxform._src.protocol.schedule import resolve
+from gradxform._src.protocol.schedule import require_scalar, resolve
 
 Params = Any
 Updates = Any
@@ -62,10 +62,21 @@ class Transformation(PytreeDataclass):
         raise NotImplementedError
 
     def at(self, count):
-        """This transformation with every scheduled hyperparameter evaluated at `count`."""
-        changes = {
-            name: resolve(getattr(self, name), count) for name in self._hyper_fields
-        }
+        """This transformation with every scheduled hyperparameter evaluated at `count`.
+
+        Each value is then a scalar, the one this step uses; an array (outside `jax.vmap`,
+        where a sweep's batched leaf is a scalar) raises a ValueError naming the field. With
+        `count=None` (a transformation that keeps no step count) the values are checked as
+        they are given.
+        """
+        owner = type(self).__name__
+        changes = {}
+        for name in self._hyper_fields:
+            value = getattr(self, name)
+            if count is not None:
+                value = resolve(value, count)
+            require_scalar(owner, name, value)
+            changes[name] = value
         return self._replace(**changes)
 
     def hyperparams(self, state: OptState) -> dict:
