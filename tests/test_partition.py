@@ -194,7 +194,8 @@ def test_a_shadowed_pattern_is_refused_naming_both_patterns(mixed_params):
             gx.partition(groups, shadowed)
     # patterns that only overlap are fine, and so is the right order
     params = mixed_params("float32")
-    for fine in [{"head/*": "fast", "**": "slow"}, {"*/w": "fast", "dense/*": "slow", "**": "slow"}]:
+    for fine in [{"head/*": "fast", "**": "slow"},
+                 {"*/w": "fast", "dense/*": "slow", "**": "slow"}]:
         gx.partition(groups, fine).init(params)
     # shadowed on these params although not by construction: refused when the labels are read
     opt = gx.partition(groups, {"h*/w": "slow", "he*/*": "fast", "**": "slow"})
