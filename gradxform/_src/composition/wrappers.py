@@ -12,7 +12,13 @@ from jax.typing import ArrayLike
 
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
-from gradxform._src.protocol.fields import child, hyperparameter, integer_at_least, static
+from gradxform._src.protocol.fields import (
+    child,
+    dtype_option,
+    hyperparameter,
+    integer_at_least,
+    static,
+)
 from gradxform._src.protocol.transformation import (
     Params,
     Transformation,
@@ -115,7 +121,7 @@ class MultiSteps(Transformation):
     every_k_schedule: int = hyperparameter(check=integer_at_least(1))
     use_grad_mean: bool = static(True)
     should_skip_update_fn: Callable | None = static(None)
-    accumulator_dtype: Any = static(None)
+    accumulator_dtype: Any = static(None, check=dtype_option)
 
     @property
     def inner_opt(self):

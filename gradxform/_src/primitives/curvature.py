@@ -40,6 +40,7 @@ from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.elementwise import leaf_scalars, map_leaves
 from gradxform._src.protocol.fields import (
     check_argument,
+    dtype_option,
     hyperparameter,
     in_interval,
     integer_at_least,
@@ -204,7 +205,7 @@ class scale_by_sophia(Transformation):
     eps: ScalarOrSchedule = hyperparameter(1e-8, check=positive)
     gamma: ScalarOrSchedule = hyperparameter(0.01, check=positive)
     clip_threshold: ScalarOrSchedule | None = hyperparameter(1.0, check=_positive_or_none)
-    mu_dtype: DTypeLike | None = static(None)
+    mu_dtype: DTypeLike | None = static(None, check=dtype_option)
     debias: bool = static(True)
 
     def init(self, params):
