@@ -2,12 +2,14 @@
 
 import inspect
 
+import jax
+import jax.numpy as jnp
 import optax
 import pytest
 
 import gradxform as gx
 from gradxform._src import presets
-from gradxform.testing import check_transformation
+from gradxform.testing import check_transformation, default_params
 
 # The matrices of gradxform.testing.default_params (Muon orthogonalizes matrices only).
 _MATRICES = {"dense": {"w": True, "b": False}, "scale": False, "frozen": False, "empty": False}
@@ -115,6 +117,20 @@ def test_every_public_transformation_is_checked():
     assert not missing, f"add a conformance case to CASES for: {sorted(missing)}"
 
 
+def _with_hessian(params):
+    return {"hessian": jax.tree.map(lambda x: jnp.abs(x) + jnp.asarray(0.5, x.dtype), params)}
+
+
+# Keyword arguments of `update` for the cases that need them: Sophia refuses to run without
+# a Hessian estimate.
+EXTRA_ARGS = {"scale_by_sophia": _with_hessian, "sophia": _with_hessian}
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_conformance(name):
-    check_transformation(CASES[name]())
+    make = EXTRA_ARGS.get(name)
+    if make is None:
+        check_transformation(CASES[name]())
+    else:
+        check_transformation(CASES[name](), extra_args=make(default_params()),
+                             make_extra_args=make)
