@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_conformance import CASES
+from test_conformance import CASES, EXTRA_ARGS
 
 import gradxform as gx
 from gradxform._src.protocol.fields import check_argument, integer_at_least
@@ -153,8 +153,10 @@ def test_every_hyperparameter_can_be_scheduled_and_no_constant_can():
         swapped = jax.tree.map(lambda x, target=target, name=name, schedule=schedule:
                                x._replace(**{name: schedule}) if x is target else x,
                                top, is_leaf=lambda x, target=target: x is target)
+        extra = EXTRA_ARGS[case](params) if case in EXTRA_ARGS else {}
         try:
-            update = jax.jit(lambda g, s, p, opt=swapped: opt.update(g, s, p))
+            update = jax.jit(lambda g, s, p, opt=swapped, extra=extra: opt.update(g, s, p,
+                                                                                 **extra))
             state = swapped.init(params)
             for _ in range(2):
                 _, state = update(grads, state, params)
