@@ -8,9 +8,14 @@ Every idea of an optimizer is one transformation with `init(params) -> state` an
 from gradxform._src.protocol.caches import clear_caches
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.elementwise import ElementwiseTransformation
-from gradxform._src.protocol.fields import constant, hyperparameter, static
+from gradxform._src.protocol.fields import child, constant, hyperparameter, in_interval, static
 from gradxform._src.protocol.schedule import Schedule, resolve
-from gradxform._src.protocol.transformation import EmptyState, Transformation, safe_increment
+from gradxform._src.protocol.transformation import (
+    EmptyState,
+    Transformation,
+    require_params,
+    safe_increment,
+)
 from gradxform._src.protocol.updates import apply_updates
 
 # -- Primitives: one idea of an optimizer each (gradxform/_src/primitives/) --
@@ -240,6 +245,7 @@ __all__ = [
     "averaged_params",
     "bias_correction",
     "chain",
+    "child",
     "clip",
     "clip_by_block_rms",
     "clip_by_global_norm",
@@ -268,6 +274,7 @@ __all__ = [
     "hyperparameter",
     "hyperparams",
     "identity",
+    "in_interval",
     "join_schedules",
     "linear_onecycle_schedule",
     "linear_schedule",
@@ -292,6 +299,7 @@ __all__ = [
     "quantize_blockwise",
     "quantize_state",
     "radam",
+    "require_params",
     "resolve",
     "rmsprop",
     "safe_increment",

@@ -51,6 +51,7 @@ class PytreeDataclass:
     _hyper_fields: ClassVar[tuple[str, ...]] = ()
     _child_fields: ClassVar[tuple[str, ...]] = ()
     _static_fields: ClassVar[tuple[str, ...]] = ()
+    _pytree_class: ClassVar[type | None] = None
 
     if TYPE_CHECKING:
         # `pytree_dataclass` makes each subclass a dataclass and generates its constructor from
@@ -59,6 +60,16 @@ class PytreeDataclass:
         __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
         def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        # Rebuilding from leaves (`_tree_unflatten`, `_replace`) calls object.__new__ directly.
+        if cls.__dict__.get("_pytree_class") is not cls:
+            raise TypeError(
+                f"{cls.__name__}: decorate the class with @gradxform.pytree_dataclass (it makes "
+                f"the class a frozen dataclass of its fields, registered as a JAX pytree, so an "
+                f"instance can be passed to jax.jit and its hyperparameters are leaves)"
+            )
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -175,6 +186,7 @@ def pytree_dataclass(cls: Any = None, *, positional: int = 1) -> Any:
                             f"constant(), static() or child()")
         # A constant is a numeric leaf like a hyperparameter; only its validation differs.
         kinds["hyper" if kind == "constant" else kind].append(f.name)
+    cls._pytree_class = cls
     cls._hyper_fields = tuple(kinds["hyper"])
     cls._child_fields = tuple(kinds["child"])
     cls._static_fields = tuple(kinds["static"])

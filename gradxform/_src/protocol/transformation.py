@@ -107,7 +107,7 @@ def require_transformation(value, where: str, what: str, expected: str = "a tran
         )
 
 
-def require_params(params, where: str, meaning: str = "") -> None:
+def require_params(params: Any, where: str, meaning: str = "") -> None:
     """Raises a ValueError when a transformation that reads the params was not given them.
 
     `meaning` says what the params are to it, e.g. "the fast weights".
