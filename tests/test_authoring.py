@@ -58,7 +58,10 @@ def test_cautious_against_numpy(examples):
     g = {"w": rng.randn(6, 5), "b": rng.randn(5)}
     inner = gx.adamw(1e-2, weight_decay=1e-2)
     opt = examples["cautious"](inner)
-    assert repr(opt).startswith("cautious(inner=chain(scale_by_adam(")
+    assert repr(opt).startswith("cautious(\n    inner=chain(\n        scale_by_adam(")
+    assert eval(repr(opt), {**{n: getattr(gx, n) for n in gx.__all__}, **examples}) == opt
+    read = gx.hyperparams(opt, opt.init(g))
+    assert read["inner"]["scale_by_learning_rate"] == {"learning_rate": 1e-2}
     with jax.enable_x64(True):
         p = jax.tree.map(jnp.asarray, g)
         state, inner_state = opt.init(p), inner.init(p)

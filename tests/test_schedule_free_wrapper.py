@@ -191,4 +191,5 @@ def test_eval_params_found_inside_a_chain_and_errors():
     warm = schedule_free_sgd(0.3, warmup_steps=3)
     read = gx.hyperparams(warm, warm.init(params))
     assert float(read["learning_rate"]) == pytest.approx(0.1)  # γ (t + 1)/W at t = 0
-    assert float(read["chain"]["scale_by_learning_rate"]["learning_rate"]) == pytest.approx(0.1)
+    base = read["base_optimizer"]
+    assert float(base["scale_by_learning_rate"]["learning_rate"]) == pytest.approx(0.1)

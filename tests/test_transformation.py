@@ -33,6 +33,42 @@ def test_repr_reads_as_the_recipe():
     )
 
 
+def test_a_nested_recipe_is_indented_and_evaluates_to_an_equal_optimizer():
+    schedule = gx.warmup_cosine_decay_schedule(0.0, 1e-3, 10, 100)
+    opt = gx.partition(
+        {"body": gx.adamw(1e-4, weight_decay=1e-2),
+         "head": gx.chain(gx.clip_by_global_norm(1.0), gx.adamw(schedule, weight_decay=1e-2)),
+         "frozen": gx.set_to_zero()},
+        {"embed/**": "frozen", "encoder/**": "body", "head/*": "head"})
+    assert repr(opt) == """partition(
+    transforms={
+        'body': chain(
+            scale_by_adam(b1=0.9, b2=0.999, eps=1e-08, eps_root=0.0),
+            add_decayed_weights(weight_decay=0.01),
+            scale_by_learning_rate(learning_rate=0.0001),
+        ),
+        'head': chain(
+            clip_by_global_norm(max_norm=1.0),
+            chain(
+                scale_by_adam(b1=0.9, b2=0.999, eps=1e-08, eps_root=0.0),
+                add_decayed_weights(weight_decay=0.01),
+                scale_by_learning_rate(learning_rate=warmup_cosine_decay_schedule(\
+init_value=0.0, peak_value=0.001, warmup_steps=10, decay_steps=100, end_value=0.0, exponent=1.0)),
+            ),
+        ),
+        'frozen': set_to_zero(),
+    },
+    param_labels={'embed/**': 'frozen', 'encoder/**': 'body', 'head/*': 'head'},
+)"""
+    names = {name: getattr(gx, name) for name in gx.__all__}
+    for recipe in [opt, gx.adamw(1e-3), gx.chain(gx.clip_by_global_norm(1.0), gx.adamw(1e-3)),
+                   gx.MultiSteps(gx.lookahead(gx.adamw(1e-3, weight_decay=1e-2), 5, 0.5), 4),
+                   gx.named_chain(("clip", gx.clip_by_global_norm(1.0)), ("adam", gx.adam(0.1)))]:
+        assert eval(repr(recipe), names) == recipe, repr(recipe)
+    # a chain of primitives alone keeps its one-line recipe, however long
+    assert "\n" not in repr(gx.adamw(1e-3, nesterov=True))
+
+
 def test_same_recipe_compares_equal_and_hashes_equal():
     assert gx.adamw(1e-3) == gx.adamw(1e-3)
     assert hash(gx.adamw(1e-3)) == hash(gx.adamw(1e-3))

@@ -154,12 +154,6 @@ class schedule_free(Transformation):
             base_optimizer_state=base_state, z=z,
         )
 
-    def hyperparams(self, state) -> dict:
-        out = super().hyperparams(state)
-        out[type(self.base_optimizer).__name__] = self.base_optimizer.hyperparams(
-            state.base_optimizer_state)
-        return out
-
     def _substates(self, state):
         return [(type(self.base_optimizer).__name__, self.base_optimizer,
                  state.base_optimizer_state)]

@@ -139,7 +139,10 @@ class PytreeDataclass:
     def __hash__(self) -> int:
         return hash(jax.tree_util.tree_structure(self))
 
-    def __repr__(self) -> str:
+    def _repr_parts(self) -> list[tuple[str, Any]]:
+        """(prefix, value) per argument of the recipe: `name=` and the field's value, with
+        options at their defaults and optional hyperparameters left out. A class whose
+        constructor takes its arguments otherwise (`chain(*transforms)`) overrides this."""
         parts = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -148,8 +151,77 @@ class PytreeDataclass:
                 continue
             if kind in ("hyper", "constant") and value is None and f.default is None:
                 continue  # an optional hyperparameter left out
-            parts.append(f"{f.name}={format_value(value)}")
-        return f"{type(self).__name__}({', '.join(parts)})"
+            parts.append((f"{f.name}=", value))
+        return parts
+
+    def __repr__(self) -> str:
+        return format_recipe(self)
+
+
+REPR_WIDTH = 100
+
+
+def _inline(value) -> str:
+    if isinstance(value, PytreeDataclass) and type(value).__repr__ is PytreeDataclass.__repr__:
+        inner = ", ".join(prefix + _inline(v) for prefix, v in value._repr_parts())
+        return f"{type(value).__name__}({inner})"
+    if type(value) is tuple and any(isinstance(v, PytreeDataclass) for v in value):
+        inner = ", ".join(_inline(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if type(value) is dict and any(isinstance(v, PytreeDataclass) for v in value.values()):
+        return "{" + ", ".join(f"{k!r}: {_inline(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, PytreeDataclass):
+        return repr(value)
+    return format_value(value)
+
+
+def _is_combinator(value) -> bool:
+    """A transformation holding other transformations (chain, partition, a wrapper)."""
+    return (isinstance(value, PytreeDataclass) and bool(value._child_fields)
+            and callable(getattr(value, "update", None))
+            and type(value).__repr__ is PytreeDataclass.__repr__)
+
+
+def _holds_combinator(value) -> bool:
+    children = [v for name in value._child_fields for v in jax.tree_util.tree_leaves(
+        getattr(value, name), is_leaf=lambda x: isinstance(x, PytreeDataclass))]
+    return any(_is_combinator(v) for v in children)
+
+
+def format_recipe(value, indent: int = 0, column: int | None = None, *,
+                  nested: bool = False) -> str:
+    """The recipe of a transformation or schedule, as its `repr`.
+
+    One line when it fits in REPR_WIDTH columns. Otherwise a combinator (a chain, partition or
+    wrapper) that is nested in another or holds one is written one argument per line, nested
+    recipes indented by four spaces; primitives and schedules stay on one line, and so does a
+    chain of primitives on its own (`adamw(...)`'s recipe). Either form evaluates, with
+    gradxform's names in scope, to an equal object.
+
+    `indent` is the indentation of the lines the value continues on, `column` where its first
+    line starts (default: `indent`).
+    """
+    line = _inline(value)
+    if (indent if column is None else column) + len(line) <= REPR_WIDTH:
+        return line
+    inner = indent + 4
+    if _is_combinator(value) and (nested or _holds_combinator(value)):
+        items = [prefix + format_recipe(v, inner, inner + len(prefix), nested=True)
+                 for prefix, v in value._repr_parts()]
+        opening = f"{type(value).__name__}("
+        closing = ")"
+    elif nested and type(value) is tuple and any(isinstance(v, PytreeDataclass) for v in value):
+        items = [format_recipe(v, inner, nested=True) for v in value]
+        opening, closing = "(", ")"
+    elif nested and type(value) is dict and any(isinstance(v, PytreeDataclass)
+                                                for v in value.values()):
+        items = [f"{k!r}: " + format_recipe(v, inner, inner + len(repr(k)) + 2, nested=True)
+                 for k, v in value.items()]
+        opening, closing = "{", "}"
+    else:
+        return line
+    body = "".join(f"{' ' * inner}{item},\n" for item in items)
+    return f"{opening}\n{body}{' ' * indent}{closing}"
 
 
 @overload
