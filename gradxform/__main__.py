@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from gradxform import __version__
+import gradxform
 
 
 def _program_name() -> str:
@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
         prog=_program_name(),
         description="gradxform: composable gradient transformations for JAX.",
     )
-    parser.add_argument("--version", action="version", version=f"gradxform {__version__}")
+    parser.add_argument("--version", action="version", version=f"gradxform {gradxform.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
