@@ -8,9 +8,14 @@ Every idea of an optimizer is one transformation with `init(params) -> state` an
 from gradxform._src.protocol.caches import clear_caches
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.elementwise import ElementwiseTransformation
-from gradxform._src.protocol.fields import constant, hyperparameter, static
+from gradxform._src.protocol.fields import child, constant, hyperparameter, in_interval, static
 from gradxform._src.protocol.schedule import Schedule, resolve
-from gradxform._src.protocol.transformation import EmptyState, Transformation, safe_increment
+from gradxform._src.protocol.transformation import (
+    EmptyState,
+    Transformation,
+    require_params,
+    safe_increment,
+)
 
 # -- optax's names: the protocol's types, hyperparameters in the state (optax compatibility) --
 from gradxform._src.protocol.transformation import (  # noqa: I001
@@ -422,6 +427,7 @@ __all__ = [
     "bias_correction",
     "centralize",
     "chain",
+    "child",
     "clip",
     "clip_by_block_rms",
     "clip_by_global_norm",
@@ -452,6 +458,7 @@ __all__ = [
     "hyperparams",
     "identity",
     "incremental_update",
+    "in_interval",
     "join_schedules",
     "lbfgs",
     "keep_params_nonnegative",
@@ -500,6 +507,7 @@ __all__ = [
     "reduce_lr_on_plateau",
     "reduce_on_plateau",
     "relative_step_schedule",
+    "require_params",
     "resolve",
     "rmsprop",
     "rprop",

@@ -240,7 +240,14 @@ def _objective_arguments(params):
 
 # Keyword arguments of check_transformation for the cases that need them: the Polyak step
 # size reads the loss at the params from update(..., value=loss).
+def _with_hessian(params):
+    return {"hessian": jax.tree.map(lambda x: jnp.abs(x) + jnp.asarray(0.5, x.dtype), params)}
+
+
 CHECK_OPTIONS = {
+    # Sophia refuses to run without a Hessian estimate.
+    **{name: dict(extra_args=_with_hessian(default_params()), make_extra_args=_with_hessian)
+       for name in ("scale_by_sophia", "sophia")},
     "scale_by_polyak": dict(extra_args={"value": 2.5}),
     "polyak_sgd": dict(extra_args={"value": 2.5}),
     "reduce_on_plateau": dict(extra_args={"value": 0.5}),

@@ -263,7 +263,7 @@ class scale_by_param_block_rms(Transformation):
 
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, "scale_by_param_block_rms")
-        lookup = leaf_scalars(dict(eps2=self.min_scale))
+        lookup = leaf_scalars(dict(eps2=self.at(None).min_scale))
 
         def rescale(g, p):
             wide = p.astype(tree_utils.moment_dtype(p))  # float32 for 16-bit params
