@@ -8,9 +8,14 @@ Every idea of an optimizer is one transformation with `init(params) -> state` an
 from gradxform._src.protocol.caches import clear_caches
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.elementwise import ElementwiseTransformation
-from gradxform._src.protocol.fields import constant, hyperparameter, static
+from gradxform._src.protocol.fields import child, constant, hyperparameter, in_interval, static
 from gradxform._src.protocol.schedule import Schedule, resolve
-from gradxform._src.protocol.transformation import EmptyState, Transformation, safe_increment
+from gradxform._src.protocol.transformation import (
+    EmptyState,
+    Transformation,
+    require_params,
+    safe_increment,
+)
 
 # -- optax's names: the protocol's types, hyperparameters in the state (optax compatibility) --
 from gradxform._src.protocol.transformation import (  # noqa: I001
@@ -250,6 +255,14 @@ from gradxform._src.primitives.zoom import (
     scale_by_zoom_linesearch,
 )
 from gradxform._src.solvers.full_batch import MinimizeResult, MinimizeStatus, minimize
+# -- Beyond optax and torch: C-AdamW and MARS (2024) --
+from gradxform._src.composition.cautious_masking import cautious
+from gradxform._src.presets.variance_and_caution import cadamw, mars
+from gradxform._src.primitives.transformers_adam import (
+    ScaleByAdamTransformersState,
+    scale_by_adam_transformers,
+)
+from gradxform._src.primitives.variance_reduction import ScaleByMarsState, scale_by_mars
 
 # -- Schedules (gradxform/_src/schedules/) --
 from gradxform._src.schedules.common import function_schedule
@@ -303,6 +316,9 @@ from gradxform._src.fast.step import make_step, update_and_apply
 # -- Interoperability (gradxform/_src/interop/) --
 from gradxform._src.interop.optax_interop import from_optax, to_optax
 
+# -- Placing optimizer state on a mesh, also in gradxform.sharding (gradxform/_src/interop/) --
+from gradxform._src.interop.sharding import state_shardings
+
 # -- optax's remaining utilities: numerics, moment updates, linear algebra, extra args --
 from gradxform._src.protocol.transformation import (  # noqa: I001
     init_empty_state,
@@ -337,6 +353,14 @@ __all__ = [
     "update_moment",
     "update_moment_per_elem_norm",
     "with_extra_args_support",
+    # beyond optax and torch: C-AdamW and MARS (2024)
+    "ScaleByAdamTransformersState",
+    "ScaleByMarsState",
+    "cadamw",
+    "cautious",
+    "mars",
+    "scale_by_adam_transformers",
+    "scale_by_mars",
     # optax's names for the protocol's types and for hyperparameters kept in the state
     "GradientTransformation",
     "GradientTransformationExtraArgs",
@@ -358,6 +382,8 @@ __all__ = [
     "snapshot",
     "stateless",
     "stateless_with_tree_map",
+    # placing optimizer state on a device mesh
+    "state_shardings",
     # everything else
     "AddNoiseState",
     "ApplyIfFiniteState",
@@ -432,6 +458,7 @@ __all__ = [
     "bias_correction",
     "centralize",
     "chain",
+    "child",
     "clip",
     "clip_by_block_rms",
     "clip_by_global_norm",
@@ -462,6 +489,7 @@ __all__ = [
     "hyperparams",
     "identity",
     "incremental_update",
+    "in_interval",
     "join_schedules",
     "lbfgs",
     "keep_params_nonnegative",
@@ -510,6 +538,7 @@ __all__ = [
     "reduce_lr_on_plateau",
     "reduce_on_plateau",
     "relative_step_schedule",
+    "require_params",
     "resolve",
     "rmsprop",
     "rprop",

@@ -1,4 +1,5 @@
-"""The command line: `python -m gradxform demo [--out DIR] [--quick]`."""
+"""The command line: `python -m gradxform demo [--out DIR] [--quick]`, `--version`; installed,
+also the `gradxform` command."""
 
 from __future__ import annotations
 
@@ -6,12 +7,25 @@ import argparse
 import os
 import sys
 
+import gradxform
+
+
+def _program_name() -> str:
+    """How the user called it: `python -m gradxform`, or the name of the installed command."""
+    main_module = sys.modules.get("__main__")
+    spec = getattr(main_module, "__spec__", None)
+    if spec is not None and spec.name == "gradxform.__main__":
+        return "python -m gradxform"
+    name = os.path.splitext(os.path.basename(sys.argv[0] if sys.argv else ""))[0]
+    return name if name.startswith("gradxform") else "python -m gradxform"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m gradxform",
+        prog=_program_name(),
         description="gradxform: composable gradient transformations for JAX.",
     )
+    parser.add_argument("--version", action="version", version=f"gradxform {gradxform.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
         "demo",

@@ -6,6 +6,7 @@ XLA_FLAGS=--xla_force_host_platform_device_count=8, so the flag never reaches th
 """
 
 import json
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -145,7 +146,66 @@ def main():
     train["max_abs_diff"] = max_abs_diff((p, s), (p1, s1))
     train["max_abs_param"] = max(float(np.max(np.abs(np.asarray(v)))) for v in jax.tree.leaves(p1))
     out["train"] = train
+    out.update(every_transformation())
     print(json.dumps(out))
+
+
+def shard_bytes(state, shardings):
+    """Bytes of the state that device 0 holds: the sum over leaves of its shard's size."""
+    return sum(int(np.prod(sh.shard_shape(x.shape))) * x.dtype.itemsize for x, sh in zip(
+        jax.tree.leaves(state), jax.tree.leaves(shardings), strict=True))
+
+
+def every_transformation():
+    """state_shardings for every public transformation (the conformance cases), from the
+    abstract params only: no state is allocated and nothing is compiled."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_conformance import CASES
+
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    specs = {"dense": {"w": P("model", None), "b": P()}, "scale": P(), "frozen": None,
+             "empty": P()}
+    params = gx.testing.default_params()
+    abstract = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(
+        p.shape, p.dtype, sharding=NamedSharding(mesh, s)), params, specs)
+    cases, declared = {}, {}
+    for name, factory in sorted(CASES.items()):
+        opt = factory()
+        state = jax.eval_shape(opt.init, abstract)
+        r = cases[name] = {"leaves": len(jax.tree.leaves(state))}
+        for label, data_axis in (("follow", None), ("zero1", "data")):
+            sh = state_shardings(opt, abstract, data_axis=data_axis)
+            same = jax.tree.structure(sh) == jax.tree.structure(state)
+            leaves = jax.tree.leaves(sh)
+            r[f"{label}_named"] = same and all(isinstance(x, NamedSharding) for x in leaves)
+            # Every spec fits its leaf (shard_shape raises otherwise), scalars are replicated.
+            r[f"{label}_bytes"] = shard_bytes(state, sh) if r[f"{label}_named"] else -1
+            r[f"{label}_scalars_replicated"] = all(
+                tuple(x.spec) == () for x, s in zip(leaves, jax.tree.leaves(state), strict=True)
+                if s.ndim == 0)
+            if name in ("scale_by_factored_rms", "scale_by_factored_rms_torch", "adafactor",
+                        "scale_by_sm3", "sm3") and label == "follow":
+                declared[name] = leaf_specs(sh)
+
+    # Per-device bytes of the optimizer state of a small transformer-like tree, on one device
+    # and under ZeRO-1 over 8 devices.
+    shapes = {"embed": (8192, 512), "attn": {"qkv": (512, 1536), "out": (1536, 512)},
+              "mlp": {"up": (512, 2048), "down": (2048, 512)}, "norm": (512,), "bias": (2048,)}
+    is_shape = lambda x: isinstance(x, tuple) and all(isinstance(n, int) for n in x)  # noqa: E731
+    memory = {}
+    for label, n in (("one_device", 1), ("zero1_8", 8)):
+        mesh = jax.make_mesh((n,), ("data",), devices=jax.devices()[:n],
+                             axis_types=(AxisType.Explicit,))
+        replicated = NamedSharding(mesh, P())
+        tree = jax.tree.map(lambda s, r=replicated: jax.ShapeDtypeStruct(
+            s, jnp.float32, sharding=r), shapes, is_leaf=is_shape)
+        for name, opt in (("adamw", gx.adamw(1e-3)), ("adafactor", gx.adafactor(1e-3)),
+                          ("muon", gx.muon(0.02))):
+            sh = state_shardings(opt, tree, data_axis="data")
+            memory.setdefault(name, {})[label] = shard_bytes(jax.eval_shape(opt.init, tree), sh)
+    memory["params_bytes"] = sum(4 * int(np.prod(s)) for s in jax.tree.leaves(
+        shapes, is_leaf=is_shape))
+    return {"cases": cases, "declared": declared, "memory": memory}
 
 
 if __name__ == "__main__":

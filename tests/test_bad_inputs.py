@@ -161,10 +161,56 @@ def test_invalid_hyperparameters_are_refused_at_construction(make, error, messag
         make()
 
 
-def test_an_unknown_dtype_option_fails_at_init_naming_it():
-    opt = gx.adam(0.1, mu_dtype="float17")
-    with pytest.raises(TypeError, match="float17"):
-        opt.init(_params())
+@pytest.mark.parametrize("make, option", [
+    (lambda d: gx.adam(0.1, mu_dtype=d), "scale_by_adam: mu_dtype"),
+    (lambda d: gx.scale_by_adam(nu_dtype=d), "scale_by_adam: nu_dtype"),
+    (lambda d: gx.ema(0.9, accumulator_dtype=d), "ema: accumulator_dtype"),
+    (lambda d: gx.MultiSteps(gx.sgd(0.1), 2, accumulator_dtype=d), "MultiSteps: accumulator_dtype"),
+])
+def test_an_unknown_dtype_option_is_refused_at_construction_naming_it(make, option):
+    # numpy's own "data type 'bf16' not understood" came from init, naming no option
+    for bad in ["bf16", "float17", jnp.int32]:
+        with pytest.raises(ValueError, match=rf"{option} must be None or a floating-point dtype "
+                                             rf"\(jnp.float32, jnp.bfloat16, 'bfloat16'.*got "):
+            make(bad)
+    make("bfloat16").init(_params())  # names numpy understands are fine
+
+
+@pytest.mark.parametrize("flag", [True, False, np.bool_(True), jnp.array(True)])
+def test_a_bool_hyperparameter_is_refused(flag):
+    # True would have been a learning rate of 1.0
+    with pytest.raises(TypeError, match=r"scale_by_learning_rate: learning_rate must be a number, "
+                                        r"an array or a schedule, got .*True|False.* \(a bool"):
+        gx.sgd(flag)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: gx.sgd(gx.linear_schedule(1e-3, -1e-3, 10)),
+     r"scale_by_learning_rate: learning_rate must be >= 0, got linear_schedule\(init_value=0.001, "
+     r"end_value=-0.001, .*\), whose final value is -0.001"),
+    (lambda: gx.adam(1e-3, b1=gx.linear_schedule(0.9, 1.0, 10)),
+     r"scale_by_adam: b1 must be in \[0, 1\), got linear_schedule.*whose final value is 1.0"),
+    (lambda: gx.adamw(gx.warmup_cosine_decay_schedule(-1e-4, 1e-3, 10, 100)),
+     r"learning_rate must be >= 0, got warmup_cosine.*whose value at step 0 is -0.0001"),
+    (lambda: gx.sgd(gx.join_schedules([gx.constant_schedule(0.1),
+                                       gx.cosine_decay_schedule(0.1, 10, alpha=-1.0)], [5])),
+     r"learning_rate must be >= 0, got join_schedules.*whose final value of schedules\[1\] is "
+     r"-0.1"),
+    (lambda: gx.sgd(gx.step_lr_schedule(-0.1, 10)),   # end points found by evaluating it
+     r"learning_rate must be >= 0, got step_lr_schedule.*whose value at step 0 is -0.1"),
+])
+def test_a_schedule_whose_end_points_leave_the_range_is_refused_at_construction(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_schedules_inside_the_range_and_traced_schedules_are_accepted():
+    gx.sgd(gx.linear_schedule(1e-3, 0.0, 10))
+    gx.adam(1e-3, b1=gx.linear_schedule(0.5, 0.9, 10))
+    gx.sgd(gx.join_schedules([lambda count: -1.0, gx.constant_schedule(0.1)], [3]))  # not called
+    state = gx.sgd(0.1).init(_params())
+    read = jax.jit(lambda p: gx.hyperparams(gx.sgd(gx.linear_schedule(p, -p, 10)), state))
+    assert np.isfinite(read(jnp.float32(0.1))["scale_by_learning_rate"]["learning_rate"])
 
 
 def test_traced_hyperparameters_are_not_checked_at_construction():

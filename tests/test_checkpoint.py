@@ -141,3 +141,27 @@ def test_a_checkpoint_with_an_extra_entry_is_refused(tmp_path):
     checkpoint.save(tmp_path / "ckpt", {"opt_state": opt.init(_params()), "step": 3})
     with pytest.raises(ValueError, match="'step' is in the checkpoint but not in `like`"):
         checkpoint.restore(tmp_path / "ckpt", {"opt_state": jax.eval_shape(opt.init, _params())})
+
+
+def test_restoring_into_other_static_options_is_refused_unless_intended(tmp_path):
+    """nesterov=False saved, nesterov=True in the code: the resumed run would be another
+    optimizer without a word."""
+    params = _params()
+    mask = lambda p: {k: k == "w" for k in p}  # noqa: E731  (a function: compared by name)
+    saved = gx.adamw(0.05, mask=mask)
+    checkpoint.save(tmp_path / "ckpt", {"opt_state": saved.init(params), "optimizer": saved})
+
+    def like(opt):
+        return {"opt_state": jax.eval_shape(opt.init, params), "optimizer": opt}
+
+    changed = gx.adamw(0.05, mask=mask, nesterov=True)
+    with pytest.raises(ValueError, match=r"option nesterov of scale_by_adam \(at "
+                                         r"'optimizer/transforms\[0\]\.nesterov'\) is False in "
+                                         r"the checkpoint but True in `like`; pass "
+                                         r"allow_changed_options=True if the change is intended"):
+        checkpoint.restore(tmp_path / "ckpt", like(changed))
+    restored = checkpoint.restore(tmp_path / "ckpt", like(changed), allow_changed_options=True)
+    assert restored["optimizer"] == changed
+    # the same recipe built again (a new function object for the mask) restores as before
+    same = gx.adamw(0.05, mask=lambda p: {k: k == "w" for k in p})
+    assert checkpoint.restore(tmp_path / "ckpt", like(same))["optimizer"] == same

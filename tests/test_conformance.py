@@ -119,6 +119,13 @@ CASES = {
     "with_extra_args_support": lambda: gx.with_extra_args_support(optax.sgd(0.1)),
     # flatten.py
     "flatten": lambda: gx.flatten(gx.adamw(1e-2)),
+    # cautious_masking.py, transformers_adam.py, variance_reduction.py, variance_and_caution.py
+    "cautious": lambda: gx.cautious(gx.scale_by_adam(), eps=1e-2),
+    "cadamw": lambda: gx.cadamw(1e-2, weight_decay=1e-2),
+    "scale_by_adam_transformers": lambda: gx.scale_by_adam_transformers(0.8, eps=1e-4),
+    "scale_by_mars": lambda: gx.scale_by_mars(gamma=0.1),
+    "mars": lambda: gx.mars(1e-2, weight_decay=1e-2),
+    "mars_optimize_1d": lambda: gx.mars(1e-2, optimize_1d=True),
     # sophia.py, muon.py, schedule_free.py, adafactor.py, quantized.py
     "scale_by_sophia": lambda: gx.scale_by_sophia(),
     "scale_by_muon": lambda: gx.masked(gx.scale_by_muon(), _MATRICES),
@@ -234,7 +241,14 @@ def _objective_arguments(params):
 
 # Keyword arguments of check_transformation for the cases that need them: the Polyak step
 # size reads the loss at the params from update(..., value=loss).
+def _with_hessian(params):
+    return {"hessian": jax.tree.map(lambda x: jnp.abs(x) + jnp.asarray(0.5, x.dtype), params)}
+
+
 CHECK_OPTIONS = {
+    # Sophia refuses to run without a Hessian estimate.
+    **{name: dict(extra_args=_with_hessian(default_params()), make_extra_args=_with_hessian)
+       for name in ("scale_by_sophia", "sophia")},
     "scale_by_polyak": dict(extra_args={"value": 2.5}),
     "polyak_sgd": dict(extra_args={"value": 2.5}),
     "reduce_on_plateau": dict(extra_args={"value": 0.5}),

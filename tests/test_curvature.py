@@ -238,6 +238,28 @@ def test_conformance_with_hessian_refreshes():
                          make_extra_args=with_hessian)
 
 
+def test_updates_without_any_hessian_estimate_are_refused():
+    """gx.sophia(lr) updated without hessian= would keep h = 0 and run as clipped sign momentum."""
+    opt = sophia(1e-2)
+    params = {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}
+    message = r"scale_by_sophia.update: no Hessian estimate has been passed in the first two"
+    state = opt.init(params)
+    _, state = opt.update(params, state, params)      # the first may go without (optax's order)
+    with pytest.raises(ValueError, match=message):
+        opt.update(params, state, params)
+    step = jax.jit(lambda s: opt.update(params, s, params)[1])
+    with pytest.raises(Exception, match=message):      # raised by the compiled step when it runs
+        jax.block_until_ready(step(step(opt.init(params))))
+    # one estimate, at the first or the second update, is enough for the steps that follow
+    hessian = jax.tree.map(jnp.ones_like, params)
+    refresh = jax.jit(lambda s: opt.update(params, s, params, hessian=hessian)[1])
+    for refresh_at in (0, 1):
+        state = opt.init(params)
+        for t in range(4):
+            state = (refresh if t == refresh_at else step)(state)
+        assert int(jax.block_until_ready(state[0].estimates)) == 1
+
+
 def test_hessian_of_another_shape_is_refused():
     t = scale_by_sophia()
     g = {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}

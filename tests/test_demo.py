@@ -13,6 +13,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import numpy as np
 import pytest
 
+import gradxform
 from gradxform.__main__ import main
 from gradxform.demo import cli
 from gradxform.demo.experiments.rosenbrock import classic_optimizers, run_rosenbrock
@@ -182,6 +183,18 @@ def test_help_explains_the_commands():
                             capture_output=True, text=True, check=True)
     for option in ["--out DIR", "--quick", "--no-plots"]:
         assert option in result.stdout
+
+
+def test_version_and_the_installed_command_names_itself():
+    result = subprocess.run([sys.executable, "-m", "gradxform", "--version"],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == f"gradxform {gradxform.__version__}"
+    # the console script `gradxform` (pyproject's [project.scripts]) calls main() itself
+    script = ("import sys; sys.argv[0] = '/usr/local/bin/gradxform'; "
+              "from gradxform.__main__ import main; sys.exit(main(['--help']))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.startswith("usage: gradxform [-h] [--version]"), result.stdout
 
 
 def test_no_command_prints_help(capsys):

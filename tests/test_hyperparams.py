@@ -277,3 +277,58 @@ def test_vmap_over_a_schedule_peak():
         lrs = np.where(t < 5, peak * t / 5, peak * 0.5 * (1 + np.cos(np.pi * (t - 5) / 15)))
         assert_params_close(jax.tree.map(lambda x, i=i: x[i], swept),
                             numpy_adamw(PARAMS, lrs, [0.0] * 20, [0.9] * 20))
+
+
+# -- reading what was built: names and nesting ----------------------------------------------------
+
+
+def test_hyperparams_names_a_nested_chain_by_its_members():
+    """adamw chained after a clip: its entries are named by what they are, not nested under
+    a key 'chain'."""
+    opt = gx.chain(gx.clip_by_global_norm(1.0), gx.adamw(1e-3), gx.scale(0.5), gx.scale(2.0))
+    read = gx.hyperparams(opt, opt.init(PARAMS))
+    assert list(read) == ["clip_by_global_norm", "scale_by_adam", "add_decayed_weights",
+                          "scale_by_learning_rate", "scale", "scale_1"]
+    assert read["scale_by_learning_rate"] == {"learning_rate": 1e-3}
+    assert read["scale_1"] == {"step_size": 2.0}
+
+
+def test_hyperparams_recurses_into_the_children_of_a_user_written_wrapper():
+    from typing import Any, NamedTuple
+
+    class TwoState(NamedTuple):
+        count: Any
+        inner_state: Any
+        extra_state: Any
+
+    @gx.pytree_dataclass
+    class alternate(gx.Transformation):
+        """Odd steps with `inner`, even steps with `extra` (both keep their state)."""
+        mix: float = gx.hyperparameter(0.5)
+        inner: Any = gx.child()
+        extra: Any = gx.child()
+
+        def init(self, params):
+            return TwoState(jnp.zeros([], jnp.int32), self.inner.init(params),
+                            self.extra.init(params))
+
+        def update(self, updates, state, params=None, **extra_args):
+            a, sa = self.inner.update(updates, state.inner_state, params)
+            b, sb = self.extra.update(updates, state.extra_state, params)
+            return a, TwoState(gx.safe_increment(state.count), sa, sb)
+
+    lr = gx.linear_schedule(1e-2, 0.0, 10)
+    opt = alternate(mix=gx.linear_schedule(0.5, 1.0, 10), inner=gx.adam(lr), extra=gx.sgd(0.1))
+    state = opt.init(PARAMS)
+    for _ in range(4):
+        state = opt.update(PARAMS, state, PARAMS)[1]
+    read = gx.hyperparams(opt, state)
+    # each schedule is read at its own transformation's step count: 4 steps taken
+    np.testing.assert_allclose(read["mix"], 0.5 + 0.5 * 4 / 10, rtol=1e-6)
+    np.testing.assert_allclose(read["inner"]["scale_by_learning_rate"]["learning_rate"],
+                               1e-2 * (1 - 4 / 10), rtol=1e-6)
+    assert read["extra"] == {"scale_by_learning_rate": {"learning_rate": 0.1}}
+    assert gx.get_state(opt, state, "inner/scale_by_adam").count == 4
+    # the wrapper in the README: its inner transformation under the field's name
+    cautious_like = gx.schedule_free_sgd(0.1)
+    assert "base_optimizer" in gx.hyperparams(cautious_like, cautious_like.init(PARAMS))

@@ -180,6 +180,34 @@ def test_unknown_labels_and_patterns_are_named(mixed_params):
         gx.partition({"a": gx.sgd(0.1)}, {"haed/*": "a", "**": "a"}).init(params)
 
 
+def test_a_shadowed_pattern_is_refused_naming_both_patterns(mixed_params):
+    """{"**": "slow", "head/*": "fast"} would send head to slow without a word."""
+    groups = {"slow": gx.sgd(0.1), "fast": gx.sgd(1.0)}
+    with pytest.raises(ValueError, match=r"partition: pattern 'head/\*' \(label 'fast'\) can "
+                                         r"never be the first match: the earlier pattern '\*\*' "
+                                         r"\(label 'slow'\) matches every path that it matches\. "
+                                         r".*put 'head/\*' before '\*\*'"):
+        gx.partition(groups, {"**": "slow", "head/*": "fast"})
+    for shadowed in [{"dense/**": "slow", "dense/w": "fast", "**": "slow"},
+                     {"*/w": "slow", "head/w": "fast", "**": "slow"},
+                     {"dense": "slow", "dense/*/b": "fast", "**": "slow"}]:
+        with pytest.raises(ValueError, match=r"can never be the first match"):
+            gx.partition(groups, shadowed)
+    # patterns that only overlap are fine, and so is the right order
+    params = mixed_params("float32")
+    for fine in [{"head/*": "fast", "**": "slow"},
+                 {"*/w": "fast", "dense/*": "slow", "**": "slow"}]:
+        gx.partition(groups, fine).init(params)
+    # shadowed on these params although not by construction: refused when the labels are read
+    opt = gx.partition(groups, {"h*/w": "slow", "he*/*": "fast", "**": "slow"})
+    with pytest.raises(ValueError, match=r"pattern 'he\*/\*' \(label 'fast'\) is the first match "
+                                         r"of no param: the earlier pattern 'h\*/w'"):
+        opt.init(params)
+    # a function returning patterns gets the same check
+    with pytest.raises(ValueError, match=r"pattern 'head/\*' .* can never be the first match"):
+        gx.partition(groups, lambda p: {"**": "slow", "head/*": "fast"}).init(params)
+
+
 def test_get_state_by_name_and_path(mixed_params, noisy_gradients):
     params = mixed_params("float32")
     grads = noisy_gradients(params)(params, 0)

@@ -116,8 +116,8 @@ def _quadratic_problem():
 
 @pytest.mark.parametrize("variant", ["sgd", "adamw"])
 def test_matches_the_equations_with_warmup(variant):
-    """float64, 30 steps. The warmup values γ/3, 2γ/3, γ are exact binary fractions: the
-    schedules are evaluated from the int32 step count and come out in float32."""
+    """float64, 30 steps. The warmup schedule is evaluated in float64, as the run is, and its
+    values γ/3, 2γ/3, γ are exact binary fractions."""
     A, b, y0 = _quadratic_problem()
     if variant == "sgd":
         opt = schedule_free_sgd(0.375, warmup_steps=3, b1=0.9, weight_decay=0.01)
@@ -191,4 +191,5 @@ def test_eval_params_found_inside_a_chain_and_errors():
     warm = schedule_free_sgd(0.3, warmup_steps=3)
     read = gx.hyperparams(warm, warm.init(params))
     assert float(read["learning_rate"]) == pytest.approx(0.1)  # γ (t + 1)/W at t = 0
-    assert float(read["chain"]["scale_by_learning_rate"]["learning_rate"]) == pytest.approx(0.1)
+    base = read["base_optimizer"]
+    assert float(base["scale_by_learning_rate"]["learning_rate"]) == pytest.approx(0.1)

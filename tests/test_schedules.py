@@ -456,3 +456,30 @@ def test_plot_draws_each_curve():
     np.testing.assert_allclose(lines[1].get_ydata(), np.maximum(1 - np.arange(120) / 100, 0),
                                atol=1e-6)
     plt.close(ax.figure)
+
+
+def test_a_float64_run_evaluates_its_schedule_in_float64(mixed_params, noisy_gradients,
+                                                         trajectories):
+    """Under jax_enable_x64 a schedule is evaluated in float64, as the run is. optax's
+    schedules take its int32 step count to float32, ~1e-9 away for this schedule; given the
+    count as int64 they evaluate in float64, and then optax.adamw follows the same float64
+    trajectory as gradxform's to 1e-12 over 100 steps."""
+    args = (0.0, 0.03, 10, 100)
+    ours = gx.adamw(gx.warmup_cosine_decay_schedule(*args, end_value=1e-3), weight_decay=1e-2)
+    theirs_schedule = optax.warmup_cosine_decay_schedule(*args, end_value=1e-3)
+    theirs = optax.adamw(lambda count: theirs_schedule(count.astype(jnp.int64)),
+                         weight_decay=1e-2)
+    with jax.enable_x64(True):
+        params = mixed_params("float64")
+        grads = noisy_gradients(params)
+        (a, _), (b, _) = trajectories.run([trajectories.stepper(ours, params, grads),
+                                           trajectories.stepper(theirs, params, grads)])
+        trajectories.assert_close(a, b, dict(rtol=1e-12, atol=1e-13), "adamw, float64 schedule")
+        # the learning rate the run reads: float64, the formula's value to float64 rounding
+        lr = gx.hyperparams(ours, ours.init(params))["scale_by_learning_rate"]["learning_rate"]
+        assert jnp.result_type(lr) == jnp.float64
+        at = jax.jit(lambda c: ours.transforms[2].learning_rate(c))(jnp.int32(37))
+        t = (37 - 10) / 90
+        want = 1e-3 + (0.03 - 1e-3) * 0.5 * (1 + math.cos(math.pi * t))
+        assert at.dtype == jnp.float64 and abs(float(at) - want) <= 1e-17
+        assert abs(float(theirs_schedule(jnp.int32(37))) - want) > 1e-10  # optax's int32 count

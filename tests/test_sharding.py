@@ -12,8 +12,10 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
+from test_conformance import CASES
 
 import gradxform as gx
 from gradxform.sharding import state_shardings
@@ -117,3 +119,94 @@ def test_state_shardings_has_the_state_structure_and_follows_paths():
     assert tuple(mu["dense"]["w"].spec) == ("model", "data")
     assert tuple(mu["w"].spec) == ("data", "model")
     assert tuple(sh[1][0].count.spec) == ()
+
+
+# -- every public transformation, from abstract params (one pass in the 8-device run) ---------
+
+
+def test_every_transformation_gets_a_sharding_for_every_state_leaf(observed):
+    assert set(observed["cases"]) == set(CASES)
+    for name, r in observed["cases"].items():
+        for label in ("follow", "zero1"):
+            assert r[f"{label}_named"], (name, label)
+            assert r[f"{label}_scalars_replicated"], (name, label)
+            assert r[f"{label}_bytes"] >= 0, (name, label)
+
+
+# dense/w is (4, 3) split over model on its rows (axis 0). optax's convention averages the row
+# statistic over the largest axis (0) and the column statistic over the other: the column
+# statistic keeps axis 0. torch's averages the row statistic over the last axis: it keeps 0.
+FACTORED_W = {
+    "scale_by_factored_rms": {"v_row": [], "v_col": ["model"]},
+    "scale_by_factored_rms_torch": {"v_row": ["model"], "v_col": []},
+    "adafactor": {"v_row": [], "v_col": ["model"]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(FACTORED_W))
+def test_factored_statistics_follow_the_param_axis_they_keep(observed, name):
+    specs = observed["declared"][name]
+    prefix = "[0]" if name == "adafactor" else ""
+    for field, spec in FACTORED_W[name].items():
+        assert specs[f"{prefix}.{field}['dense']['w']"] == spec, field
+    # The [0] placeholders of the full moment and of unfactored leaves are replicated.
+    assert specs[f"{prefix}.v['dense']['w']"] == []
+    assert all(v == [] for k, v in specs.items() if "['dense']['w']" not in k), specs
+
+
+@pytest.mark.parametrize("name", ["scale_by_sm3", "sm3"])
+def test_sm3_accumulators_follow_their_axis(observed, name):
+    specs = observed["declared"][name]
+    prefix = "[0]" if name == "sm3" else ""
+    assert specs[f"{prefix}.mu['dense']['w'][0]"] == ["model"]   # the 4 rows
+    assert specs[f"{prefix}.mu['dense']['w'][1]"] == []          # the 3 columns
+    assert specs[f"{prefix}.nu['dense']['w']"] == ["model"]
+    assert specs[f"{prefix}.count"] == []
+
+
+def test_per_device_state_bytes(observed):
+    m = observed["memory"]
+    n = m["params_bytes"]
+    # AdamW: two float32 moments per param and int32 step counts; every axis of the tree is
+    # divisible by 8, so ZeRO-1 keeps exactly an eighth of the moments on each device.
+    assert 2 * n < m["adamw"]["one_device"] <= 2 * n + 64
+    assert m["adamw"]["zero1_8"] - 2 * n // 8 == m["adamw"]["one_device"] - 2 * n
+    # Muon: one momentum per param, and Adam's second moment for the two vectors (512 and
+    # 2048 entries), which are not orthogonalized.
+    vectors = 4 * (512 + 2048)
+    assert n + vectors < m["muon"]["one_device"] <= n + vectors + 64
+    assert m["muon"]["zero1_8"] - (n + vectors) // 8 == m["muon"]["one_device"] - n - vectors
+    # Adafactor: rows plus columns of each matrix, the full moment of the vectors.
+    assert m["adafactor"]["one_device"] < n // 100
+    assert m["adafactor"]["zero1_8"] < m["adafactor"]["one_device"] // 4
+
+
+# -- in this process: which statistic follows which axis, from the numbers ------------------
+
+
+def _one_update(opt, spec):
+    mesh = jax.make_mesh((1, 1), ("data", "model"))
+    params = {"w": jax.device_put(jnp.ones((4, 4)), NamedSharding(mesh, spec))}
+    # g varies along axis 0 only: a statistic that keeps axis 0 varies, one that averages
+    # over it is constant.
+    grads = {"w": jnp.broadcast_to(jnp.arange(1.0, 5.0)[:, None], (4, 4))}
+    _, state = opt.update(grads, opt.init(params), params)
+    return state, state_shardings(opt, params)
+
+
+@pytest.mark.parametrize("convention", ["optax", "torch"])
+def test_square_factored_statistics_follow_the_axis_their_numbers_vary_along(convention):
+    opt = gx.scale_by_factored_rms(min_dim_size_to_factor=2, convention=convention,
+                                   epsilon=None if convention == "torch" else 1e-30)
+    state, sh = _one_update(opt, PartitionSpec("model", None))
+    for field in ("v_row", "v_col"):
+        values = np.asarray(getattr(state, field)["w"])
+        keeps_axis_0 = np.ptp(values) > 0
+        assert tuple(getattr(sh, field)["w"].spec) == (("model",) if keeps_axis_0 else (None,))
+
+
+def test_sm3_accumulators_follow_the_axis_their_numbers_vary_along():
+    state, sh = _one_update(gx.scale_by_sm3(), PartitionSpec(None, "model"))
+    for a in (0, 1):
+        keeps_axis_1 = np.ptp(np.asarray(state.mu["w"][a])) == 0   # constant: not axis 0
+        assert tuple(sh.mu["w"][a].spec) == (("model",) if keeps_axis_1 else (None,))

@@ -33,6 +33,42 @@ def test_repr_reads_as_the_recipe():
     )
 
 
+def test_a_nested_recipe_is_indented_and_evaluates_to_an_equal_optimizer():
+    schedule = gx.warmup_cosine_decay_schedule(0.0, 1e-3, 10, 100)
+    opt = gx.partition(
+        {"body": gx.adamw(1e-4, weight_decay=1e-2),
+         "head": gx.chain(gx.clip_by_global_norm(1.0), gx.adamw(schedule, weight_decay=1e-2)),
+         "frozen": gx.set_to_zero()},
+        {"embed/**": "frozen", "encoder/**": "body", "head/*": "head"})
+    assert repr(opt) == """partition(
+    transforms={
+        'body': chain(
+            scale_by_adam(b1=0.9, b2=0.999, eps=1e-08, eps_root=0.0),
+            add_decayed_weights(weight_decay=0.01),
+            scale_by_learning_rate(learning_rate=0.0001),
+        ),
+        'head': chain(
+            clip_by_global_norm(max_norm=1.0),
+            chain(
+                scale_by_adam(b1=0.9, b2=0.999, eps=1e-08, eps_root=0.0),
+                add_decayed_weights(weight_decay=0.01),
+                scale_by_learning_rate(learning_rate=warmup_cosine_decay_schedule(\
+init_value=0.0, peak_value=0.001, warmup_steps=10, decay_steps=100, end_value=0.0, exponent=1.0)),
+            ),
+        ),
+        'frozen': set_to_zero(),
+    },
+    param_labels={'embed/**': 'frozen', 'encoder/**': 'body', 'head/*': 'head'},
+)"""
+    names = {name: getattr(gx, name) for name in gx.__all__}
+    for recipe in [opt, gx.adamw(1e-3), gx.chain(gx.clip_by_global_norm(1.0), gx.adamw(1e-3)),
+                   gx.MultiSteps(gx.lookahead(gx.adamw(1e-3, weight_decay=1e-2), 5, 0.5), 4),
+                   gx.named_chain(("clip", gx.clip_by_global_norm(1.0)), ("adam", gx.adam(0.1)))]:
+        assert eval(repr(recipe), names) == recipe, repr(recipe)
+    # a chain of primitives alone keeps its one-line recipe, however long
+    assert "\n" not in repr(gx.adamw(1e-3, nesterov=True))
+
+
 def test_same_recipe_compares_equal_and_hashes_equal():
     assert gx.adamw(1e-3) == gx.adamw(1e-3)
     assert hash(gx.adamw(1e-3)) == hash(gx.adamw(1e-3))
@@ -123,6 +159,31 @@ def test_vmap_over_an_optimizer_passed_as_data():
 
     out = jax.vmap(one_step, in_axes=(axes,))(opt)
     np.testing.assert_allclose(out["head"][1], 2 * out["head"][0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("param", [jnp.ones((5, 3)), jnp.ones(())], ids=["matrix", "scalar"])
+def test_an_array_hyperparameter_outside_vmap_is_refused(param):
+    """Without vmap, lr of shape (3,) would train each column of a (5, 3) param at its own rate,
+    or turn a scalar param's update into shape (3,): refused, naming the field and the fix."""
+    opt = gx.adam(jnp.array([1e-3, 1e-2, 1e-1]))
+    state = opt.init(param)
+    message = (r"scale_by_learning_rate: learning_rate must be a scalar at each step, got an "
+               r"array of shape \(3,\)\. An array of values is a sweep: vmap over the optimizer")
+    with pytest.raises(ValueError, match=message):
+        opt.update(param, state, param)
+    with pytest.raises(ValueError, match=message):
+        jax.jit(opt.update)(param, state, param)
+
+
+def test_a_schedule_of_arrays_and_a_constant_array_are_refused_too():
+    schedule = gx.linear_schedule(jnp.array([1.0, 2.0]), 0.0, 10)
+    opt = gx.chain(gx.scale_by_adam(), gx.scale_by_learning_rate(schedule))
+    with pytest.raises(ValueError, match=r"learning_rate must be a scalar .* shape \(2,\)"):
+        opt.update(PARAMS, opt.init(PARAMS), PARAMS)
+    # a transformation without a step count checks its values as given
+    no_count = gx.scale_by_shape(consistent_rms=jnp.array([0.2, 0.3]))
+    with pytest.raises(ValueError, match=r"scale_by_shape: consistent_rms must be a scalar"):
+        no_count.update(PARAMS, no_count.init(PARAMS), PARAMS)
 
 
 # -- state -------------------------------------------------------------------------------------

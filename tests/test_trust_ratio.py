@@ -176,7 +176,7 @@ BAD = [
     (lambda: gx.scale_and_shrink(-0.1), "scale_and_shrink: learning_rate must be >= 0, got -0.1"),
     (lambda: gx.lamb(0.1, b1=1.0), "scale_by_adam: b1 must be in [0, 1), got 1.0"),
     (lambda: gx.lamb(0.1, weight_decay=-1.0), "add_decayed_weights: weight_decay must be >= 0"),
-    (lambda: gx.lars(0.1, momentum=1.5), "trace: decay must be in [0, 1), got 1.5"),
+    (lambda: gx.lars(0.1, momentum=1.5), "trace: decay must be in [0, 1], got 1.5"),
     (lambda: gx.lars(0.1, trust_coefficient=-1.0), "trust_coefficient must be >= 0, got -1.0"),
     (lambda: gx.lars(-0.1), "scale_by_learning_rate: learning_rate must be >= 0, got -0.1"),
     (lambda: gx.fromage(0.1, min_norm=-1.0), "scale_by_trust_ratio: min_norm must be >= 0"),

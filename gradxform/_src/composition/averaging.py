@@ -25,6 +25,7 @@ from gradxform._src.protocol.elementwise import (
 )
 from gradxform._src.protocol.fields import (
     child,
+    dtype_option,
     hyperparameter,
     in_interval,
     integer_at_least,
@@ -196,7 +197,7 @@ class ema_params(Transformation):
     decay: float = hyperparameter(check=in_interval(0, 1, "[)"))
     debias: bool = static(False)
     warmup: float | None = hyperparameter(None, check=lambda w: None if w > 1 else "> 1")
-    accumulator_dtype: Any = static(None)
+    accumulator_dtype: Any = static(None, check=dtype_option)
 
     def init(self, params):
         if self.debias:

@@ -13,6 +13,17 @@ from gradxform._src.protocol.fields import child, static
 from gradxform._src.protocol.transformation import OptState, Transformation, require_transformation
 
 
+def _keys(transforms) -> list[str]:
+    """The name of each transformation: its type's, with `_1`, `_2`, ... for repeats."""
+    keys: list[str] = []
+    for t in transforms:
+        name, key, k = type(t).__name__, type(t).__name__, 1
+        while key in keys:
+            key, k = f"{name}_{k}", k + 1
+        keys.append(key)
+    return keys
+
+
 @pytree_dataclass
 class chain(Transformation):
     """Applies transformations in sequence: the updates of one are the input of the next.
@@ -43,22 +54,27 @@ class chain(Transformation):
         return updates, tuple(new_state)
 
     def hyperparams(self, state) -> dict:
-        return {key: t.hyperparams(s) for key, t, s in self._substates(state)
+        """Each member's hyperparameters under its type's name (repeats: `scale_1`, ...). A chain
+        inside a chain is read as its members, named by what they are: `chain(clip, adamw)`
+        gives `clip_by_global_norm`, `scale_by_adam`, ..., not a key `chain`."""
+        members = self._flat_members(state)
+        return {key: t.hyperparams(s) for key, (t, s) in zip(_keys(t for t, _ in members),
+                                                             members, strict=True)
                 if hasattr(t, "hyperparams")}
+
+    def _flat_members(self, state) -> list:
+        out: list = []
+        for t, s in zip(self.transforms, state, strict=True):
+            out += t._flat_members(s) if type(t) is chain else [(t, s)]
+        return out
 
     def _substates(self, state):
         """(key, transformation, state) per member; the key is the type's name, with `_1`,
         `_2`, ... for repeats (`scale_by_adam`, `scale_by_adam_1`)."""
-        keys: list[str] = []
-        for t in self.transforms:
-            name, key, k = type(t).__name__, type(t).__name__, 1
-            while key in keys:
-                key, k = f"{name}_{k}", k + 1
-            keys.append(key)
-        return list(zip(keys, self.transforms, state, strict=True))
+        return list(zip(_keys(self.transforms), self.transforms, state, strict=True))
 
-    def __repr__(self) -> str:
-        return f"chain({', '.join(repr(t) for t in self.transforms)})"
+    def _repr_parts(self):
+        return [("", t) for t in self.transforms]
 
 
 def hyperparams(transformation: Transformation, state: OptState) -> dict:
@@ -124,9 +140,8 @@ class named_chain(Transformation):
     def _substates(self, state):
         return [(name, t, state[name]) for name, t in zip(self.names, self.transforms)]
 
-    def __repr__(self) -> str:
-        pairs = ", ".join(f"({n!r}, {t!r})" for n, t in zip(self.names, self.transforms))
-        return f"named_chain({pairs})"
+    def _repr_parts(self):
+        return [("", (n, t)) for n, t in zip(self.names, self.transforms)]
 
 
 def _children(transformation, state) -> list:

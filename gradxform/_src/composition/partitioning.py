@@ -194,15 +194,64 @@ def _match_prefix(pattern: tuple[str, ...], segs: tuple[str, ...]) -> bool:
     )
 
 
+def _segment_covers(a: str, b: str) -> bool:
+    """Whether glob segment `a` matches every segment that glob segment `b` matches (sure
+    answers only: False where it cannot tell)."""
+    return a == b or a == "*" or (not any(c in b for c in "*?[") and fnmatch.fnmatchcase(b, a))
+
+
+def _covers(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Whether pattern `a` matches (a prefix of) every path that pattern `b` matches."""
+    if not a:
+        return True                  # a matched a prefix: everything under it is matched
+    if a[0] == "**":
+        return any(_covers(a[1:], b[i:]) for i in range(len(b) + 1))
+    if not b or b[0] == "**":
+        return False                 # b matches paths that a's next segment need not match
+    return _segment_covers(a[0], b[0]) and _covers(a[1:], b[1:])
+
+
+def _split(pattern: str) -> tuple[str, ...]:
+    return tuple(pattern.strip("/").split("/"))
+
+
+def _shadowed_message(where: str, patterns: dict, late: str, early: str, verdict: str,
+                      why: str) -> str:
+    return (
+        f"{where}: pattern {late!r} (label {patterns[late]!r}) {verdict}: "
+        f"the earlier pattern {early!r} (label {patterns[early]!r}) {why}. The first "
+        f"matching pattern wins; put {late!r} before {early!r} (specific patterns first, "
+        f"'**' last)"
+    )
+
+
+def check_shadowing(patterns: dict, where: str) -> None:
+    """Raises a ValueError when a pattern matches only paths that an earlier one matches."""
+    split = [(p, _split(p)) for p in patterns]
+    for j, (late, b) in enumerate(split):
+        for early, a in split[:j]:
+            if _covers(a, b):
+                raise ValueError(_shadowed_message(
+                    where, patterns, late, early, "can never be the first match",
+                    "matches every path that it matches"))
+
+
 def _pattern_labels(patterns: dict, tree, where: str) -> list:
+    check_shadowing(patterns, where)
     leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]
-    compiled = [(p, tuple(p.strip("/").split("/")), label) for p, label in patterns.items()]
+    compiled = [(p, _split(p), label) for p, label in patterns.items()]
+    first: dict[str, str] = {}      # pattern -> the first pattern of a param it matches
+    winners: set[str] = set()
     used: set[str] = set()
     labels: list = []
     for path, leaf in leaves:
         segs = path_segments(path)
         hits = [(p, label) for p, pat, label in compiled if _match_prefix(pat, segs)]
         used.update(p for p, _ in hits)
+        if leaf is not None and hits:
+            winners.add(hits[0][0])
+            for p, _ in hits[1:]:
+                first.setdefault(p, hits[0][0])
         if leaf is None:
             labels.append(None)
         elif hits:
@@ -219,6 +268,11 @@ def _pattern_labels(patterns: dict, tree, where: str) -> list:
             f"{where}: pattern '{unused[0]}' matches no param (param paths look like "
             f"'{example}'; '*' matches within one level, '**' any number of levels)"
         )
+    for p in patterns:
+        if p in first and p not in winners:
+            raise ValueError(_shadowed_message(
+                where, patterns, p, first[p], "is the first match of no param",
+                "comes first for every param that it matches"))
     return labels
 
 
@@ -231,6 +285,7 @@ class _StaticLabels(StaticValue):
         if callable(value):
             key: tuple = ("callable", value)
         elif _is_patterns(value):
+            check_shadowing(value, "partition")
             key = ("patterns", tuple(value.items()))
         else:
             key = self.tree_key(value)
@@ -272,7 +327,10 @@ class partition(Transformation):
         - a dict of path patterns to labels, e.g. `{"encoder/**": "body", "head/*": "head"}`.
           Paths read like `layer1/w`; '*' matches within one level, '**' across levels, and a
           pattern that matches a path also labels everything under it. The first matching
-          pattern wins, so put specific patterns before general ones and '**' last;
+          pattern wins, so put specific patterns before general ones and '**' last; a pattern
+          that can never be the first match (`{"**": "a", "head/*": "b"}`), or is the first
+          match of no param, is refused, naming it and the earlier pattern that takes its
+          params;
         - a function of the params (or updates) returning either of the above.
       mask_compatible_extra_args: whether an extra argument of `update` with the structure of
         the updates is restricted to each group's leaves too, as the updates are.

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.fields import child, integer_at_least, static
 from gradxform._src.protocol.transformation import Transformation
@@ -72,6 +73,7 @@ def _map(signed: bool, dtype):
 
 def _blocks(flat, block_size: int):
     """flat padded with zeros to whole blocks, as (num_blocks, block_size)."""
+    flat = tree_utils.gathered(flat)  # blocks of consecutive entries cross the shards
     num_blocks = -(-flat.shape[0] // block_size)
     padded = jnp.pad(flat, (0, num_blocks * block_size - flat.shape[0]))
     return padded.reshape(num_blocks, block_size)

@@ -29,7 +29,14 @@ from gradxform._src.primitives.moments import ema_step
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.elementwise import cast_scalars, real_precision
-from gradxform._src.protocol.fields import child, hyperparameter, in_interval, non_negative, static
+from gradxform._src.protocol.fields import (
+    child,
+    dtype_option,
+    hyperparameter,
+    in_interval,
+    non_negative,
+    static,
+)
 from gradxform._src.protocol.transformation import (
     OptState,
     Params,
@@ -93,7 +100,7 @@ class schedule_free(Transformation):
     learning_rate: Any = hyperparameter(check=non_negative)
     b1: float = hyperparameter(0.9, check=in_interval(0, 1, "(]"))
     weight_lr_power: float = hyperparameter(2.0, check=non_negative)
-    state_dtype: Any = static(None)
+    state_dtype: Any = static(None, check=dtype_option)
 
     def init(self, params):
         dt = _scalar_dtype(params)
@@ -146,12 +153,6 @@ class schedule_free(Transformation):
             count=safe_increment(state.count), b1=b, weight_sum=weight_sum, max_lr=max_lr,
             base_optimizer_state=base_state, z=z,
         )
-
-    def hyperparams(self, state) -> dict:
-        out = super().hyperparams(state)
-        out[type(self.base_optimizer).__name__] = self.base_optimizer.hyperparams(
-            state.base_optimizer_state)
-        return out
 
     def _substates(self, state):
         return [(type(self.base_optimizer).__name__, self.base_optimizer,

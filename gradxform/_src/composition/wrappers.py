@@ -18,6 +18,7 @@ from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.fields import (
     child,
     constant,
+    dtype_option,
     hyperparameter,
     integer_at_least,
     static,
@@ -124,7 +125,7 @@ class MultiSteps(Transformation):
     every_k_schedule: int = hyperparameter(check=integer_at_least(1))
     use_grad_mean: bool = static(True)
     should_skip_update_fn: Callable | None = static(None)
-    accumulator_dtype: Any = static(None)
+    accumulator_dtype: Any = static(None, check=dtype_option)
 
     @property
     def inner_opt(self):

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.fields import child
 from gradxform._src.protocol.transformation import Transformation
@@ -115,7 +116,8 @@ def pack(tree: Any) -> PackedTree:
 
     Leaves keep their dtype (no promotion: a bf16 leaf goes to the bf16 buffer), None leaves
     stay None, and buffers come in the order in which their dtype first appears. A PackedTree
-    is returned as it is.
+    is returned as it is. Leaves split over the axes of a mesh with explicit axis types are
+    gathered first: the buffers are replicated.
 
     Args:
       tree: a pytree of arrays.
@@ -140,7 +142,7 @@ def pack(tree: Any) -> PackedTree:
         shape = tuple(int(d) for d in jnp.shape(leaf))
         slots.append(_Slot(b, sizes[b], shape))
         sizes[b] += math.prod(shape)
-        parts[b].append(jnp.ravel(jnp.asarray(leaf, dt)))
+        parts[b].append(jnp.ravel(tree_utils.gathered(jnp.asarray(leaf, dt))))
     buffers = [
         p[0] if len(p) == 1 else jnp.concatenate(p) for p in parts
     ]

@@ -12,21 +12,25 @@ as one never interrupted:
     like = {"params": params, "opt_state": jax.eval_shape(opt.init, params), "optimizer": opt}
     restored = checkpoint.restore(path, like)
 
-orbax is imported when these functions are called.
+What `restore` takes from the checkpoint and what from the code is said once, in its
+docstring. orbax is imported when these functions are called.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import jax
 import numpy as np
 
 from gradxform._src.protocol import tree_utils
+from gradxform._src.protocol.dataclass import PytreeDataclass, format_value
 from gradxform._src.protocol.transformation import is_transformation
 
 _RECIPES_KEY = "gradxform_optimizers"
+_OPTIONS_KEY = "gradxform_static_options"
 
 
 def _recipes(tree) -> dict[str, str]:
@@ -36,6 +40,42 @@ def _recipes(tree) -> dict[str, str]:
         if is_transformation(node):
             out[tree_utils.path_str(path)] = repr(node)
     return out
+
+
+def _is_node(x) -> bool:
+    return isinstance(x, PytreeDataclass)
+
+
+def _node_options(node: PytreeDataclass, where: str, out: dict) -> None:
+    """The static options of `node` and of the transformations and schedules inside it."""
+    for name in node._static_fields:
+        # A function's repr carries its address, which changes from run to run.
+        text = re.sub(r" at 0x[0-9a-fA-F]+", "", format_value(getattr(node, name)))
+        out[f"{where}.{name}"] = {"of": type(node).__name__, "value": text}
+    for name in node._hyper_fields + node._child_fields:
+        for path, sub in jax.tree_util.tree_flatten_with_path(getattr(node, name),
+                                                              is_leaf=_is_node)[0]:
+            if _is_node(sub):
+                _node_options(sub, f"{where}/{name}{jax.tree_util.keystr(path)}", out)
+
+
+def _static_options(tree) -> dict[str, dict[str, str]]:
+    """Every static option of every optimizer inside `tree`, by a path naming where it is."""
+    out: dict = {}
+    for path, node in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_node)[0]:
+        if _is_node(node):
+            _node_options(node, tree_utils.path_str(path), out)
+    return out
+
+
+def _changed_option(saved: dict, now: dict) -> str | None:
+    for key, have in now.items():
+        old = saved.get(key)
+        if old is not None and old["value"] != have["value"]:
+            name = key.rsplit(".", 1)[1]
+            return (f"option {name} of {have['of']} (at '{key}') is {old['value']} in the "
+                    f"checkpoint but {have['value']} in `like`")
+    return None
 
 
 def _checkpointer():
@@ -59,7 +99,7 @@ def save(directory: str | os.PathLike, tree: Any, *, force: bool = False) -> Non
     with _checkpointer() as ckpt:
         ckpt.save(
             os.fspath(directory), tree, force=force,
-            custom_metadata={_RECIPES_KEY: _recipes(tree)},
+            custom_metadata={_RECIPES_KEY: _recipes(tree), _OPTIONS_KEY: _static_options(tree)},
         )
         ckpt.wait_until_finished()
 
@@ -102,33 +142,57 @@ def _first_mismatch(stored, like) -> str | None:
     return None
 
 
-def restore(directory: str | os.PathLike, like: Any) -> Any:
+def restore(directory: str | os.PathLike, like: Any, *,
+            allow_changed_options: bool = False) -> Any:
     """Restores a tree saved by `save` into the structure of `like`.
 
     `like` is the tree as the resumed run builds it: the same optimizer recipe (its values may
     differ; the saved ones are restored), and for states and params either arrays or
-    `jax.ShapeDtypeStruct`s (`jax.eval_shape(opt.init, params)` allocates nothing). Arrays are
-    restored with the sharding of the matching leaf of `like` where it has one. Python numbers
-    in `like` come back as Python numbers, so a rebuilt optimizer equals the saved one exactly.
+    `jax.ShapeDtypeStruct`s (`jax.eval_shape(opt.init, params)` allocates nothing).
+
+    What comes from where:
+
+    - from the checkpoint: every leaf. The params, every array of the optimizer states (moments,
+      step counts), and the numeric hyperparameters of the optimizers: floats, arrays and the
+      numbers of schedules (a learning rate changed mid-run comes back as it was when saved).
+      Python numbers in `like` come back as Python numbers, so a rebuilt optimizer equals the
+      saved one exactly.
+    - from the code (`like`): the structure. Which transformations, in which order, and their
+      static options (flags such as `nesterov`, dtypes, masks, labels, callables, and schedules
+      written as Python functions); the types of the states (NamedTuples); the sharding of each
+      array, where `like` has one. Shapes and dtypes must agree with the checkpoint.
+    - static options must also agree: a checkpoint saved with `nesterov=False` restored into a
+      recipe with `nesterov=True` would continue as another optimizer without a word, so it is
+      refused unless `allow_changed_options=True` says the change is intended (then the code's
+      options are used). The reprs of the options (callables by name) are compared; a
+      checkpoint written before the options were recorded is not checked.
 
     Args:
       directory: a checkpoint written by `save`.
       like: a tree with the structure, shapes and dtypes to restore into.
+      allow_changed_options: restore into optimizers whose static options differ from the
+        saved ones (the code's options are used).
 
     Returns:
       The restored tree, with `like`'s structure (NamedTuple states, optimizers).
 
     Raises:
       ValueError: naming the first path where the checkpoint and `like` differ (a key one has
-        and the other lacks, a shape, a dtype), with the optimizers the checkpoint was saved
-        with.
+        and the other lacks, a shape, a dtype, a static option and both of its values), with
+        the optimizers the checkpoint was saved with.
     """
     path = os.fspath(directory)
     with _checkpointer() as ckpt:
         metadata = ckpt.metadata(path)
+        custom = getattr(metadata, "custom_metadata", None) or {}
         mismatch = _first_mismatch(_stored_tree(metadata), like)
+        if mismatch is None and not allow_changed_options:
+            mismatch = _changed_option(custom.get(_OPTIONS_KEY) or {}, _static_options(like))
+            if mismatch is not None:
+                mismatch += ("; pass allow_changed_options=True if the change is intended "
+                             "(the code's options are then used)")
         if mismatch is not None:
-            recipes = (getattr(metadata, "custom_metadata", None) or {}).get(_RECIPES_KEY) or {}
+            recipes = custom.get(_RECIPES_KEY) or {}
             saved = "".join(f"\n  {k}: {v}" for k, v in recipes.items())
             now = "".join(f"\n  {k}: {v}" for k, v in _recipes(like).items())
             raise ValueError(

@@ -43,8 +43,11 @@ def state_shardings(optimizer: Transformation, params: Params, *,
     """A `NamedSharding` for every leaf of `optimizer.init(params)`.
 
     A state leaf follows the param whose path it ends with and whose shape it has: Adam's
-    `0/mu/dense/w` is laid out like `dense/w`. Other leaves (step counts, norms, flags) are
-    replicated.
+    `0/mu/dense/w` is laid out like `dense/w`. A state whose type has a `param_axes(field,
+    tail, param_shape, leaf_shape)` method says which param axes each of its leaves keeps: a
+    factored row statistic of `dense/w` (`scale_by_factored_rms`) is laid out like the rows of
+    `dense/w`, SM3's accumulator of axis 1 like its axis 1. Other leaves (step counts, norms,
+    flags, placeholders) are replicated.
 
     With `data_axis` (ZeRO stage 1), the state is also split over that mesh axis: a leaf whose
     param is replicated along `data_axis`, as in data-parallel training, is split along it on
@@ -84,7 +87,19 @@ def state_shardings(optimizer: Transformation, params: Params, *,
             f"axes are {tuple(mesh.shape)}"
         )
 
+    def spec_of(axes, param_spec, shape):
+        spec = ()
+        if axes is not None:
+            param_spec = tuple(param_spec) + (None,) * (max(axes, default=-1) + 1)
+            spec = tuple(param_spec[a] for a in axes)
+        spec = spec + (None,) * (len(shape) - len(spec))
+        if data_axis is not None:
+            spec = _with_data_axis(spec, shape, data_axis, mesh.shape[data_axis])
+        return NamedSharding(mesh, PartitionSpec(*spec))
+
     def place(path, leaf):
+        # A leaf of a moment tree: it follows the longest param path it ends with, if it has
+        # that param's shape.
         segs, shape = _segments(path), tuple(jax.numpy.shape(leaf))
         best = None
         for psegs, pshape, sharding in named:
@@ -92,11 +107,38 @@ def state_shardings(optimizer: Transformation, params: Params, *,
                 best is None or len(psegs) > len(best[0])
             ):
                 best = (psegs, sharding)
-        spec = tuple(best[1].spec) if best is not None else ()
-        spec = spec + (None,) * (len(shape) - len(spec))
-        if data_axis is not None:
-            spec = _with_data_axis(spec, shape, data_axis, mesh.shape[data_axis])
-        return NamedSharding(mesh, PartitionSpec(*spec))
+        axes = tuple(range(len(shape))) if best is not None else None
+        return spec_of(axes, best[1].spec if best is not None else (), shape)
+
+    def place_declared(node, path):
+        # A state whose type says which param axes each of its leaves keeps (factored row and
+        # column statistics, SM3's per-axis accumulators): the leaf takes those axes' specs.
+        out = {}
+        for field in node._fields:
+            def one(rel, leaf, field=field):
+                rsegs, shape = _segments(rel), tuple(jax.numpy.shape(leaf))
+                best = None
+                for psegs, pshape, sharding in named:
+                    for i in range(len(rsegs) - len(psegs) + 1):
+                        if rsegs[i:i + len(psegs)] == psegs and (
+                            best is None or len(psegs) > len(best[0])
+                        ):
+                            best = (psegs, rsegs[i + len(psegs):], pshape, sharding)
+                if best is None:
+                    return place(path + (jax.tree_util.GetAttrKey(field),) + rel, leaf)
+                _, tail, pshape, sharding = best
+                axes = node.param_axes(field, tail, pshape, shape)
+                return spec_of(axes, sharding.spec if axes is not None else (), shape)
+
+            out[field] = jax.tree_util.tree_map_with_path(one, getattr(node, field))
+        return type(node)(**out)
+
+    def declares(x):
+        return isinstance(x, tuple) and hasattr(type(x), "_fields") and callable(
+            getattr(type(x), "param_axes", None))
 
     abstract_state = jax.eval_shape(optimizer.init, params)
-    return jax.tree_util.tree_map_with_path(place, abstract_state)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_state, is_leaf=declares)
+    return treedef.unflatten([
+        place_declared(x, path) if declares(x) else place(path, x) for path, x in flat
+    ])

@@ -24,6 +24,7 @@ from gradxform._src.protocol.elementwise import (
     map_leaves,
 )
 from gradxform._src.protocol.fields import (
+    dtype_option,
     hyperparameter,
     in_interval,
     non_negative,
@@ -125,8 +126,8 @@ class scale_by_adam(ElementwiseTransformation):
     b2: ScalarOrSchedule = hyperparameter(0.999, check=_unit)
     eps: ScalarOrSchedule = hyperparameter(1e-8, check=non_negative)
     eps_root: ScalarOrSchedule = hyperparameter(0.0, check=non_negative)
-    mu_dtype: DTypeLike | None = static(None)
-    nu_dtype: DTypeLike | None = static(None)
+    mu_dtype: DTypeLike | None = static(None, check=dtype_option)
+    nu_dtype: DTypeLike | None = static(None, check=dtype_option)
     nesterov: bool = static(False)
 
     state_type = ScaleByAdamState
@@ -185,7 +186,7 @@ class scale_by_amsgrad(ElementwiseTransformation):
     b2: ScalarOrSchedule = hyperparameter(0.999, check=_unit)
     eps: ScalarOrSchedule = hyperparameter(1e-8, check=non_negative)
     eps_root: ScalarOrSchedule = hyperparameter(0.0, check=non_negative)
-    mu_dtype: DTypeLike | None = static(None)
+    mu_dtype: DTypeLike | None = static(None, check=dtype_option)
     bias_correction_mu: bool = static(True)
     bias_correction_nu: bool = static(True)
     max_of: str = static(

@@ -33,6 +33,18 @@ class ScaleBySM3State(NamedTuple):
     mu: Any
     nu: Any
 
+    @staticmethod
+    def param_axes(field: str, tail: tuple, param_shape: tuple,
+                   leaf_shape: tuple) -> tuple[int, ...] | None:
+        """The param axes a state leaf keeps, for `gradxform.sharding.state_shardings`: the
+        accumulator of axis a (the a-th of a leaf's tuple) lies along axis a of its param."""
+        if field == "mu" and len(param_shape) >= 2 and len(tail) == 1:
+            a = int(tail[0])
+            return (a,) if leaf_shape == (param_shape[a],) else None
+        if leaf_shape == param_shape:
+            return tuple(range(len(param_shape)))
+        return None
+
 
 def _axis_shape(shape, axis: int) -> tuple[int, ...]:
     """`shape` with every axis but `axis` set to 1 (a slice accumulator, broadcastable)."""

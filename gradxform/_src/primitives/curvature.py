@@ -40,12 +40,14 @@ from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.elementwise import leaf_scalars, map_leaves
 from gradxform._src.protocol.fields import (
     check_argument,
+    dtype_option,
     hyperparameter,
     in_interval,
     integer_at_least,
     positive,
     static,
 )
+from gradxform._src.protocol.runtime_errors import error_if
 from gradxform._src.protocol.schedule import ScalarOrSchedule
 from gradxform._src.protocol.transformation import (
     Params,
@@ -153,10 +155,21 @@ class SophiaState(NamedTuple):
     count: Any
     mu: Any  # m, the EMA of gradients
     hessian: Any  # h, the EMA of the diagonal Hessian estimates
+    estimates: Any  # how many estimates ĥ have been passed (int32, saturating)
 
 
 def _positive_or_none(x):
     return None if x > 0 else "> 0 (or None for no clipping)"
+
+
+_MISSING_ESTIMATE = (
+    "scale_by_sophia.update: no Hessian estimate has been passed in the first two updates. "
+    "Without one the curvature h stays 0 and every coordinate steps by ±ρ (clipped sign "
+    "momentum, not Sophia). Pass it on refresh steps, update(grads, state, params, "
+    "hessian=hutchinson_diagonal(loss, params, key)) (or gauss_newton_bartlett_diagonal), "
+    "e.g. every 10 steps starting with the first, and omit it on the others (see the "
+    "docstring of gradxform.scale_by_sophia)"
+)
 
 
 @pytree_dataclass
@@ -170,7 +183,7 @@ class scale_by_sophia(Transformation):
 
     clip(z, ρ) = max(min(z, ρ), -ρ) bounds every coordinate's step by ρ (and, after
     `scale_by_learning_rate`, by η ρ). Where h is small or negative the step is ±ρ: signSGD with
-    momentum, as in the first steps before any estimate arrives.
+    momentum, as on a first step taken before the first estimate (optax's order).
 
     Conventions: optax's `contrib.scale_by_sophia` (and Levanter) bias-correct m (`debias=True`,
     the default here); the paper's Algorithm 3 and its reference code do not (`debias=False`).
@@ -192,7 +205,12 @@ class scale_by_sophia(Transformation):
 
     Extra arguments of `update`:
       hessian: ĥ_t, a tree shaped like the updates (e.g. from `hutchinson_diagonal` or
-        `gauss_newton_bartlett_diagonal`), on refresh steps; omit it on the others.
+        `gauss_newton_bartlett_diagonal`), on refresh steps; omit it on the others. The first
+        estimate must come with the first or the second update (optax's order uses the
+        estimate of step t from step t + 1): an update without one after that, while none has
+        ever been passed, raises a ValueError (under jit, a `JaxRuntimeError` with the same
+        message when the step runs). Without estimates h stays 0 and every coordinate would
+        step by ±ρ: clipped sign momentum, not Sophia.
 
     References:
       Liu et al., "Sophia: A Scalable Stochastic Second-order Optimizer for Language Model
@@ -204,7 +222,7 @@ class scale_by_sophia(Transformation):
     eps: ScalarOrSchedule = hyperparameter(1e-8, check=positive)
     gamma: ScalarOrSchedule = hyperparameter(0.01, check=positive)
     clip_threshold: ScalarOrSchedule | None = hyperparameter(1.0, check=_positive_or_none)
-    mu_dtype: DTypeLike | None = static(None)
+    mu_dtype: DTypeLike | None = static(None, check=dtype_option)
     debias: bool = static(True)
 
     def init(self, params):
@@ -212,6 +230,7 @@ class scale_by_sophia(Transformation):
             count=zero_count(),
             mu=tree_utils.zeros_like(params, self.mu_dtype),
             hessian=tree_utils.zeros_like(params),
+            estimates=zero_count(),
         )
 
     # Not an ElementwiseTransformation: a refresh step reads a second tree, the estimate ĥ_t
@@ -227,6 +246,10 @@ class scale_by_sophia(Transformation):
             tree_utils.check_same_structure(updates, hessian, "scale_by_sophia.update", "updates",
                                             "hessian")
             trees = (*trees, hessian)
+            estimates = safe_increment(state.estimates)
+        else:
+            error_if((state.count >= 1) & (state.estimates == 0), _MISSING_ESTIMATE)
+            estimates = state.estimates
 
         def step(g, m_stored, h, h_hat=None):
             m = tree_utils.in_update_precision(m_stored, g)
@@ -242,4 +265,4 @@ class scale_by_sophia(Transformation):
             return z.astype(g.dtype), m.astype(m_stored.dtype), h
 
         updates, mu, h = map_leaves(step, *trees, num_outputs=3)
-        return updates, SophiaState(count=t, mu=mu, hessian=h)
+        return updates, SophiaState(count=t, mu=mu, hessian=h, estimates=estimates)

@@ -69,6 +69,30 @@ class FactoredState(NamedTuple):
     v_col: Any  # per leaf: the mean of g² over the second largest axis, else [0]
     v: Any  # per leaf: the full second moment (leaves that are not factored), else [0]
 
+    @staticmethod
+    def param_axes(field: str, tail: tuple, param_shape: tuple,
+                   leaf_shape: tuple) -> tuple[int, ...] | None:
+        """The param axes a state leaf keeps, for `gradxform.sharding.state_shardings`: a row
+        statistic keeps every axis of its param but the one it averages over, and so does a
+        column statistic; the [0] placeholders keep none (they are replicated)."""
+        del tail
+        if field == "v" and leaf_shape == param_shape:
+            return tuple(range(len(param_shape)))
+        if field not in ("v_row", "v_col"):
+            return None
+        # The optax convention averages over the largest axis (rows) or the second largest
+        # (columns), the torch one over the last or the second last: the one whose removal
+        # gives the leaf's shape.
+        for convention in ("optax", "torch"):
+            dims = _factored_dims(param_shape, True, 0, convention)
+            if dims is None:
+                return None
+            removed = dims[1] if field == "v_row" else dims[0]
+            kept = tuple(i for i in range(len(param_shape)) if i != removed)
+            if tuple(param_shape[i] for i in kept) == leaf_shape:
+                return kept
+        return None
+
 
 def _placeholder(dtype):
     return jnp.zeros((1,), dtype)
@@ -239,7 +263,7 @@ class scale_by_param_block_rms(Transformation):
 
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, "scale_by_param_block_rms")
-        lookup = leaf_scalars(dict(eps2=self.min_scale))
+        lookup = leaf_scalars(dict(eps2=self.at(None).min_scale))
 
         def rescale(g, p):
             wide = p.astype(tree_utils.moment_dtype(p))  # float32 for 16-bit params

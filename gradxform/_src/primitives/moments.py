@@ -20,7 +20,7 @@ from jax.typing import ArrayLike, DTypeLike
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.elementwise import ElementwiseTransformation, leaf_scalars
-from gradxform._src.protocol.fields import hyperparameter, in_interval, static
+from gradxform._src.protocol.fields import dtype_option, hyperparameter, in_interval, static
 from gradxform._src.protocol.schedule import ScalarOrSchedule
 from gradxform._src.protocol.transformation import Params, Updates, float_count
 
@@ -145,7 +145,7 @@ class ema(ElementwiseTransformation):
 
     decay: ScalarOrSchedule = hyperparameter(check=in_interval(0, 1, "[)"))
     debias: bool = static(True)
-    accumulator_dtype: DTypeLike | None = static(None)
+    accumulator_dtype: DTypeLike | None = static(None, check=dtype_option)
 
     state_type = EmaState
 
@@ -192,8 +192,8 @@ class trace(ElementwiseTransformation):
 
     decay: ScalarOrSchedule = hyperparameter(check=in_interval(0, 1, "[]"))
     nesterov: bool = static(False)
-    accumulator_dtype: DTypeLike | None = static(None)
     dampening: ScalarOrSchedule = hyperparameter(0.0, check=in_interval(0, 1, "[)"))
+    accumulator_dtype: DTypeLike | None = static(None, check=dtype_option)
 
     state_type = TraceState
 

@@ -41,6 +41,7 @@ from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.elementwise import leaf_scalars
 from gradxform._src.protocol.fields import (
     constant,
+    dtype_option,
     hyperparameter,
     in_interval,
     integer_at_least,
@@ -107,12 +108,12 @@ class scale_by_muon(Transformation):
     ns_steps: int = static(5, check=integer_at_least(1))
     beta: ScalarOrSchedule = hyperparameter(0.95, check=in_interval(0, 1, "[)"))
     eps: ScalarOrSchedule = hyperparameter(1e-8, check=non_negative)
-    mu_dtype: DTypeLike | None = static(None)
+    mu_dtype: DTypeLike | None = static(None, check=dtype_option)
     nesterov: bool = static(True)
     debias: bool = static(True)
     adaptive: bool = static(False)
     weight_dimension_numbers: Any = static(None)
-    ns_dtype: DTypeLike | None = static(None)
+    ns_dtype: DTypeLike | None = static(None, check=dtype_option)
 
     def __post_init__(self):
         object.__setattr__(self, "weight_dimension_numbers",
@@ -192,7 +193,7 @@ class scale_by_shape(Transformation):
         return EmptyState()
 
     def update(self, updates, state, params=None, **extra_args):
-        lookup = leaf_scalars(dict(rho=self.consistent_rms))
+        lookup = leaf_scalars(dict(rho=self.at(None).consistent_rms))
 
         def rescale(g, dims):
             fan_in, fan_out = fan_in_fan_out(g.shape, dims)

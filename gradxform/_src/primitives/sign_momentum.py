@@ -11,7 +11,13 @@ from gradxform._src.primitives.moments import ema_step
 from gradxform._src.protocol import tree_utils
 from gradxform._src.protocol.dataclass import pytree_dataclass
 from gradxform._src.protocol.elementwise import ElementwiseTransformation
-from gradxform._src.protocol.fields import hyperparameter, in_interval, positive, static
+from gradxform._src.protocol.fields import (
+    dtype_option,
+    hyperparameter,
+    in_interval,
+    positive,
+    static,
+)
 from gradxform._src.protocol.schedule import ScalarOrSchedule
 
 _MODES = ("hard", "smooth", "refined")
@@ -51,7 +57,7 @@ class scale_by_lion(ElementwiseTransformation):
 
     b1: ScalarOrSchedule = hyperparameter(0.9, check=in_interval(0, 1, "[)"))
     b2: ScalarOrSchedule = hyperparameter(0.99, check=in_interval(0, 1, "[)"))
-    mu_dtype: DTypeLike | None = static(None)
+    mu_dtype: DTypeLike | None = static(None, check=dtype_option)
     mode: str = static("hard", check=lambda x: None if x in _MODES else
                        "one of " + ", ".join(repr(m) for m in _MODES))
     smooth_beta: ScalarOrSchedule = hyperparameter(1.0, check=positive)

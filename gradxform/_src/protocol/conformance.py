@@ -9,12 +9,16 @@ checks that `init`/`update`:
 - accept None leaves and empty (size-0) leaves;
 - keep 16-bit (bf16, f16) updates in their dtype;
 - work in float64 with `jax_enable_x64`;
-- raise nothing under strict dtype promotion (`jax.numpy_dtype_promotion('strict')`).
-It raises AssertionError naming the property that fails.
+- raise nothing under strict dtype promotion (`jax.numpy_dtype_promotion('strict')`);
+- give the same numbers and the same state structure with every numeric hyperparameter (of the
+  transformation and of the transformations inside it) given as a schedule of that value.
+It raises AssertionError naming the property that fails. States may hold typed PRNG keys
+(`jax.random.key`); their key data must agree exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import DTypeLike
 
+from gradxform._src.protocol.dataclass import PytreeDataclass, pytree_dataclass
+from gradxform._src.protocol.fields import concrete_values, hyperparameter
+from gradxform._src.protocol.schedule import Schedule
 from gradxform._src.protocol.transformation import Transformation
 from gradxform._src.protocol.updates import apply_updates
 
@@ -87,6 +94,48 @@ def _run_eager(t, params, grads_seq, extra_args):
     return outs, state, params
 
 
+@pytree_dataclass
+class held_value(Schedule):
+    """The schedule that is `value` at every step, returned as given (an int stays an int):
+    what `check_transformation` gives each numeric hyperparameter in its schedule check."""
+
+    value: Any = hyperparameter()
+
+    def __call__(self, count):
+        return self.value
+
+
+def _is_number(value) -> bool:
+    values = concrete_values(value)
+    return values is not None and len(values) == 1 and np.ndim(value) == 0
+
+
+def with_schedules(node: Any) -> tuple[Any, list[str]]:
+    """`node` with every numeric hyperparameter (kind `hyperparameter`, not `constant`) of
+    every transformation inside it given as a `held_value` schedule, and the fields replaced."""
+    if isinstance(node, tuple) and not hasattr(node, "_fields"):
+        pairs = [with_schedules(x) for x in node]
+        return tuple(x for x, _ in pairs), [n for _, names in pairs for n in names]
+    if isinstance(node, dict):
+        pairs_by_key = {k: with_schedules(v) for k, v in node.items()}
+        return ({k: x for k, (x, _) in pairs_by_key.items()},
+                [n for _, names in pairs_by_key.values() for n in names])
+    if not isinstance(node, Transformation) or not isinstance(node, PytreeDataclass):
+        return node, []
+    changes: dict[str, Any] = {}
+    names: list[str] = []
+    owner = type(node).__name__
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if f.metadata.get("kind") == "hyper" and _is_number(value):
+            changes[f.name] = held_value(value)
+            names.append(f"{owner}.{f.name}")
+        elif f.metadata.get("kind") == "child":
+            changes[f.name], inner = with_schedules(value)
+            names += inner
+    return node._replace(**changes), names
+
+
 def check_transformation(
     transformation: Transformation,
     params: Any = None,
@@ -96,6 +145,7 @@ def check_transformation(
     rtol: float = 1e-4,
     atol: float = 1e-6,
     make_extra_args: Callable | None = None,
+    schedules: bool = True,
 ) -> None:
     """Runs the conformance checks on `transformation`; raises AssertionError on a failure.
 
@@ -112,6 +162,10 @@ def check_transformation(
         1 - β2 in double precision. XLA also fuses and reorders float operations.
       make_extra_args: `fn(params) -> dict` building `extra_args` for other params (used for
         the bf16 and float64 checks); default reuses `extra_args`.
+      schedules: also run the transformation with every numeric hyperparameter given as a
+        schedule of its value (jitted), which must give the eager run's numbers and state
+        structure: a transformation that reads `self.b1` where it should read
+        `self.at(state.count).b1` fails here.
     """
     extra_args = dict(extra_args or {})
     make_extra = make_extra_args or (lambda p: extra_args)
@@ -191,7 +245,28 @@ def check_transformation(
                     f"float64 updates came back as {u.dtype} at {jax.tree_util.keystr(path)}"
                 )
 
-    # 4. strict dtype promotion, eagerly (Python numbers) and traced (hyperparameters as
+    # 4. every numeric hyperparameter given as a schedule.
+    scheduled, names = with_schedules(t) if schedules else (t, [])
+    if names:
+        what = f"with schedules for {', '.join(names)}"
+        state = scheduled.init(params)
+        if _structure(state) != structure0:
+            raise AssertionError(f"the state's structure differs {what}: {structure0} -> "
+                                 f"{_structure(state)}")
+        p = params
+        for i, g in enumerate(grads_seq):
+            try:
+                u, state = jit_update(scheduled, g, state, p)
+            except Exception as e:
+                raise AssertionError(
+                    f"update failed {what} ({type(e).__name__}: {e}); resolve the "
+                    f"hyperparameters at the step count, hp = self.at(state.count), and read "
+                    f"hp.<name>") from e
+            _assert_close(u, eager_updates[i], f"{what} vs without, step {i}", rtol, atol)
+            p = apply_updates(p, u)
+        _assert_close(state, eager_state, f"{what} vs without, final state", rtol, atol)
+
+    # 5. strict dtype promotion, eagerly (Python numbers) and traced (hyperparameters as
     # arrays, as in a jitted step; a promotion error is raised while tracing).
     with jax.numpy_dtype_promotion("strict"):
         s = t.init(params)

@@ -51,6 +51,7 @@ class PytreeDataclass:
     _hyper_fields: ClassVar[tuple[str, ...]] = ()
     _child_fields: ClassVar[tuple[str, ...]] = ()
     _static_fields: ClassVar[tuple[str, ...]] = ()
+    _pytree_class: ClassVar[type | None] = None
 
     if TYPE_CHECKING:
         # `pytree_dataclass` makes each subclass a dataclass and generates its constructor from
@@ -59,6 +60,16 @@ class PytreeDataclass:
         __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
         def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        # Rebuilding from leaves (`_tree_unflatten`, `_replace`) calls object.__new__ directly.
+        if cls.__dict__.get("_pytree_class") is not cls:
+            raise TypeError(
+                f"{cls.__name__}: decorate the class with @gradxform.pytree_dataclass (it makes "
+                f"the class a frozen dataclass of its fields, registered as a JAX pytree, so an "
+                f"instance can be passed to jax.jit and its hyperparameters are leaves)"
+            )
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -128,7 +139,10 @@ class PytreeDataclass:
     def __hash__(self) -> int:
         return hash(jax.tree_util.tree_structure(self))
 
-    def __repr__(self) -> str:
+    def _repr_parts(self) -> list[tuple[str, Any]]:
+        """(prefix, value) per argument of the recipe: `name=` and the field's value, with
+        options at their defaults and optional hyperparameters left out. A class whose
+        constructor takes its arguments otherwise (`chain(*transforms)`) overrides this."""
         parts = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -137,8 +151,77 @@ class PytreeDataclass:
                 continue
             if kind in ("hyper", "constant") and value is None and f.default is None:
                 continue  # an optional hyperparameter left out
-            parts.append(f"{f.name}={format_value(value)}")
-        return f"{type(self).__name__}({', '.join(parts)})"
+            parts.append((f"{f.name}=", value))
+        return parts
+
+    def __repr__(self) -> str:
+        return format_recipe(self)
+
+
+REPR_WIDTH = 100
+
+
+def _inline(value) -> str:
+    if isinstance(value, PytreeDataclass) and type(value).__repr__ is PytreeDataclass.__repr__:
+        inner = ", ".join(prefix + _inline(v) for prefix, v in value._repr_parts())
+        return f"{type(value).__name__}({inner})"
+    if type(value) is tuple and any(isinstance(v, PytreeDataclass) for v in value):
+        inner = ", ".join(_inline(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if type(value) is dict and any(isinstance(v, PytreeDataclass) for v in value.values()):
+        return "{" + ", ".join(f"{k!r}: {_inline(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, PytreeDataclass):
+        return repr(value)
+    return format_value(value)
+
+
+def _is_combinator(value) -> bool:
+    """A transformation holding other transformations (chain, partition, a wrapper)."""
+    return (isinstance(value, PytreeDataclass) and bool(value._child_fields)
+            and callable(getattr(value, "update", None))
+            and type(value).__repr__ is PytreeDataclass.__repr__)
+
+
+def _holds_combinator(value) -> bool:
+    children = [v for name in value._child_fields for v in jax.tree_util.tree_leaves(
+        getattr(value, name), is_leaf=lambda x: isinstance(x, PytreeDataclass))]
+    return any(_is_combinator(v) for v in children)
+
+
+def format_recipe(value, indent: int = 0, column: int | None = None, *,
+                  nested: bool = False) -> str:
+    """The recipe of a transformation or schedule, as its `repr`.
+
+    One line when it fits in REPR_WIDTH columns. Otherwise a combinator (a chain, partition or
+    wrapper) that is nested in another or holds one is written one argument per line, nested
+    recipes indented by four spaces; primitives and schedules stay on one line, and so does a
+    chain of primitives on its own (`adamw(...)`'s recipe). Either form evaluates, with
+    gradxform's names in scope, to an equal object.
+
+    `indent` is the indentation of the lines the value continues on, `column` where its first
+    line starts (default: `indent`).
+    """
+    line = _inline(value)
+    if (indent if column is None else column) + len(line) <= REPR_WIDTH:
+        return line
+    inner = indent + 4
+    if _is_combinator(value) and (nested or _holds_combinator(value)):
+        items = [prefix + format_recipe(v, inner, inner + len(prefix), nested=True)
+                 for prefix, v in value._repr_parts()]
+        opening = f"{type(value).__name__}("
+        closing = ")"
+    elif nested and type(value) is tuple and any(isinstance(v, PytreeDataclass) for v in value):
+        items = [format_recipe(v, inner, nested=True) for v in value]
+        opening, closing = "(", ")"
+    elif nested and type(value) is dict and any(isinstance(v, PytreeDataclass)
+                                                for v in value.values()):
+        items = [f"{k!r}: " + format_recipe(v, inner, inner + len(repr(k)) + 2, nested=True)
+                 for k, v in value.items()]
+        opening, closing = "{", "}"
+    else:
+        return line
+    body = "".join(f"{' ' * inner}{item},\n" for item in items)
+    return f"{opening}\n{body}{' ' * indent}{closing}"
 
 
 @overload
@@ -175,6 +258,7 @@ def pytree_dataclass(cls: Any = None, *, positional: int = 1) -> Any:
                             f"constant(), static() or child()")
         # A constant is a numeric leaf like a hyperparameter; only its validation differs.
         kinds["hyper" if kind == "constant" else kind].append(f.name)
+    cls._pytree_class = cls
     cls._hyper_fields = tuple(kinds["hyper"])
     cls._child_fields = tuple(kinds["child"])
     cls._static_fields = tuple(kinds["static"])

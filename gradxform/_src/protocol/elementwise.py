@@ -172,7 +172,7 @@ class ElementwiseTransformation(Transformation):
         if self.counts_steps:
             t = safe_increment(state.count)
             return self.step_scalars(self.at(state.count), t), t
-        return self.step_scalars(self, None), None
+        return self.step_scalars(self.at(None), None), None
 
     def leaf_update(self, scalars: Mapping[str, Any], g, buffers: tuple, p=None, *,
                     cast: dict | None = None):

@@ -140,11 +140,19 @@ def validate_field(owner: str, name: str, value, check: Callable | None,
     allowed = "a number, an array or a schedule" if schedulable else "a number or an array"
     if isinstance(value, str | bytes) or (value is None and default is dataclasses.MISSING):
         raise TypeError(f"{owner}: {name} must be {allowed}, got {value!r}")
+    if isinstance(value, bool | np.bool_) or (
+            isinstance(value, np.ndarray | jax.Array) and value.dtype == np.bool_):
+        # True would be taken as 1 (a learning rate of 1.0): say so rather than train with it.
+        raise TypeError(f"{owner}: {name} must be {allowed}, got {value!r} (a bool, not a "
+                        f"number; flags of a transformation are its static options)")
     if not schedulable and callable(value):
         raise TypeError(
             f"{owner}: {name} must be {allowed}, got {value!r}; {name} is a constant of "
             f"{owner} and cannot be scheduled (build the transformation again to change it)"
         )
+    if check is not None and callable(getattr(value, "end_values", None)):
+        _validate_schedule(owner, name, value, check)
+        return
     values = concrete_values(value)
     if values is None:
         return
@@ -156,3 +164,27 @@ def validate_field(owner: str, name: str, value, check: Callable | None,
             allowed = check(v)
             if allowed is not None:
                 raise ValueError(f"{owner}: {name} must be {allowed}, got {value!r}")
+
+
+def _validate_schedule(owner: str, name: str, schedule, check: Callable) -> None:
+    """Checks the end points of a concrete schedule given to a field against its range: a
+    learning rate of `linear_schedule(1e-3, -1e-3, 10)` would turn negative after 10 steps."""
+    for what, end in schedule.end_values():
+        for v in concrete_values(end) or ():
+            allowed = check(v) if math.isfinite(v) else None
+            if allowed is not None:
+                raise ValueError(f"{owner}: {name} must be {allowed}, got {schedule!r}, whose "
+                                 f"{what} is {v!r}")
+
+
+def dtype_option(x) -> str | None:
+    """A check that an option is None or names a floating-point or complex dtype, for the
+    dtypes in which a transformation stores its buffers (`mu_dtype`, `accumulator_dtype`)."""
+    if x is None:
+        return None
+    try:
+        ok = jnp.issubdtype(jnp.dtype(x), jnp.inexact)
+    except TypeError:
+        ok = False
+    return None if ok else ("None or a floating-point dtype (jnp.float32, jnp.bfloat16, "
+                            "'bfloat16', 'float16', ...)")

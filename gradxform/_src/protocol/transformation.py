@@ -12,7 +12,7 @@ import numpy as np
 
 from gradxform._src.protocol.dataclass import PytreeDataclass, pytree_dataclass
 from gradxform._src.protocol.fields import static
-from gradxform._src.protocol.schedule import resolve
+from gradxform._src.protocol.schedule import require_scalar, resolve
 
 Params = Any
 Updates = Any
@@ -70,22 +70,99 @@ class Transformation(PytreeDataclass):
         raise NotImplementedError
 
     def at(self, count):
-        """This transformation with every scheduled hyperparameter evaluated at `count`."""
-        changes = {
-            name: resolve(getattr(self, name), count) for name in self._hyper_fields
-        }
+        """This transformation with every scheduled hyperparameter evaluated at `count`.
+
+        Each value is then a scalar, the one this step uses; an array (outside `jax.vmap`,
+        where a sweep's batched leaf is a scalar) raises a ValueError naming the field. With
+        `count=None` (a transformation that keeps no step count) the values are checked as
+        they are given.
+        """
+        owner = type(self).__name__
+        changes = {}
+        for name in self._hyper_fields:
+            value = getattr(self, name)
+            if count is not None:
+                value = resolve(value, count)
+            require_scalar(owner, name, value)
+            changes[name] = value
         return self._replace(**changes)
 
     def hyperparams(self, state: OptState) -> dict:
-        """The current value of each numeric hyperparameter, read with the state's step count."""
+        """The current value of each numeric hyperparameter, read with the state's step count,
+        and those of the transformations in its `child()` fields, under the field's name.
+
+        A child's state is found in this transformation's state by name: the field
+        `<field>_state`, or `<field>`, or `inner_state` for a transformation with one child
+        field. A child whose state is not found is read without one (schedules unevaluated).
+        """
         count = getattr(state, "count", None)
-        out = {}
+        out: dict = {}
         for name in self._hyper_fields:
             value = getattr(self, name)
             if value is None:
                 continue
             out[name] = resolve(value, count) if count is not None else value
+        for name in self._child_fields:
+            value, child_state = getattr(self, name), self._child_state(state, name)
+            if isinstance(value, tuple):
+                in_order = (child_state if isinstance(child_state, tuple)
+                            else (None,) * len(value))
+                out[name] = [_read_hyperparams(t, s)
+                             for t, s in zip(value, in_order, strict=False)]
+            elif isinstance(value, Mapping):
+                by_key = child_state if isinstance(child_state, Mapping) else {}
+                out[name] = {k: _read_hyperparams(t, by_key.get(k)) for k, t in value.items()}
+            else:
+                out[name] = _read_hyperparams(value, child_state)
         return out
+
+    def _child_state(self, state: OptState, name: str) -> OptState | None:
+        """The state of the transformations in the child field `name`, found by its name."""
+        candidates = [f"{name}_state", name]
+        if len(self._child_fields) == 1:
+            candidates.append("inner_state")
+        for candidate in candidates:
+            if candidate in getattr(type(state), "_fields", ()):
+                return getattr(state, candidate)
+        return None
+
+    def _substates(self, state: OptState) -> list:
+        """(key, transformation, state) for each transformation in a child field whose state is
+        found (see `hyperparams`), keyed by the field's name: what `get_state` walks through."""
+        out = []
+        for name in self._child_fields:
+            value, child_state = getattr(self, name), self._child_state(state, name)
+            if child_state is None:
+                continue
+            if isinstance(value, tuple) and isinstance(child_state, tuple):
+                out += [(f"{name}[{i}]", t, s) for i, (t, s) in enumerate(zip(value, child_state))]
+            elif isinstance(value, Mapping) and isinstance(child_state, Mapping):
+                out += [(str(k), t, child_state[k]) for k, t in value.items() if k in child_state]
+            elif is_transformation(value):
+                out.append((name, value, child_state))
+        return out
+
+
+def _read_hyperparams(t, state) -> dict:
+    """`t.hyperparams(state)`; without a state, the values as given (schedules unevaluated)."""
+    if not hasattr(t, "hyperparams"):
+        return {}
+    if state is not None:
+        return t.hyperparams(state)
+    if not isinstance(t, Transformation):
+        return {}
+    # No state to read a step count from: the values as given, and the children's likewise.
+    out: dict = {name: getattr(t, name) for name in t._hyper_fields
+                 if getattr(t, name) is not None}
+    for name in t._child_fields:
+        value = getattr(t, name)
+        if isinstance(value, tuple):
+            out[name] = [_read_hyperparams(x, None) for x in value]
+        elif isinstance(value, Mapping):
+            out[name] = {k: _read_hyperparams(x, None) for k, x in value.items()}
+        else:
+            out[name] = _read_hyperparams(value, None)
+    return out
 
 
 class _ProtocolType(type):
@@ -255,7 +332,7 @@ class from_optax(Transformation):
         return f"from_optax({_optax_name(self.tx)})"
 
 
-def require_params(params, where: str, meaning: str = "") -> None:
+def require_params(params: Any, where: str, meaning: str = "") -> None:
     """Raises a ValueError when a transformation that reads the params was not given them.
 
     `meaning` says what the params are to it, e.g. "the fast weights".

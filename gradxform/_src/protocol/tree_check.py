@@ -44,16 +44,31 @@ def checked_update(update: Callable) -> Callable:
     @functools.wraps(update)
     def checked(self, updates, state, params=None, **extra_args):
         if _inside_checked_update.get():
-            return update(self, updates, state, params, **extra_args)
+            return check_result(self, update(self, updates, state, params, **extra_args))
         check_trees(self, updates, state, params)
         token = _inside_checked_update.set(True)
         try:
-            return update(self, updates, state, params, **extra_args)
+            return check_result(self, update(self, updates, state, params, **extra_args))
         finally:
             _inside_checked_update.reset(token)
 
     checked.checks_trees = True  # type: ignore[attr-defined]
     return checked
+
+
+def check_result(transformation, result):
+    """`result` when it is the pair `update` must return; a TypeError naming the fix otherwise
+    (a chain would fail later, deep inside, with "not enough values to unpack")."""
+    if isinstance(result, tuple) and len(result) == 2:
+        return result
+    name = type(transformation).__name__
+    got = (f"a tuple of {len(result)} values" if isinstance(result, tuple)
+           else f"one value ({type(result).__name__})")
+    raise TypeError(
+        f"{name}.update must return a pair (updates, state), got {got}; end it with "
+        f"`return updates, new_state` (the state unchanged if it keeps none: `return updates, "
+        f"state`)"
+    )
 
 
 def expected_state_structure(transformation, updates):

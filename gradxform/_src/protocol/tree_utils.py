@@ -11,6 +11,21 @@ import numpy as np
 is_none = lambda x: x is None  # noqa: E731
 
 
+def gathered(x: jax.Array) -> jax.Array:
+    """`x`, replicated if its type splits it over the axes of a mesh (explicit axis types).
+
+    Operations that mix the entries of a leaf across its axes in a flat order (packing leaves
+    into one buffer, quantizing blocks of consecutive entries) have no sharded form: gather
+    first. Arrays that are not split (automatic axes, one device) are returned as they are.
+    """
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding) and any(
+            entry is not None for entry in sharding.spec):
+        x = jax.sharding.reshard(
+            x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+    return x
+
+
 def path_str(path) -> str:
     """A key path as `layer1/w`, the form users write in masks and labels."""
     parts = []

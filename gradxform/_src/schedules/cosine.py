@@ -68,6 +68,9 @@ class cosine_decay_schedule(ScheduleBase):
     alpha: float = value(0.0)
     exponent: float = hyperparameter(1.0)
 
+    def end_values(self):
+        return [("value at step 0", self.init_value), ("final value", self.init_value * self.alpha)]
+
     def __call__(self, count):
         return cosine_decay(count, self.init_value, self.decay_steps, self.alpha, self.exponent)
 
@@ -118,6 +121,10 @@ class warmup_cosine_decay_schedule(ScheduleBase):
 
     def _validate(self):
         _check_warmup_within_decay(type(self).__name__, self.warmup_steps, self.decay_steps)
+
+    def end_values(self):
+        return [("value at step 0", self.init_value), ("peak value", self.peak_value),
+                ("final value", self.end_value)]
 
     def __call__(self, count):
         return warmup_cosine_decay(count, self.init_value, self.peak_value, self.warmup_steps,

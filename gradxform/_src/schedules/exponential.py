@@ -70,6 +70,10 @@ class exponential_decay(ScheduleBase):
     staircase: bool = static(False)
     end_value: Any = value(None)
 
+    def end_values(self):
+        out = [("value at step 0", self.init_value)]
+        return out if self.end_value is None else [*out, ("final value", self.end_value)]
+
     def __call__(self, count):
         return exponential(count, self.init_value, self.transition_steps, self.decay_rate,
                            self.transition_begin, self.staircase, self.end_value)
@@ -107,6 +111,10 @@ class warmup_exponential_decay_schedule(ScheduleBase):
     transition_begin: int = steps(0)
     staircase: bool = static(False)
     end_value: Any = value(None)
+
+    def end_values(self):
+        out = [("value at step 0", self.init_value), ("peak value", self.peak_value)]
+        return out if self.end_value is None else [*out, ("final value", self.end_value)]
 
     def __call__(self, count):
         count = jnp.asarray(count)

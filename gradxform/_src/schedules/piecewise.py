@@ -203,6 +203,10 @@ class join_schedules(ScheduleBase):
                     f"boundaries must be increasing, got {b} (boundaries[{i}] <= "
                     f"boundaries[{i - 1}]: the schedule between them would never run; drop it)")
 
+    def end_values(self):
+        return [(f"{what} of schedules[{i}]", v) for i, s in enumerate(self.schedules)
+                for what, v in s.end_values()]
+
     def __call__(self, count):
         count = jnp.asarray(count)
         out = self.schedules[0](count)

@@ -38,6 +38,9 @@ class constant_schedule(ScheduleBase):
 
     value: float = value()
 
+    def end_values(self):
+        return [("value at step 0", self.value), ("final value", self.value)]
+
     def __call__(self, count):
         return self.value
 
@@ -73,6 +76,9 @@ class polynomial_schedule(ScheduleBase):
     transition_steps: int = steps()
     transition_begin: int = steps(0)
 
+    def end_values(self):
+        return [("value at step 0", self.init_value), ("final value", self.end_value)]
+
     def __call__(self, count):
         return polynomial(count, self.init_value, self.end_value, self.power,
                           self.transition_steps, self.transition_begin)
@@ -104,6 +110,9 @@ class linear_schedule(ScheduleBase):
     transition_steps: int = steps()
     transition_begin: int = steps(0)
 
+    def end_values(self):
+        return [("value at step 0", self.init_value), ("final value", self.end_value)]
+
     def __call__(self, count):
         return polynomial(count, self.init_value, self.end_value, 1,
                           self.transition_steps, self.transition_begin)
@@ -131,6 +140,9 @@ class warmup_constant_schedule(ScheduleBase):
     init_value: float = value()
     peak_value: float = value()
     warmup_steps: int = steps(positive=True)
+
+    def end_values(self):
+        return [("value at step 0", self.init_value), ("final value", self.peak_value)]
 
     def __call__(self, count):
         return polynomial(count, self.init_value, self.peak_value, 1, self.warmup_steps)

@@ -99,6 +99,10 @@ class warmup_stable_decay_schedule(ScheduleBase):
     end_value: float = value(0.0)
     decay_type: str = static("linear", check=one_of("linear", "cosine", "1-sqrt"))
 
+    def end_values(self):
+        return [("value at step 0", self.init_value), ("peak value", self.peak_value),
+                ("final value", self.end_value)]
+
     def __call__(self, count):
         t = as_float(count)
         W, S, D = self.warmup_steps, self.stable_steps, self.decay_steps
