@@ -255,7 +255,7 @@ COMPARED_ELSEWHERE = {"adafactor": "test_factored.py", "adabelief": "test_adam_v
                       "optimistic_adam_v2": "test_optimistic.py", "novograd": "test_layerwise.py",
                       "lamb": "test_trust_ratio.py", "lars": "test_trust_ratio.py",
                       "fromage": "test_trust_ratio.py", "sm3": "test_cover_statistics.py",
-                      "polyak_sgd": "test_polyak.py"}
+                      "polyak_sgd": "test_polyak.py", "lbfgs": "test_lbfgs.py"}
 
 
 def test_pairs_cover_every_optax_name():

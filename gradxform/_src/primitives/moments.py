@@ -192,8 +192,8 @@ class trace(ElementwiseTransformation):
 
     decay: ScalarOrSchedule = hyperparameter(check=in_interval(0, 1, "[]"))
     nesterov: bool = static(False)
-    dampening: ScalarOrSchedule = hyperparameter(0.0, check=in_interval(0, 1, "[)"))
     accumulator_dtype: DTypeLike | None = static(None, check=dtype_option)
+    dampening: ScalarOrSchedule = hyperparameter(0.0, check=in_interval(0, 1, "[)"))
 
     state_type = TraceState
 
