@@ -10,8 +10,9 @@ checks that `init`/`update`:
 - keep 16-bit (bf16, f16) updates in their dtype;
 - work in float64 with `jax_enable_x64`;
 - raise nothing under strict dtype promotion (`jax.numpy_dtype_promotion('strict')`);
-- give the same numbers and the same state structure with every numeric hyperparameter (of the
-  transformation and of the transformations inside it) given as a schedule of that value.
+- give the same numbers and the same state structure inside `lax.scan` with every numeric
+  hyperparameter (of the transformation and of the transformations inside it) given as a
+  schedule of that value.
 It raises AssertionError naming the property that fails. States may hold typed PRNG keys
 (`jax.random.key`); their key data must agree exactly.
 """
@@ -162,10 +163,10 @@ def check_transformation(
         1 - β2 in double precision. XLA also fuses and reorders float operations.
       make_extra_args: `fn(params) -> dict` building `extra_args` for other params (used for
         the bf16 and float64 checks); default reuses `extra_args`.
-      schedules: also run the transformation with every numeric hyperparameter given as a
-        schedule of its value (jitted), which must give the eager run's numbers and state
-        structure: a transformation that reads `self.b1` where it should read
-        `self.at(state.count).b1` fails here.
+      schedules: run the lax.scan check with every numeric hyperparameter given as a schedule
+        of its value, which must give the eager run's numbers and state structure: a
+        transformation that reads `self.b1` where it should read `self.at(state.count).b1`
+        fails there.
     """
     extra_args = dict(extra_args or {})
     make_extra = make_extra_args or (lambda p: extra_args)
@@ -191,21 +192,38 @@ def check_transformation(
         p = apply_updates(p, u)
     _assert_close(state, eager_state, "jit vs eager, final state", rtol, atol)
 
+    # ... and inside lax.scan with every numeric hyperparameter given as a schedule of its value,
+    # which must change nothing: a transformation that reads `self.b1` where it should read
+    # `self.at(state.count).b1` fails here. (One compilation serves both checks.)
+    scheduled, names = with_schedules(t) if schedules else (t, [])
+    what = f" with schedules for {', '.join(names)}" if names else ""
+    scan_init = scheduled.init(params)
+    if _structure(scan_init) != structure0:
+        raise AssertionError(f"the state's structure differs{what}: {structure0} -> "
+                             f"{_structure(scan_init)}")
+
     def body(carry, g):
         p, s = carry
-        u, s = t.update(g, s, p, **extra_args)
+        u, s = scheduled.update(g, s, p, **extra_args)
         return (apply_updates(p, u), s), u
 
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *grads_seq)
-    (_, scan_state), scan_updates = jax.jit(lambda c, xs: jax.lax.scan(body, c, xs))(
-        (params, t.init(params)), stacked
-    )
+    try:
+        (_, scan_state), scan_updates = jax.jit(lambda c, xs: jax.lax.scan(body, c, xs))(
+            (params, scan_init), stacked
+        )
+    except Exception as e:
+        if not names:
+            raise
+        raise AssertionError(
+            f"update failed{what} ({type(e).__name__}: {e}); resolve the hyperparameters at "
+            f"the step count, hp = self.at(state.count), and read hp.<name>") from e
     for i in range(steps):
         _assert_close(
             jax.tree.map(lambda x, i=i: x[i], scan_updates), eager_updates[i],
-            f"lax.scan vs eager, step {i}", rtol, atol,
+            f"lax.scan{what} vs eager, step {i}", rtol, atol,
         )
-    _assert_close(scan_state, eager_state, "lax.scan vs eager, final state", rtol, atol)
+    _assert_close(scan_state, eager_state, f"lax.scan{what} vs eager, final state", rtol, atol)
 
     # 2. 16-bit params keep their dtype, and so do the state's leaves from step to step.
     for dtype in (jnp.bfloat16, jnp.float16):
@@ -245,28 +263,7 @@ def check_transformation(
                     f"float64 updates came back as {u.dtype} at {jax.tree_util.keystr(path)}"
                 )
 
-    # 4. every numeric hyperparameter given as a schedule.
-    scheduled, names = with_schedules(t) if schedules else (t, [])
-    if names:
-        what = f"with schedules for {', '.join(names)}"
-        state = scheduled.init(params)
-        if _structure(state) != structure0:
-            raise AssertionError(f"the state's structure differs {what}: {structure0} -> "
-                                 f"{_structure(state)}")
-        p = params
-        for i, g in enumerate(grads_seq):
-            try:
-                u, state = jit_update(scheduled, g, state, p)
-            except Exception as e:
-                raise AssertionError(
-                    f"update failed {what} ({type(e).__name__}: {e}); resolve the "
-                    f"hyperparameters at the step count, hp = self.at(state.count), and read "
-                    f"hp.<name>") from e
-            _assert_close(u, eager_updates[i], f"{what} vs without, step {i}", rtol, atol)
-            p = apply_updates(p, u)
-        _assert_close(state, eager_state, f"{what} vs without, final state", rtol, atol)
-
-    # 5. strict dtype promotion, eagerly (Python numbers) and traced (hyperparameters as
+    # 4. strict dtype promotion, eagerly (Python numbers) and traced (hyperparameters as
     # arrays, as in a jitted step; a promotion error is raised while tracing).
     with jax.numpy_dtype_promotion("strict"):
         s = t.init(params)
