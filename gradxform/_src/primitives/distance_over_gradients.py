@@ -221,7 +221,9 @@ class scale_by_dog(Transformation):
     """
 
     init_step: InitStep = static(("heuristic", 1e-6), check=_check_init_step)
-    eps: float = hyperparameter(1e-8, check=positive)
+    # Constants: the state keeps no step count (optax's), so there is no step to evaluate a
+    # schedule at.
+    eps: float = constant(1e-8, check=positive)
 
     def init(self, params):
         dtype = scalar_state_dtype(params)
@@ -279,8 +281,10 @@ class scale_by_dowg(Transformation):
       Gradient Descent Method", NeurIPS 2023 (arXiv:2305.16284), Algorithm 1.
     """
 
-    init_estim_sq_dist: float | None = hyperparameter(None, check=positive)
-    eps: float = hyperparameter(1e-4, check=positive)
+    # Constants: the state keeps no step count (optax's), so there is no step to evaluate a
+    # schedule at.
+    init_estim_sq_dist: float | None = constant(None, check=positive)
+    eps: float = constant(1e-4, check=positive)
 
     def init(self, params):
         dtype = scalar_state_dtype(params)

@@ -78,12 +78,14 @@ class Transformation(PytreeDataclass):
         they are given.
         """
         owner = type(self).__name__
+        fields = type(self).__dataclass_fields__  # type: ignore[attr-defined]
         changes = {}
         for name in self._hyper_fields:
             value = getattr(self, name)
             if count is not None:
                 value = resolve(value, count)
-            require_scalar(owner, name, value)
+            if fields[name].metadata.get("kind") == "hyper":  # a constant may be an array (a key)
+                require_scalar(owner, name, value)
             changes[name] = value
         return self._replace(**changes)
 
