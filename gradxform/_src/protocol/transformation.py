@@ -78,14 +78,14 @@ class Transformation(PytreeDataclass):
         they are given.
         """
         owner = type(self).__name__
-        fields = type(self).__dataclass_fields__  # type: ignore[attr-defined]
+        fields = type(self).__dataclass_fields__
         changes = {}
         for name in self._hyper_fields:
             value = getattr(self, name)
             if count is not None:
                 value = resolve(value, count)
-            if fields[name].metadata.get("kind") == "hyper":  # a constant may be an array (a key)
-                require_scalar(owner, name, value)
+            if fields[name].metadata.get("kind") == "hyper" or not _is_key(value):
+                require_scalar(owner, name, value)  # a constant may be a PRNG key's data
             changes[name] = value
         return self._replace(**changes)
 
@@ -332,6 +332,13 @@ class from_optax(Transformation):
 
     def __repr__(self) -> str:
         return f"from_optax({_optax_name(self.tx)})"
+
+
+def _is_key(value) -> bool:
+    """Whether `value` is a PRNG key (typed, or raw uint32 key data): data, not a number."""
+    dtype = getattr(value, "dtype", None)
+    return dtype is not None and (jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+                                  or dtype == np.uint32)
 
 
 def require_params(params: Any, where: str, meaning: str = "") -> None:
