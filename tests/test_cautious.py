@@ -1,7 +1,8 @@
 """cautious and cadamw: the authors' C-AdamW trajectories, a numpy step, hyperparameter checks.
 
 The trajectories were recorded by `tests/reference/make_cautious_fixtures.py` from the authors'
-own code (vendored under tests/reference/vendor/cautious/); this file replays them without torch.
+own code (github.com/kyleliang919/C-Optim, read from a checkout by the script); this file
+replays them without torch.
 """
 
 from __future__ import annotations

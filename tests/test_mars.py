@@ -1,7 +1,8 @@
 """scale_by_mars, mars: the authors' MARS-AdamW trajectories, a numpy step, hyperparameter checks.
 
 The trajectories were recorded by `tests/reference/make_mars_fixtures.py` from the authors' own
-code (vendored under tests/reference/vendor/mars/); this file replays them without torch.
+code (github.com/AGI-Arena/MARS, read from a checkout by the script); this file replays them
+without torch.
 """
 
 from __future__ import annotations

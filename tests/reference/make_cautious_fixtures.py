@@ -4,9 +4,11 @@ Run `python tests/reference/make_cautious_fixtures.py` (needs torch) to rewrite
 `cautious_fixtures.npz` and `cautious_fixtures.json` next to this file. The tests read only
 those two files.
 
-The optimizer is the authors' own code, vendored unmodified from github.com/kyleliang919/C-Optim
-(commit 2c0517c4db2e50b56d389ba4803eab1f4b3b8ae3) as vendor/cautious/c_adamw.py with its MIT
-LICENSE. Its module imports utilities for its distributed `foreach=True` path from a sibling
+The optimizer is the authors' own code, c_adamw.py of github.com/kyleliang919/C-Optim (MIT
+licence; commit 2c0517c4db2e50b56d389ba4803eab1f4b3b8ae3), read from a checkout of that
+repository (`git clone https://github.com/kyleliang919/C-Optim` and
+`GRADXFORM_CAUTIOUS_REFERENCE=<checkout> python tests/reference/make_cautious_fixtures.py`, or
+a checkout at tests/reference/vendor/cautious, which git ignores). Its module imports utilities for its distributed `foreach=True` path from a sibling
 `opt_utils` module; they are not used by the per-parameter loop (`foreach=False`) run here, so
 this script registers empty stand-ins for them before importing it.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 import types
 import warnings
@@ -34,7 +37,8 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-VENDOR = HERE / "vendor" / "cautious"
+# A checkout of the authors' repository (see above); never committed here.
+VENDOR = Path(os.environ.get("GRADXFORM_CAUTIOUS_REFERENCE", HERE / "vendor" / "cautious"))
 STEPS = 40
 KAPPA = 0.5
 SCALE = 0.25

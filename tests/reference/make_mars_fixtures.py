@@ -3,9 +3,11 @@
 Run `python tests/reference/make_mars_fixtures.py` (needs torch) to rewrite `mars_fixtures.npz`
 and `mars_fixtures.json` next to this file. The tests read only those two files.
 
-The optimizer is the authors' own code, vendored unmodified from github.com/AGI-Arena/MARS
-(commit 4831e28eba863a4e69d7e9474ff8e73bc1b410fe, MARS/optimizers/mars.py) as
-vendor/mars/mars.py with its Apache-2.0 LICENSE, run as `MARS(mars_type="mars-adamw",
+The optimizer is the authors' own code, MARS/optimizers/mars.py of github.com/AGI-Arena/MARS
+(Apache-2.0 licence; commit 4831e28eba863a4e69d7e9474ff8e73bc1b410fe), read from a checkout of
+that repository (`git clone https://github.com/AGI-Arena/MARS` and
+`GRADXFORM_MARS_REFERENCE=<checkout> python tests/reference/make_mars_fixtures.py`, or a
+checkout at tests/reference/vendor/mars, which git ignores), run as `MARS(mars_type="mars-adamw",
 is_approx=True)`, their defaults.
 
 The problem: a float32 matrix (8x5), a vector (6,) and a 3-D leaf (2x3x2), each with its own
@@ -24,13 +26,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-VENDOR = HERE / "vendor" / "mars"
+# A checkout of the authors' repository (see above); never committed here.
+VENDOR = Path(os.environ.get("GRADXFORM_MARS_REFERENCE", HERE / "vendor" / "mars"))
 STEPS = 40
 KAPPA = 0.5
 SCALE = 0.1
@@ -47,7 +51,7 @@ CASES: dict[str, dict] = {
 
 
 def load_mars():
-    spec = importlib.util.spec_from_file_location("mars_reference", VENDOR / "mars.py")
+    spec = importlib.util.spec_from_file_location("mars_reference", VENDOR / "MARS" / "optimizers" / "mars.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
