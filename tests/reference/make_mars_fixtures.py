@@ -51,7 +51,8 @@ CASES: dict[str, dict] = {
 
 
 def load_mars():
-    spec = importlib.util.spec_from_file_location("mars_reference", VENDOR / "MARS" / "optimizers" / "mars.py")
+    path = VENDOR / "MARS" / "optimizers" / "mars.py"
+    spec = importlib.util.spec_from_file_location("mars_reference", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
