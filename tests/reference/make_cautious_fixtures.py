@@ -9,8 +9,9 @@ licence; commit 2c0517c4db2e50b56d389ba4803eab1f4b3b8ae3), read from a checkout 
 repository (`git clone https://github.com/kyleliang919/C-Optim` and
 `GRADXFORM_CAUTIOUS_REFERENCE=<checkout> python tests/reference/make_cautious_fixtures.py`, or
 a checkout at tests/reference/vendor/cautious, which git ignores). Its module imports
-utilities for its distributed `foreach=True` path from a sibling `opt_utils` module; they are not used by the per-parameter loop (`foreach=False`) run here, so
-this script registers empty stand-ins for them before importing it.
+utilities for its distributed `foreach=True` path from a sibling `opt_utils` module; they are
+not used by the per-parameter loop (`foreach=False`) run here, so this script registers empty
+stand-ins for them before importing it.
 
 The problem: a float32 matrix (8x5) and a vector (6,), each with its own loss
     L(x) = s (½ xᵀ A x + cᵀ x - κ Σ cos(x)),     ∇L(x) = s (A x + c + κ sin(x))
