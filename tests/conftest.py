@@ -321,3 +321,37 @@ def three_leaf():
     return types.SimpleNamespace(params=make_three_leaf_params, loss=three_leaf_loss,
                                  grad_np=three_leaf_grad_np, run=run_on_three_leaf_loss,
                                  assert_same_as_optax=assert_same_as_optax)
+
+
+# -- trajectories recorded from authors' reference code (tests/reference/make_<name>_fixtures.py) --
+
+class AuthorsFixture:
+    """`tests/reference/<name>_fixtures.{json,npz}`: the problem (per leaf A, c, x0; the scale s
+    and κ), the cases' settings and the recorded trajectories, and the problem's gradient
+    ∇L(x) = s (A x + c + κ sin(x)) in float64 rounded to float32, as the fixture scripts
+    compute it."""
+
+    def __init__(self, name: str):
+        import json
+        from pathlib import Path
+
+        reference = Path(__file__).parent / "reference"
+        with open(reference / f"{name}_fixtures.json") as f:
+            self.meta = json.load(f)
+        with np.load(reference / f"{name}_fixtures.npz") as f:
+            self.arrays = dict(f)
+        self.leaves = self.meta["leaves"]
+
+    def gradient(self, params) -> dict:
+        out = {}
+        for name in self.leaves:
+            x = np.asarray(params[name], np.float64).reshape(-1)
+            g = self.meta["scale"] * (self.arrays[f"A/{name}"] @ x + self.arrays[f"c/{name}"]
+                                      + self.meta["kappa"] * np.sin(x))
+            out[name] = g.reshape(np.shape(params[name])).astype(np.float32)
+        return out
+
+    def settings(self, case: str) -> dict:
+        s = dict(self.meta["defaults"])
+        s.update(self.meta["cases"][case])
+        return s

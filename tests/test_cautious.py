@@ -7,39 +7,17 @@ replays them without torch.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import AuthorsFixture
 
 import gradxform as gx
 
-REFERENCE = Path(__file__).parent / "reference"
-with open(REFERENCE / "cautious_fixtures.json") as f:
-    META = json.load(f)
-with np.load(REFERENCE / "cautious_fixtures.npz") as f:
-    ARRAYS = dict(f)
-LEAVES = META["leaves"]
-
-
-def gradient(params):
-    """∇L(x) = s (A x + c + κ sin(x)), in float64 rounded to float32, as the fixture script."""
-    out = {}
-    for name in LEAVES:
-        x = np.asarray(params[name], np.float64).reshape(-1)
-        g = META["scale"] * (ARRAYS[f"A/{name}"] @ x + ARRAYS[f"c/{name}"]
-                             + META["kappa"] * np.sin(x))
-        out[name] = g.reshape(np.shape(params[name])).astype(np.float32)
-    return out
-
-
-def settings(case):
-    s = dict(META["defaults"])
-    s.update(META["cases"][case])
-    return s
+REFERENCE = AuthorsFixture("cautious")
+META, ARRAYS, LEAVES = REFERENCE.meta, REFERENCE.arrays, REFERENCE.leaves
+gradient, settings = REFERENCE.gradient, REFERENCE.settings
 
 
 def optimizer(case):
